@@ -1,0 +1,999 @@
+"""Per-op channel rules: the registry the analysis and the slimming pass dispatch on.
+
+For every node of the traced graph one rule answers four questions about the channel dimension
+(dim 1) of the values it touches:
+
+``live``      forward: which output channels can be non-zero in the zero-masked model, given
+              which input channels can.  A channel that is not live is exactly zero there.
+``backward``  which input channels must be physically present for the slim op to compute the
+              same thing (requirements flow back to the BatchNorms, which then keep them: a pin).
+``order``     the original channel indices the slim output holds, in physical order (``None``:
+              the original layout, untouched).
+``emit``      the slim op(s) in the new graph.
+
+The invariant every rule keeps: for each value, the slim tensor equals the zero-masked tensor
+restricted to the value's order, and every channel outside the order is zero in the zero-masked
+model.  An op without a rule is *unknown*: its tensor inputs are required whole, so it computes
+on exactly the original tensors; it never guesses.  New rules register with
+``register_module_rule``, ``register_function_rule`` and ``register_method_rule``.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .emit import Emitter, slim_batchnorm, slim_conv, slim_linear
+from .tracing import flat_tensor_args
+
+SPEC = "graphprune.spec"          # TensorSpec (or a tuple of them) of the node's example value
+LEAF_USAGE = "graphprune.leaf"    # LeafUsage of a call_module node kept whole
+RULE = "graphprune.rule"          # name of the rule the node dispatched to
+LIVE = "graphprune.live"
+ORDER = "graphprune.order"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def channels(self) -> int | None:
+        return self.shape[1] if len(self.shape) >= 2 else None
+
+
+def spec_of(node: Any) -> Any:
+    return node.meta.get(SPEC) if isinstance(node, torch.fx.Node) else None
+
+
+def is_tensor(node: Any) -> bool:
+    return isinstance(spec_of(node), TensorSpec)
+
+
+def channels(node: Any) -> int | None:
+    s = spec_of(node)
+    return s.channels if isinstance(s, TensorSpec) else None
+
+
+def full_like_spec(s: Any) -> Any:
+    """All-live structure matching a spec: arrays for tensors with channels, else None."""
+    if isinstance(s, TensorSpec):
+        return None if s.channels is None else np.ones(s.channels, dtype=bool)
+    if isinstance(s, (tuple, list)):
+        return tuple(full_like_spec(x) for x in s)
+    return None
+
+
+def describe(node: torch.fx.Node, module: nn.Module | None = None) -> str:
+    if node.op == "call_module":
+        return f"module {node.target!r} ({type(module).__name__ if module else 'module'})"
+    if node.op == "call_method":
+        return f"node {node.name!r} (method .{node.target}())"
+    if node.op == "call_function":
+        name = getattr(node.target, "__name__", str(node.target))
+        return f"node {node.name!r} ({name})"
+    return f"node {node.name!r} ({node.op})"
+
+
+def _arg(node: torch.fx.Node, index: int, name: str, default: Any = None) -> Any:
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+def _dim(dim: Any, ndim: int) -> int | None:
+    if not isinstance(dim, int):
+        return None
+    return dim + ndim if dim < 0 else dim
+
+
+@dataclass
+class LeafUsage:
+    """How a module kept whole used each of its input nodes, seen on the example inputs."""
+
+    consumers: dict[torch.fx.Node, list[str]] = field(default_factory=dict)  # -> inner layers
+    others: dict[torch.fx.Node, list[str]] = field(default_factory=dict)     # -> other ops
+
+
+# -- base rules -------------------------------------------------------------------------------
+class Rule:
+    """The rule of an op graphprune does not know: every tensor input is required whole."""
+
+    name = "unknown"
+
+    def accepts(self, node: torch.fx.Node, A) -> bool:
+        return True
+
+    def live(self, node, A):
+        return full_like_spec(spec_of(node))
+
+    def backward(self, node, A) -> None:
+        reason = f"consumed by {describe(node, A.module_of(node))}, which is not prunable"
+        for n in flat_tensor_args(node):
+            A.need_full(n, reason)
+
+    def order(self, node, A):
+        return None
+
+    def emit(self, node, E: Emitter, A):
+        args = torch.fx.node.map_arg(node.args, lambda n: A.emit_full(E, n))
+        kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: A.emit_full(E, n))
+        return E.copy_node(node, args, kwargs)
+
+
+class Placeholder(Rule):
+    name = "placeholder"
+
+    def backward(self, node, A) -> None:
+        pass
+
+    def emit(self, node, E, A):
+        return E.copy_node(node)
+
+
+class GetAttr(Rule):
+    name = "get_attr"
+
+    def backward(self, node, A) -> None:
+        pass
+
+    def emit(self, node, E, A):
+        obj: Any = A.gm
+        for part in node.target.split("."):
+            obj = getattr(obj, part)
+        E.attrs[node.target] = obj
+        return E.copy_node(node)
+
+
+class Output(Rule):
+    name = "output"
+
+    def backward(self, node, A) -> None:
+        for n in flat_tensor_args(node):
+            A.need_full(n, "reaches the model output")
+
+
+class Passthrough(Rule):
+    """Channel-wise ops that map 0 to 0: activations, pooling, resizing, dropout, scaling."""
+
+    name = "passthrough"
+
+    def tensor_input(self, node):
+        return node.args[0] if node.args else None
+
+    def accepts(self, node, A) -> bool:
+        x = self.tensor_input(node)
+        if not is_tensor(x) or channels(x) is None or not is_tensor(node):
+            return False
+        if channels(node) != channels(x):
+            return False
+        others = [n for n in flat_tensor_args(node) if n is not x]
+        return not any(is_tensor(n) for n in others)
+
+    def live(self, node, A):
+        return A.live(self.tensor_input(node))
+
+    def backward(self, node, A) -> None:
+        req = A.required(node)
+        if req is not None:
+            A.need(self.tensor_input(node), req[0], req[1])
+
+    def order(self, node, A):
+        return A.order(self.tensor_input(node))
+
+    def emit(self, node, E, A):
+        return E.copy_node(node)
+
+
+class ZeroPreservingModule(Passthrough):
+    name = "passthrough"
+
+    def accepts(self, node, A) -> bool:
+        m = A.module_of(node)
+        if isinstance(m, nn.Hardtanh) and not (m.min_val <= 0 <= m.max_val):
+            return False
+        if isinstance(m, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)) and m.return_indices:
+            return False
+        if isinstance(m, (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)) \
+                and m.return_indices:
+            return False
+        return super().accepts(node, A)
+
+
+class ScaleByConstant(Passthrough):
+    """``x * c``, ``c * x``, ``x / c`` with ``c`` not a tensor."""
+
+    name = "scale"
+
+    def tensor_input(self, node):
+        tensors = [a for a in node.args[:2] if is_tensor(a)]
+        return tensors[0] if len(tensors) == 1 else None
+
+    def accepts(self, node, A) -> bool:
+        if node.kwargs or len(node.args) != 2:
+            return False
+        if node.target in (operator.truediv, torch.div, "div") and not is_tensor(node.args[0]):
+            return False
+        return super().accepts(node, A)
+
+
+class ReduceSpatial(Passthrough):
+    """``x.mean((2, 3))``, ``x.sum(-1, keepdim=True)``, ``x.amax(...)``: channels kept apart."""
+
+    name = "reduce"
+
+    def accepts(self, node, A) -> bool:
+        x = self.tensor_input(node)
+        if not is_tensor(x) or channels(x) is None:
+            return False
+        ndim = len(spec_of(x).shape)
+        dims = _arg(node, 1, "dim")
+        dims = [dims] if isinstance(dims, int) else dims
+        if not isinstance(dims, (list, tuple)) or not dims:
+            return False
+        norm = [_dim(d, ndim) for d in dims]
+        if any(d is None or d < 2 for d in norm):
+            return False
+        out = spec_of(node)
+        return isinstance(out, TensorSpec) and out.channels == channels(x) and \
+            not any(is_tensor(n) for n in flat_tensor_args(node) if n is not x)
+
+
+class ShapeQuery(Rule):
+    """``x.shape``, ``x.size(d)``, ``x.dim()``: the channel count is only exposed when asked for."""
+
+    name = "shape"
+
+    def accepts(self, node, A) -> bool:
+        return bool(node.args) and is_tensor(node.args[0])
+
+    def _reads_channels(self, node) -> bool:
+        x = node.args[0]
+        ndim = len(spec_of(x).shape)
+        if node.op == "call_method" and node.target in ("dim", "ndimension"):
+            return False
+        if node.op == "call_function" and node.target is getattr:
+            attr = node.args[1]
+            if attr in ("ndim", "dtype", "device", "is_cuda"):
+                return False
+        elif node.op == "call_method" and node.target == "size" and len(node.args) > 1:
+            return _dim(node.args[1], ndim) == 1
+        # a whole shape: it exposes dim 1 unless every use indexes another dim
+        for user in node.users:
+            if user.op == "call_function" and user.target is operator.getitem and \
+                    isinstance(user.args[1], int) and _dim(user.args[1], ndim) != 1:
+                continue
+            return True
+        return False
+
+    def backward(self, node, A) -> None:
+        if self._reads_channels(node):
+            A.need_full(node.args[0], f"its channel count is read by {describe(node)}")
+
+    def live(self, node, A):
+        return None
+
+    def emit(self, node, E, A):
+        return E.copy_node(node)
+
+
+# -- layers -------------------------------------------------------------------------------------
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+class Convolution(Rule):
+    """Conv (groups=1) or Linear: any input columns can go; output rows go with its BatchNorm."""
+
+    name = "conv"
+
+    def accepts(self, node, A) -> bool:
+        m = A.module_of(node)
+        if A.call_count(node) != 1 or len(node.args) != 1 or node.kwargs:
+            return False
+        x = node.args[0]
+        if not is_tensor(x):
+            return False
+        if isinstance(m, _CONVS):
+            return m.groups == 1
+        if isinstance(m, nn.Linear):
+            return len(spec_of(x).shape) == 2
+        return False
+
+    def live(self, node, A):
+        return full_like_spec(spec_of(node))
+
+    def backward(self, node, A) -> None:
+        pass
+
+    def order(self, node, A):
+        return A.producer_order(node)
+
+    def emit(self, node, E, A):
+        m = A.module_of(node)
+        x = node.args[0]
+        in_order, out_order = A.order(x), A.order(node)
+        if in_order is None and out_order is None:
+            return E.copy_node(node)
+        new = slim_linear(m, in_order, out_order) if isinstance(m, nn.Linear) else \
+            slim_conv(m, in_order, out_order)
+        E.add_module(node.target, new)
+        return E.copy_node(node)
+
+
+class DepthwiseConvolution(Rule):
+    """Depthwise conv without bias: output channel c sees only input channel c."""
+
+    name = "depthwise"
+
+    def accepts(self, node, A) -> bool:
+        m = A.module_of(node)
+        return isinstance(m, _CONVS) and A.call_count(node) == 1 and len(node.args) == 1 \
+            and not node.kwargs and m.groups > 1 and m.groups == m.in_channels == \
+            m.out_channels and m.bias is None and is_tensor(node.args[0])
+
+    def live(self, node, A):
+        return A.live(node.args[0])
+
+    def backward(self, node, A) -> None:
+        req = A.required(node)
+        if req is not None:
+            A.need(node.args[0], req[0], f"{req[1]} (through depthwise {node.target!r})")
+
+    def order(self, node, A):
+        return A.order(node.args[0])
+
+    def emit(self, node, E, A):
+        order = A.order(node.args[0])
+        if order is None:
+            return E.copy_node(node)
+        E.add_module(node.target, slim_conv(A.module_of(node), order, order, depthwise=True))
+        return E.copy_node(node)
+
+
+class BatchNorm(Rule):
+    """A prunable BatchNorm: its mask decides which channels stay live (zero-mask semantics)."""
+
+    name = "batchnorm"
+
+    def accepts(self, node, A) -> bool:
+        return A.is_prunable_node(node)
+
+    def live(self, node, A):
+        return A.mask(node.target).copy()
+
+    def backward(self, node, A) -> None:
+        req = A.required(node)
+        if req is not None:
+            A.grow(node.target, req[0], req[1])
+        if not A.structural_only:
+            # a kept channel whose input is zero would still be BN(0) != 0: its input must stay
+            A.need(node.args[0], A.mask(node.target),
+                   f"BatchNorm {node.target!r} keeps channels its input would lose")
+
+    def order(self, node, A):
+        x = node.args[0]
+        have = A.order(x)
+        have = np.arange(channels(x)) if have is None else have
+        keep = A.mask(node.target)
+        out = have[keep[have]]
+        return None if len(out) == len(keep) and np.array_equal(out, np.arange(len(keep))) \
+            else out
+
+    def emit(self, node, E, A):
+        x = node.args[0]
+        order = A.order(node)
+        if order is None and A.order(x) is None:
+            return E.copy_node(node)
+        slim_in = E.reorder(E.env[x], A.order(x), order, channels(x))
+        E.add_module(node.target, slim_batchnorm(A.module_of(node), order))
+        return E.copy_node(node, (slim_in,), {})
+
+
+class Leaf(Rule):
+    """A module kept whole.  Inputs consumed only by its inner Conv/Linear layers (and shape
+    queries) may arrive slim: those layers get their input columns gathered.  Inputs used any
+    other way are required whole."""
+
+    name = "leaf"
+
+    def backward(self, node, A) -> None:
+        usage: LeafUsage = node.meta.get(LEAF_USAGE) or LeafUsage()
+        for n in dict.fromkeys(flat_tensor_args(node)):
+            if A.call_count(node) != 1:
+                A.need_full(n, f"consumed by {node.target!r}, which is called more than once")
+            elif usage.others.get(n):
+                A.need_full(n, f"used inside {node.target!r} by {usage.others[n][0]}")
+            elif not usage.consumers.get(n):
+                A.need_full(n, f"consumed by {describe(node, A.module_of(node))}, which is "
+                               "kept whole")
+
+    def emit(self, node, E, A):
+        usage: LeafUsage = node.meta.get(LEAF_USAGE) or LeafUsage()
+        slim_inputs = {n: A.order(n) for n in dict.fromkeys(flat_tensor_args(node))
+                       if A.order(n) is not None and A.call_count(node) == 1
+                       and usage.consumers.get(n) and not usage.others.get(n)}
+        if not slim_inputs:
+            return Rule.emit(self, node, E, A)
+        module = copy.deepcopy(A.module_of(node))
+        for n, order in slim_inputs.items():
+            for inner in usage.consumers.get(n, []):
+                layer = module.get_submodule(inner)
+                new = slim_linear(layer, order, None) if isinstance(layer, nn.Linear) else \
+                    slim_conv(layer, order, None)
+                parent, _, leaf_name = inner.rpartition(".")
+                setattr(module.get_submodule(parent) if parent else module, leaf_name, new)
+        E.add_module(node.target, module)
+        pick = (lambda n: E.env[n] if n in slim_inputs else A.emit_full(E, n))
+        return E.copy_node(node, torch.fx.node.map_arg(node.args, pick),
+                           torch.fx.node.map_arg(node.kwargs, pick))
+
+
+# -- channel plumbing ---------------------------------------------------------------------------
+class Concat(Rule):
+    """``torch.cat`` along channels: offsets travel with each part."""
+
+    name = "cat"
+
+    def parts(self, node):
+        return list(_arg(node, 0, "tensors"))
+
+    def accepts(self, node, A) -> bool:
+        parts = _arg(node, 0, "tensors")
+        if not isinstance(parts, (list, tuple)) or not parts or \
+                not all(is_tensor(p) and channels(p) for p in parts):
+            return False
+        return _dim(_arg(node, 1, "dim", 0), len(spec_of(parts[0]).shape)) == 1
+
+    def live(self, node, A):
+        return np.concatenate([A.live(p) for p in self.parts(node)])
+
+    def backward(self, node, A) -> None:
+        req = A.required(node)
+        if req is None:
+            return
+        start = 0
+        for p in self.parts(node):
+            c = channels(p)
+            A.need(p, req[0][start:start + c], req[1])
+            start += c
+
+    def order(self, node, A):
+        if all(A.order(p) is None for p in self.parts(node)):
+            return None
+        out, start = [], 0
+        for p in self.parts(node):
+            c = channels(p)
+            o = A.order(p)
+            out.append(np.arange(c) + start if o is None else o + start)
+            start += c
+        return np.concatenate(out)
+
+    def emit(self, node, E, A):
+        if self.order(node, A) is None:
+            return E.copy_node(node)
+        parts = [E.env[p] for p in self.parts(node) if A.physical(p) > 0]
+        return E.call(torch.cat, parts, 1)
+
+
+def _segments(node) -> list[tuple[int, int]]:
+    """(start, size) of each output of a chunk/split along channels."""
+    out, start = [], 0
+    for s in spec_of(node):
+        out.append((start, s.channels))
+        start += s.channels
+    return out
+
+
+class Split(Rule):
+    """``chunk``/``split`` along channels: each piece keeps its share of the input's channels."""
+
+    name = "split"
+
+    def accepts(self, node, A) -> bool:
+        x = node.args[0] if node.args else None
+        out = spec_of(node)
+        if not is_tensor(x) or channels(x) is None or not isinstance(out, tuple) or not out:
+            return False
+        if not all(isinstance(s, TensorSpec) and s.channels is not None for s in out):
+            return False
+        dim = _arg(node, 2, "dim", 0)
+        if _dim(dim, len(spec_of(x).shape)) != 1:
+            return False
+        return sum(s.channels for s in out) == channels(x)
+
+    def live(self, node, A):
+        live = A.live(node.args[0])
+        return tuple(live[s:s + n] for s, n in _segments(node))
+
+    def backward(self, node, A) -> None:
+        x = node.args[0]
+        reqs = A.required_elements(node)
+        live = A.live(x)
+        for (s, n), req in zip(_segments(node), reqs):
+            if req is not None:
+                full = np.zeros(channels(x), dtype=bool)
+                full[s:s + n] = req[0]
+                A.need(x, full, req[1])
+            if not A.structural_only and not live[s:s + n].any():
+                one = np.zeros(channels(x), dtype=bool)
+                one[s] = True
+                A.need(x, one, f"piece {node.name}[{s}:{s + n}] may not lose all channels")
+
+    def order(self, node, A):
+        have = A.order(node.args[0])
+        if have is None:
+            return None
+        return tuple(have[(have >= s) & (have < s + n)] - s for s, n in _segments(node))
+
+    def emit(self, node, E, A):
+        x = node.args[0]
+        have = A.order(x)
+        if have is None:
+            return E.copy_node(node)
+        sizes, contiguous, pos = [], True, 0
+        for s, n in _segments(node):
+            where = np.flatnonzero((have >= s) & (have < s + n))
+            sizes.append(len(where))
+            contiguous &= bool(np.array_equal(where, np.arange(pos, pos + len(where))))
+            pos += len(where)
+        if contiguous and all(sizes):
+            return E.call(torch.split, E.env[x], sizes, 1)
+        pieces = []
+        for s, n in _segments(node):
+            where = np.flatnonzero((have >= s) & (have < s + n))
+            pieces.append(E.take(E.env[x], where, len(have)))
+        return tuple(pieces)
+
+
+class GetItem(Rule):
+    """``pieces[k]`` of a split, or ``x[:, a:b]`` (a channel slice) of a tensor."""
+
+    name = "getitem"
+
+    def _channel_slice(self, node) -> tuple[int, int] | None:
+        x, idx = node.args
+        if not is_tensor(x) or channels(x) is None or not isinstance(idx, tuple) or len(idx) < 2:
+            return None
+        if idx[0] != slice(None) or not isinstance(idx[1], slice) or idx[1].step not in (None, 1):
+            return None
+        if any(not isinstance(i, (slice, int)) for i in idx[2:]):
+            return None
+        start, stop, _ = idx[1].indices(channels(x))
+        return (start, max(stop - start, 0)) if channels(node) == max(stop - start, 0) else None
+
+    def accepts(self, node, A) -> bool:
+        if len(node.args) != 2 or node.kwargs:
+            return False
+        x, idx = node.args
+        if isinstance(spec_of(x), tuple):
+            return isinstance(idx, int)
+        return self._channel_slice(node) is not None
+
+    def live(self, node, A):
+        x, idx = node.args
+        if isinstance(spec_of(x), tuple):
+            return A.live(x)[idx]
+        s, n = self._channel_slice(node)
+        return A.live(x)[s:s + n]
+
+    def backward(self, node, A) -> None:
+        req = A.required(node)
+        if req is None:
+            return
+        x, idx = node.args
+        if isinstance(spec_of(x), tuple):
+            A.need(x, req[0], req[1], element=idx)
+            return
+        s, n = self._channel_slice(node)
+        full = np.zeros(channels(x), dtype=bool)
+        full[s:s + n] = req[0]
+        A.need(x, full, req[1])
+
+    def order(self, node, A):
+        x, idx = node.args
+        have = A.order(x)
+        if isinstance(spec_of(x), tuple):
+            return None if have is None else have[idx]
+        if have is None:
+            return None
+        s, n = self._channel_slice(node)
+        return have[(have >= s) & (have < s + n)] - s
+
+    def emit(self, node, E, A):
+        x, idx = node.args
+        value = E.env[x]
+        if isinstance(value, tuple):
+            return value[idx]
+        if isinstance(spec_of(x), tuple) or A.order(x) is None:
+            return E.copy_node(node)
+        have = A.order(x)
+        s, n = self._channel_slice(node)
+        where = np.flatnonzero((have >= s) & (have < s + n))
+        picked = E.take(value, where, len(have))
+        rest = idx[2:]
+        if all(r == slice(None) for r in rest):
+            return picked
+        return E.call(operator.getitem, picked, (slice(None), slice(None), *rest))
+
+
+class Flatten(Rule):
+    """``flatten(x, 1)`` of ``[N, C, *S]``: channel c becomes columns ``c*prod(S) ...``."""
+
+    name = "flatten"
+
+    def _start_end(self, node, A):
+        if node.op == "call_module":
+            m = A.module_of(node)
+            return m.start_dim, m.end_dim
+        return _arg(node, 1, "start_dim", 0), _arg(node, 2, "end_dim", -1)
+
+    def accepts(self, node, A) -> bool:
+        x = node.args[0] if node.args else None
+        if not is_tensor(x) or channels(x) is None or not is_tensor(node):
+            return False
+        ndim = len(spec_of(x).shape)
+        start, end = self._start_end(node, A)
+        return _dim(start, ndim) == 1 and _dim(end, ndim) == ndim - 1
+
+    def _inner(self, node) -> int:
+        return int(np.prod(spec_of(node.args[0]).shape[2:], dtype=np.int64))
+
+    def live(self, node, A):
+        return np.repeat(A.live(node.args[0]), self._inner(node))
+
+    def backward(self, node, A) -> None:
+        req = A.required(node)
+        if req is not None:
+            x = node.args[0]
+            A.need(x, req[0].reshape(channels(x), -1).any(1), req[1])
+
+    def order(self, node, A):
+        have = A.order(node.args[0])
+        if have is None:
+            return None
+        inner = self._inner(node)
+        return (have[:, None] * inner + np.arange(inner)[None, :]).reshape(-1)
+
+    def emit(self, node, E, A):
+        return E.copy_node(node)
+
+
+class Multiply(Rule):
+    """``a * b`` of two channel tensors: a channel is live only where both are."""
+
+    name = "mul"
+
+    def accepts(self, node, A) -> bool:
+        if node.kwargs or len(node.args) != 2:
+            return False
+        a, b = node.args
+        if not (is_tensor(a) and is_tensor(b)) or channels(a) is None or channels(b) is None:
+            return False
+        return channels(a) == channels(b) == channels(node) and channels(a) > 1
+
+    def live(self, node, A):
+        a, b = node.args
+        return A.live(a) & A.live(b)
+
+    def backward(self, node, A) -> None:
+        req = A.required(node)
+        if req is not None:
+            for n in node.args:
+                A.need(n, req[0], req[1])
+
+    def order(self, node, A):
+        a, b = node.args
+        oa, ob = A.order(a), A.order(b)
+        if oa is None and ob is None:
+            return None
+        oa = np.arange(channels(a)) if oa is None else oa
+        ob = np.arange(channels(b)) if ob is None else ob
+        return oa[np.isin(oa, ob)]
+
+    def emit(self, node, E, A):
+        a, b = node.args
+        out = A.order(node)
+        if out is None:
+            return E.copy_node(node)
+        va = E.reorder(E.env[a], A.order(a), out, channels(a))
+        vb = E.reorder(E.env[b], A.order(b), out, channels(b))
+        return E.copy_node(node, (va, vb), {})
+
+
+class BroadcastMultiply(Passthrough):
+    """``x * g`` with ``g`` a single-channel map (spatial attention): ``g`` is required whole."""
+
+    name = "mul_broadcast"
+
+    def tensor_input(self, node):
+        a, b = node.args
+        return a if channels(b) == 1 else b
+
+    def accepts(self, node, A) -> bool:
+        if node.kwargs or len(node.args) != 2 or not all(is_tensor(n) for n in node.args):
+            return False
+        a, b = node.args
+        ca, cb = channels(a), channels(b)
+        if ca is None or cb is None or (ca == 1) == (cb == 1):
+            return False
+        return channels(node) == max(ca, cb)
+
+    def backward(self, node, A) -> None:
+        super().backward(node, A)
+        other = [n for n in node.args if n is not self.tensor_input(node)][0]
+        A.need_full(other, f"single-channel factor of {describe(node)}")
+
+    def emit(self, node, E, A):
+        x = self.tensor_input(node)
+        other = [n for n in node.args if n is not x][0]
+        args = tuple(E.env[n] if n is x else A.emit_full(E, n) for n in node.args)
+        del other
+        return E.copy_node(node, args, {})
+
+
+@dataclass
+class AddPlan:
+    """How a residual add with different operand masks is rebuilt (paper Eq. 13-14).
+
+    ``pieces``: ("ab", i, j, n) adds a[i:i+n] + b[j:j+n]; ("a", i, -1, n) and ("b", -1, j, n)
+    copy one operand; the output is their concatenation.  ``a_take``/``b_take`` optionally
+    gather an operand first (its positions), used when that is cheaper than many slices.
+    """
+
+    pieces: list[tuple[str, int, int, int]]
+    order: np.ndarray
+    a_take: list[int] | None = None
+    b_take: list[int] | None = None
+
+    @property
+    def strategy(self) -> str:
+        return "gather" if self.a_take is not None or self.b_take is not None else "slices"
+
+
+def _merge_pieces(oa: np.ndarray, ob: np.ndarray, rank: np.ndarray | None):
+    """Merge two orders whose shared channels appear in the same relative order."""
+    in_a, in_b = set(oa.tolist()), set(ob.tolist())
+    i = j = 0
+    steps: list[tuple[str, int, int]] = []
+    out: list[int] = []
+    while i < len(oa) or j < len(ob):
+        a_only = i < len(oa) and oa[i] not in in_b
+        b_only = j < len(ob) and ob[j] not in in_a
+        if a_only and b_only:
+            pick_a = rank is None or rank[oa[i]] <= rank[ob[j]]
+            a_only, b_only = pick_a, not pick_a
+        if a_only:
+            steps.append(("a", i, -1)), out.append(int(oa[i]))
+            i += 1
+        elif b_only:
+            steps.append(("b", -1, j)), out.append(int(ob[j]))
+            j += 1
+        else:
+            steps.append(("ab", i, j)), out.append(int(oa[i]))
+            i += 1
+            j += 1
+    pieces: list[tuple[str, int, int, int]] = []
+    for kind, i, j in steps:
+        if pieces:
+            pk, pi, pj, pn = pieces[-1]
+            if pk == kind and (kind == "b" or pi + pn == i) and (kind == "a" or pj + pn == j):
+                pieces[-1] = (pk, pi, pj, pn + 1)
+                continue
+        pieces.append((kind, i, j, 1))
+    return pieces, np.asarray(out, dtype=np.int64)
+
+
+def plan_add(oa: np.ndarray, ob: np.ndarray, rank: np.ndarray | None) -> AddPlan:
+    """Pieces for ``a + b`` where ``a`` holds channels ``oa`` and ``b`` holds ``ob``."""
+    in_a, in_b = set(oa.tolist()), set(ob.tolist())
+    shared_a = [int(c) for c in oa if c in in_b]
+    shared_b = [int(c) for c in ob if c in in_a]
+    if shared_a == shared_b:
+        pieces, out = _merge_pieces(oa, ob, rank)
+        if len(pieces) <= PIECES_BEFORE_GATHER:
+            return AddPlan(pieces, out)
+    # Gather form: shared channels first in both operands, then what only one of them has.
+    pos_a = {int(c): i for i, c in enumerate(oa)}
+    pos_b = {int(c): i for i, c in enumerate(ob)}
+    only_a = [int(c) for c in oa if c not in in_b]
+    only_b = [int(c) for c in ob if c not in in_a]
+    a_take = [pos_a[c] for c in shared_a + only_a]
+    b_take = [pos_b[c] for c in shared_a + only_b]
+    k = len(shared_a)
+    pieces = [p for p in (("ab", 0, 0, k), ("a", k, -1, len(only_a)), ("b", -1, k, len(only_b)))
+              if p[3] > 0]
+    return AddPlan(pieces, np.asarray(shared_a + only_a + only_b, dtype=np.int64),
+                   None if a_take == list(range(len(oa))) else a_take,
+                   None if b_take == list(range(len(ob))) else b_take)
+
+
+# Above this many pieces a residual add gathers its operands into shared-first order instead
+# (at most two gathers, three pieces).  benchmarks/residual_ops.py on these 2 cores: P slice-adds
+# cost 0.8-0.97x the gather form in onnxruntime up to P = 9, and more from P = 13 on.
+PIECES_BEFORE_GATHER = 9
+
+
+class Add(Rule):
+    """Residual add with independent masks (paper §3.2): shared channels are added, channels
+    only one branch keeps are copied, channels neither keeps are dropped."""
+
+    name = "add"
+
+    def accepts(self, node, A) -> bool:
+        if len(node.args) != 2 or any(k != "alpha" for k in node.kwargs) or \
+                node.kwargs.get("alpha", 1) != 1:
+            return False
+        a, b = node.args
+        if not (is_tensor(a) and is_tensor(b)) or channels(a) is None:
+            return False
+        return spec_of(a).shape == spec_of(b).shape == spec_of(node).shape
+
+    def live(self, node, A):
+        a, b = node.args
+        return A.live(a) | A.live(b)
+
+    def backward(self, node, A) -> None:
+        # An output channel is present when either operand holds it; only channels that
+        # neither operand holds make both grow.
+        req = A.required(node)
+        if req is not None:
+            a, b = node.args
+            A.need(a, req[0] & ~A.live(b), req[1])
+            A.need(b, req[0] & ~A.live(a), req[1])
+
+    def order(self, node, A):
+        a, b = node.args
+        oa, ob = A.order(a), A.order(b)
+        if oa is None and ob is None:
+            A.plans.pop(node, None)
+            return None
+        c = channels(a)
+        oa = np.arange(c) if oa is None else oa
+        ob = np.arange(c) if ob is None else ob
+        plan = plan_add(oa, ob, A.rank(node))
+        A.plans[node] = plan
+        if len(plan.order) == c and np.array_equal(plan.order, np.arange(c)):
+            return None
+        return plan.order
+
+    def emit(self, node, E, A):
+        plan: AddPlan | None = A.plans.get(node)
+        if plan is None:
+            return E.copy_node(node)
+        a, b = node.args
+        va, vb = E.env[a], E.env[b]
+        if plan.a_take is not None:
+            va = E.take(va, plan.a_take, A.physical(a))
+        if plan.b_take is not None:
+            vb = E.take(vb, plan.b_take, A.physical(b))
+        na, nb = A.physical(a), A.physical(b)
+        parts = []
+        for kind, i, j, n in plan.pieces:
+            pa = None if kind == "b" else (va if (i, n) == (0, na) else E.narrow(va, i, n))
+            pb = None if kind == "a" else (vb if (j, n) == (0, nb) else E.narrow(vb, j, n))
+            parts.append(pa if pb is None else pb if pa is None else
+                         E.call(operator.add, pa, pb))
+        E.stats["residual_pieces"] += len(parts)
+        return parts[0] if len(parts) == 1 else E.call(torch.cat, parts, 1)
+
+
+# -- registry -----------------------------------------------------------------------------------
+UNKNOWN = Rule()
+_MODULE_RULES: list[tuple[tuple[type, ...], Rule]] = []
+_FUNCTION_RULES: dict[Any, list[Rule]] = {}
+_METHOD_RULES: dict[str, list[Rule]] = {}
+PLACEHOLDER, GET_ATTR, OUTPUT, LEAF = Placeholder(), GetAttr(), Output(), Leaf()
+
+
+def register_module_rule(types: Iterable[type], rule: Rule) -> None:
+    """Dispatch ``call_module`` nodes of these module types to ``rule`` (checked first)."""
+    _MODULE_RULES.insert(0, (tuple(types), rule))
+
+
+def register_function_rule(targets: Iterable[Callable], rule: Rule) -> None:
+    for t in targets:
+        _FUNCTION_RULES.setdefault(t, []).insert(0, rule)
+
+
+def register_method_rule(names: Iterable[str], rule: Rule) -> None:
+    for n in names:
+        _METHOD_RULES.setdefault(n, []).insert(0, rule)
+
+
+def rule_for(node: torch.fx.Node, A) -> Rule:
+    if node.op == "placeholder":
+        return PLACEHOLDER
+    if node.op == "get_attr":
+        return GET_ATTR
+    if node.op == "output":
+        return OUTPUT
+    if node.op == "call_module":
+        m = A.module_of(node)
+        for types, rule in _MODULE_RULES:
+            if isinstance(m, types) and rule.accepts(node, A):
+                return rule
+        return LEAF
+    table = _FUNCTION_RULES.get(node.target, []) if node.op == "call_function" else \
+        _METHOD_RULES.get(node.target, [])
+    for rule in table:
+        if rule.accepts(node, A):
+            return rule
+    return UNKNOWN
+
+
+_PASS = ZeroPreservingModule()
+_POINTWISE_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.SiLU, nn.LeakyReLU, nn.Hardswish, nn.GELU, nn.Mish, nn.ELU, nn.CELU,
+    nn.SELU, nn.Tanh, nn.Softsign, nn.Hardtanh, nn.Tanhshrink, nn.Hardshrink, nn.Softshrink,
+    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+    nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
+)
+register_module_rule(_POINTWISE_MODULES, _PASS)
+register_module_rule((nn.Flatten,), Flatten())
+register_module_rule(_CONVS + (nn.Linear,), Convolution())
+register_module_rule(_CONVS, DepthwiseConvolution())
+register_module_rule((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d), BatchNorm())
+
+_passthrough = Passthrough()
+register_function_rule([
+    F.relu, torch.relu, F.relu_, torch.relu_, F.relu6, F.silu, F.leaky_relu, F.hardswish,
+    F.gelu, F.mish, F.elu, F.celu, F.selu, torch.tanh, F.tanh, F.hardtanh, torch.neg,
+    operator.neg, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d,
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.interpolate,
+    torch.clone,
+], _passthrough)
+register_method_rule(["relu", "relu_", "tanh", "neg", "contiguous", "clone", "detach", "float",
+                      "half", "double", "bfloat16"], _passthrough)
+_reduce = ReduceSpatial()
+register_function_rule([torch.mean, torch.sum, torch.amax], _reduce)
+register_method_rule(["mean", "sum", "amax"], _reduce)
+_scale = ScaleByConstant()
+register_function_rule([operator.mul, torch.mul, operator.truediv, torch.div], _scale)
+register_method_rule(["mul", "div"], _scale)
+_mul, _bmul = Multiply(), BroadcastMultiply()
+register_function_rule([operator.mul, torch.mul], _bmul)
+register_function_rule([operator.mul, torch.mul], _mul)
+register_method_rule(["mul"], _bmul)
+register_method_rule(["mul"], _mul)
+_add = Add()
+register_function_rule([operator.add, torch.add, operator.iadd], _add)
+register_method_rule(["add"], _add)
+_cat = Concat()
+register_function_rule([torch.cat, torch.concat, torch.concatenate], _cat)
+_split = Split()
+register_function_rule([torch.chunk, torch.split, torch.tensor_split], _split)
+register_method_rule(["chunk", "split", "tensor_split"], _split)
+register_function_rule([operator.getitem], GetItem())
+_flatten = Flatten()
+register_function_rule([torch.flatten], _flatten)
+register_method_rule(["flatten"], _flatten)
+_shape = ShapeQuery()
+register_function_rule([getattr], _shape)
+register_method_rule(["size", "dim", "ndimension"], _shape)
+
+
+def rule_names() -> dict[str, list[str]]:
+    """What the registry knows, for documentation and ``graphprune inspect``."""
+    return {
+        "modules": sorted({t.__name__ for types, _ in _MODULE_RULES for t in types}),
+        "functions": sorted({getattr(t, "__name__", str(t)) for t in _FUNCTION_RULES}),
+        "methods": sorted(_METHOD_RULES),
+    }
+
+
+__all__ = ["AddPlan", "LeafUsage", "Rule", "TensorSpec", "channels", "plan_add",
+           "register_function_rule", "register_method_rule", "register_module_rule",
+           "rule_for", "spec_of", "Sequence"]

@@ -1,0 +1,331 @@
+"""The ``graphprune`` command line.
+
+    graphprune compile MODEL (--prune-ratio R | --threshold D | --masks FILE) --out DIR
+    graphprune inspect MODEL
+
+Errors are one line (what, where, how to fix) and a non-zero exit code; ``--debug`` shows the
+traceback.  Outputs are written to a temporary directory and moved into place when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import GraphpruneError
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(s) for s in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shape like 1,3,640,640") from None
+    if not shape or any(s < 1 for s in shape):
+        raise argparse.ArgumentTypeError(f"{text!r}: every dimension must be >= 1")
+    return shape
+
+
+def _number(ok, problem: str):
+    """An argparse type: a float for which ``ok`` holds, else ``problem`` (formatted)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (np.isfinite(value) and ok(value)):
+            raise argparse.ArgumentTypeError(problem.format(text))
+        return value
+    return parse
+
+
+_ratio = _number(lambda v: 0 <= v < 1,
+                 "{} is outside [0, 1): 0.5 prunes half of the prunable channels")
+_threshold = _number(lambda v: v >= 0, "{}: the threshold on |γ| must be >= 0")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="graphprune",
+        description="Structured-pruning compiler for PyTorch object detectors (L1RR).")
+    parser.add_argument("--version", action="version", version=f"graphprune {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def model_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("model", metavar="MODEL",
+                       help="a graphprune checkpoint, a pickled nn.Module (with "
+                            "--trust-checkpoint), or a built-in name such as yolov5s")
+        p.add_argument("--num-classes", type=int, default=None,
+                       help="classes of a built-in model (default: its own default)")
+        p.add_argument("--example-shape", type=_shape, default=None, metavar="N,C,H,W",
+                       help="example input shape (default: the checkpoint's, else "
+                            "1,3,640,640)")
+        p.add_argument("--trust-checkpoint", action="store_true",
+                       help="allow unpickling MODEL (runs code stored in the file: only for "
+                            "files you trust)")
+        p.add_argument("--leaf", action="append", default=[], metavar="MODULE",
+                       help="keep this submodule whole in the trace (repeatable)")
+        p.add_argument("--random-bn", type=int, default=None, metavar="SEED",
+                       help="randomise the BatchNorm γ/β and statistics first (a stand-in "
+                            "for a trained model when trying a built-in one)")
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show tracebacks on errors")
+
+    c = sub.add_parser("compile", help="prune MODEL into a slim, verified model + ONNX")
+    model_args(c)
+    how = c.add_mutually_exclusive_group(required=True)
+    how.add_argument("--prune-ratio", type=_ratio, metavar="R",
+                     help="prune this share of the prunable BatchNorm channels (lowest |γ| "
+                          "first)")
+    how.add_argument("--threshold", type=_threshold, metavar="D",
+                     help="prune channels whose |γ| is below D (global threshold δ)")
+    how.add_argument("--masks", type=Path, metavar="FILE",
+                     help="JSON file {BatchNorm name: [0/1 per channel]}")
+    c.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="output directory (refused if it exists, unless --overwrite)")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    c.add_argument("--residual", choices=("reconstruct", "couple"), default="reconstruct",
+                   help="reconstruct: residual branches keep different channels (L1RR); "
+                        "couple: one shared mask per residual group (conventional)")
+    c.add_argument("--min-channels", type=int, default=1, metavar="K",
+                   help="keep at least K channels in every layer (default 1)")
+    c.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                   help="leave BatchNorms matching this name pattern or module prefix whole "
+                        "(repeatable)")
+    c.add_argument("--no-onnx", action="store_true", help="do not write slim.onnx")
+    c.add_argument("--no-pt2", action="store_true", help="do not write slim.pt2")
+    c.set_defaults(func=cmd_compile)
+
+    i = sub.add_parser("inspect", help="show dependency groups, prunable channels, pins and "
+                                       "the γ histogram; writes nothing")
+    model_args(i)
+    i.set_defaults(func=cmd_inspect)
+    return parser
+
+
+# -- shared ---------------------------------------------------------------------------------
+def _open(args) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    from .loading import open_model
+    from .models import randomize_batchnorm
+
+    model = open_model(args.model, trust=args.trust_checkpoint, num_classes=args.num_classes)
+    if args.random_bn is not None:
+        randomize_batchnorm(model, args.random_bn)
+    shape = args.example_shape
+    recipe = getattr(model, "graphprune_recipe", None)
+    if shape is None and recipe and recipe.get("inputs"):
+        shape = tuple(recipe["inputs"][0]["shape"])
+    shape = shape or (1, 3, 640, 640)
+    # The invariant is checked on this input: random pixels in [0, 1), not zeros, so that every
+    # channel carries a distinct, non-constant signal.
+    example = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    return model, (example,)
+
+
+def _si(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def _read_masks(path: Path) -> dict[str, list]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise GraphpruneError(f"mask file {str(path)!r} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise GraphpruneError(f"mask file {str(path)!r} is not valid JSON ({exc})",
+                              hint='write {"layer.bn": [1, 0, 1, ...], ...}') from None
+    if not isinstance(data, dict):
+        raise GraphpruneError(f"mask file {str(path)!r} must hold a JSON object",
+                              hint='write {"layer.bn": [1, 0, 1, ...], ...}')
+    return data
+
+
+# -- compile --------------------------------------------------------------------------------
+def cmd_compile(args) -> int:
+    import graphprune as gp
+    from .export import atomic_directory
+
+    if args.min_channels < 1:
+        raise GraphpruneError(f"--min-channels must be >= 1, got {args.min_channels}")
+    masks = _read_masks(args.masks) if args.masks else None
+    if args.out.exists() and not args.overwrite:
+        raise GraphpruneError(f"output directory {str(args.out)!r} already exists",
+                              hint="choose another --out or pass --overwrite")
+    start = time.perf_counter()
+    with err_console.status("loading the model"):
+        model, inputs = _open(args)
+    with err_console.status("compiling (trace, analyse, mask, reconstruct, slim, verify)"), \
+            warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        result = gp.compile(model, inputs, masks=masks, threshold=args.threshold,
+                            prune_ratio=args.prune_ratio, residual=args.residual,
+                            min_channels=args.min_channels, exclude=args.exclude,
+                            leaves=args.leaf)
+    compile_s = time.perf_counter() - start
+    written = []
+    with atomic_directory(args.out, overwrite=args.overwrite) as tmp:
+        with err_console.status("writing the graphprune checkpoint"):
+            result.save(tmp / "slim.graphprune.pt")
+            written.append("slim.graphprune.pt")
+        if not args.no_pt2:
+            with err_console.status("exporting slim.pt2 (torch.export)"):
+                result.export_pt2(tmp / "slim.pt2")
+                written.append("slim.pt2")
+        if not args.no_onnx:
+            with err_console.status("exporting slim.onnx and checking it in onnxruntime"):
+                result.export_onnx(tmp / "slim.onnx")
+                written.append("slim.onnx")
+        report = result.summary()
+        report.update(model=args.model, example_shape=list(inputs[0].shape),
+                      request={"prune_ratio": args.prune_ratio, "threshold": args.threshold,
+                               "masks": str(args.masks) if args.masks else None,
+                               "residual": args.residual, "min_channels": args.min_channels,
+                               "exclude": args.exclude},
+                      compile_seconds=round(compile_s, 3),
+                      total_seconds=round(time.perf_counter() - start, 3),
+                      artifacts=written + ["report.json"])
+        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print_compile_summary(result, args, inputs, report)
+    return 0
+
+
+def print_compile_summary(result, args, inputs, report: dict[str, Any]) -> None:
+    s = result.stats
+    console.print(f"[bold]graphprune compile[/bold] {args.model}  input {tuple(inputs[0].shape)}"
+                  f"  residual={args.residual}")
+    t = Table(title="Model", show_edge=False)
+    for col in ("", "before", "after", "after / before"):
+        t.add_column(col, justify="right")
+    t.add_row("parameters", f"{s.params_before:,}", f"{s.params_after:,}", f"{s.params_ratio:.3f}")
+    t.add_row("GFLOPs (2×MACs)", f"{s.flops_before / 1e9:.3f}", f"{s.flops_after / 1e9:.3f}",
+              f"{s.flops_ratio:.3f}")
+    t.add_row("prunable BN channels", f"{s.channels_before:,}", f"{s.channels_after:,}",
+              f"{1 - s.channels_pruned:.3f}")
+    console.print(t)
+    layers = Table(title="Channels kept per layer", show_edge=False)
+    for col, justify in (("BatchNorm", "left"), ("channels", "right"), ("requested", "right"),
+                         ("kept", "right"), ("|γ|<0.01", "right"), ("pinned because", "left")):
+        layers.add_column(col, justify=justify, overflow="fold")
+    for row in result.layers:
+        layers.add_row(row["name"], str(row["channels"]), str(row["requested"]),
+                       str(row["kept"]), str(row["near_zero"]), row["pinned"] or "")
+    console.print(layers)
+    for name, why in result.unprunable.items():
+        console.print(f"[yellow]not prunable[/yellow] {name}: {why}")
+    for message in result.warnings:
+        console.print(f"[yellow]warning[/yellow] {message}")
+    console.print(f"verified: slim == zero-masked on the example input "
+                  f"(max |diff| {result.max_error:.2e})")
+    pieces = result.emit_stats
+    console.print(f"residual reconstruction: {pieces.get('residual_pieces', 0)} add pieces, "
+                  f"{pieces.get('slices', 0)} slices, {pieces.get('gathers', 0)} gathers")
+    console.print(f"compile {report['compile_seconds']:.2f} s, total {report['total_seconds']:.2f} s"
+                  f" → {args.out}/ ({', '.join(report['artifacts'])})")
+
+
+# -- inspect --------------------------------------------------------------------------------
+GAMMA_BINS = (0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, np.inf)
+
+
+def gamma_histogram(gammas: Sequence[np.ndarray]) -> list[tuple[str, int]]:
+    values = np.concatenate(list(gammas)) if gammas else np.zeros(0)
+    counts, _ = np.histogram(values, bins=GAMMA_BINS)
+    labels = ["< 1e-4", "1e-4 – 1e-3", "1e-3 – 0.01", "0.01 – 0.1", "0.1 – 1", "≥ 1"]
+    return list(zip(labels, (int(c) for c in counts)))
+
+
+def cmd_inspect(args) -> int:
+    from .pipeline import analyze
+
+    with err_console.status("loading the model"):
+        model, inputs = _open(args)
+    with err_console.status("tracing and analysing"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = analyze(model, inputs, leaves=args.leaf)
+    console.print(f"[bold]graphprune inspect[/bold] {args.model}  input {tuple(inputs[0].shape)}:"
+                  f" {report.params:,} parameters, {report.flops / 1e9:.3f} GFLOPs")
+    for name, why in report.leaves.items():
+        console.print(f"kept whole (untraceable): {name} — {why}")
+    groups = report.groups
+    if groups.error:
+        console.print(f"[yellow]dependency groups unavailable[/yellow]: {groups.error}")
+    else:
+        g = Table(title=f"Dependency groups with several BatchNorms (torch-pruning, "
+                        f"{groups.seconds:.2f} s)", show_edge=False)
+        for col in ("root", "BatchNorms", "residual adds", "coupling"):
+            g.add_column(col, overflow="fold")
+        structural = {frozenset(cs.names) for cs in groups.structural}
+        for info in groups.groups:
+            if len(info.batchnorms) < 2:
+                continue
+            tied = [s for s in structural if s <= set(info.batchnorms)]
+            kind = "structural: " + "; ".join(", ".join(sorted(s)) for s in tied) if tied \
+                else "residual only (decoupled by reconstruction)"
+            g.add_row(info.root, ", ".join(info.batchnorms), str(info.residual_adds), kind)
+        console.print(g)
+    t = Table(title="Prunable BatchNorms", show_edge=False)
+    for col, justify in (("BatchNorm", "left"), ("channels", "right"), ("|γ|<0.01", "right"),
+                         ("pinned channels", "right"), ("why pinned", "left")):
+        t.add_column(col, justify=justify, overflow="fold")
+    for name, st in report.statistics.items():
+        t.add_row(name, str(st.channels), str(st.near_zero), str(report.pinned_channels[name]),
+                  report.pin_reasons.get(name, ""))
+    console.print(t)
+    for name, why in report.unprunable.items():
+        console.print(f"not prunable: {name} — {why}")
+    hist = gamma_histogram([s.gamma for s in report.statistics.values()])
+    total = max(sum(c for _, c in hist), 1)
+    h = Table(title="|γ| histogram (prunable channels)", show_edge=False)
+    for col, justify in (("|γ|", "left"), ("channels", "right"), ("", "left")):
+        h.add_column(col, justify=justify)
+    for label, count in hist:
+        h.add_row(label, str(count), "█" * int(round(40 * count / total)))
+    console.print(h)
+    return 0
+
+
+# -- entry point ----------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        err_console.print("graphprune: interrupted; nothing was written")
+        return EXIT_INTERRUPTED
+    except GraphpruneError as exc:
+        if args.debug:
+            raise
+        err_console.print(f"graphprune: error: {exc}", markup=False, soft_wrap=True)
+        return EXIT_ERROR
+    except (OSError, MemoryError) as exc:
+        if args.debug:
+            raise
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        err_console.print(f"graphprune: error: {type(exc).__name__}: "
+                          f"{getattr(exc, 'strerror', None) or exc}{where}", markup=False, soft_wrap=True)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""What the compiler passes share: the request, the traced graph and each pass's findings.
+
+Passes are plain functions ``(GraphModule, CompileContext) -> PassResult``; they read what earlier
+passes left here and on the nodes (``node.meta["graphprune.*"]``) and add their own findings.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.fx
+import torch.nn as nn
+
+RESIDUAL_MODES = ("reconstruct", "couple")
+
+# The invariant's tolerance (DESIGN.md): |slim - ref| <= ATOL + RTOL * |ref|, float32.
+ATOL = 1e-4
+RTOL = 1e-4
+
+
+@dataclass
+class CompileConfig:
+    """The user's request, validated by ``graphprune.compile``."""
+
+    masks: dict[str, Any] | None = None
+    threshold: float | None = None
+    prune_ratio: float | None = None
+    residual: str = "reconstruct"
+    min_channels: int = 1
+    exclude: Sequence[str] = ()
+    leaves: Sequence[str] = ()
+    verify: bool = True
+    dependency_groups: bool = True        # build torch-pruning's groups (structural coupling)
+    atol: float = ATOL
+    rtol: float = RTOL
+
+
+@dataclass
+class LayerStatistics:
+    """γ of one prunable BatchNorm (paper §3.1.2: the per-layer count of near-zero γ)."""
+
+    name: str
+    gamma: np.ndarray           # |γ| per channel
+    near_zero: int              # channels with |γ| < NEAR_ZERO
+
+    @property
+    def channels(self) -> int:
+        return len(self.gamma)
+
+
+@dataclass
+class CompileContext:
+    model: nn.Module                      # the compiler's private copy, in eval mode
+    example_inputs: tuple[Any, ...]
+    config: CompileConfig
+    leaves: dict[str, str] = field(default_factory=dict)          # auto leaf -> why
+    statistics: dict[str, LayerStatistics] = field(default_factory=dict)
+    unprunable: dict[str, str] = field(default_factory=dict)      # BatchNorm -> why not prunable
+    groups: Any = None                                             # groups.DependencyGroups
+    candidates: dict[str, np.ndarray] = field(default_factory=dict)  # rankable channels
+    requested: dict[str, np.ndarray] = field(default_factory=dict)
+    masks: dict[str, np.ndarray] = field(default_factory=dict)    # as applied
+    pinned: dict[str, str] = field(default_factory=dict)
+    analysis: Any = None                                           # analysis.ChannelAnalysis
+    slim: torch.fx.GraphModule | None = None
+    slim_env: dict[torch.fx.Node, Any] = field(default_factory=dict)
+    emit_stats: dict[str, int] = field(default_factory=dict)
+    max_error: float | None = None                                # verify: worst |slim - ref|
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def timed(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start

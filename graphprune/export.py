@@ -1,0 +1,297 @@
+"""Artifacts: the graphprune checkpoint, ``slim.pt2`` (torch.export) and ``slim.onnx``.
+
+* The checkpoint holds only tensors and plain data — ``{"format", "version", "recipe" (a JSON
+  string), "state_dict"}`` — so it loads with ``torch.load(weights_only=True)``.  The recipe names
+  a built-in builder and its arguments, the applied masks and the example input shapes;
+  ``graphprune.load`` rebuilds the slim module from it deterministically, then loads the
+  weights.  A model graphprune did not build is rebuilt from an instance the caller passes.
+* ``slim.pt2``: ``torch.export`` program (pickle-free); ``torch.export.load(p).module()`` runs it.
+* ``slim.onnx``: TorchScript-based exporter (``dynamo=False``: an order of magnitude faster than
+  the dynamo exporter here, see DESIGN.md), opset ``ONNX_OPSET``, dynamic batch axis, checked
+  with ``onnx.checker`` and against onnxruntime before it is moved into place.
+
+Every file is written to a temporary name beside its destination and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils._pytree import tree_flatten
+
+from .context import ATOL, RTOL
+from .errors import CheckpointError, GraphpruneError, VerificationError
+
+FORMAT = "graphprune"
+VERSION = 1
+ONNX_OPSET = 17
+
+
+@contextmanager
+def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@contextmanager
+def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary directory beside ``path``; when the block succeeds it becomes
+    ``path`` (replacing an existing one only with ``overwrite``).  On failure nothing changes."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise GraphpruneError(f"output directory {str(path)!r} already exists",
+                              hint="choose another --out or pass --overwrite")
+    if path.exists() and not path.is_dir():
+        raise GraphpruneError(f"{str(path)!r} exists and is not a directory",
+                              hint="choose another --out")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old",
+                                        dir=path.parent))
+            os.replace(path, old / path.name)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_checkpoint(module: nn.Module, recipe: dict[str, Any], path: str | Path) -> Path:
+    state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+    payload = {"format": FORMAT, "version": VERSION, "recipe": json.dumps(recipe),
+               "state_dict": state}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(recipe, state_dict) of a graphprune checkpoint, read without executing any pickle."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist",
+                              hint="check the path")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{str(path)!r} is not a graphprune checkpoint "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})",
+                              hint="graphprune checkpoints are written by `graphprune compile` "
+                                   "or CompileResult.save") from None
+    return parse_checkpoint(payload, path)
+
+
+def parse_checkpoint(payload: Any, path: str | Path
+                     ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(recipe, state_dict) of an already-loaded checkpoint payload."""
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{str(path)!r} is a torch file but not a graphprune checkpoint",
+                              hint="graphprune checkpoints are written by `graphprune compile` "
+                                   "or CompileResult.save")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(f"{str(path)!r} has checkpoint version {payload.get('version')}, "
+                              f"this graphprune reads version {VERSION}",
+                              hint="upgrade graphprune")
+    try:
+        recipe = json.loads(payload["recipe"])
+        state = dict(payload["state_dict"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{str(path)!r} has a damaged recipe ({exc})") from None
+    return recipe, state
+
+
+def decode_masks(recipe: dict[str, Any]) -> dict[str, np.ndarray] | None:
+    masks = recipe.get("masks")
+    if masks is None:
+        return None
+    return {n: np.frombuffer(s.encode(), dtype=np.uint8) == ord("1") for n, s in masks.items()}
+
+
+def example_inputs_of(recipe: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.zeros(spec["shape"], dtype=getattr(torch, spec["dtype"]))
+                 for spec in recipe.get("inputs", []))
+
+
+def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
+    """Rebuild the module a graphprune checkpoint describes and load its weights.
+
+    ``model``: an instance of the original architecture, needed when the checkpoint was made
+    from a model graphprune cannot build itself (its recipe names no builder)."""
+    recipe, state = read_checkpoint(path)
+    return rebuild(recipe, state, path, model)
+
+
+def rebuild(recipe: dict[str, Any], state: dict[str, torch.Tensor], path: str | Path,
+            model: nn.Module | None = None) -> nn.Module:
+    """The module a checkpoint's recipe describes, with its weights loaded."""
+    from . import models
+    from .pipeline import compile as gp_compile
+
+    if model is None:
+        builder = recipe.get("builder")
+        if builder is None:
+            raise CheckpointError(
+                f"{str(path)!r} was compiled from {recipe.get('model_class', 'a custom model')}, "
+                "which graphprune cannot build by itself",
+                hint="pass an instance of that architecture: graphprune.load(path, model=...)")
+        try:
+            model = models.build(builder, **recipe.get("kwargs", {}))
+        except (ValueError, TypeError) as exc:
+            raise CheckpointError(f"{str(path)!r} names a model graphprune cannot build: {exc}") \
+                from None
+    masks = decode_masks(recipe)
+    if masks is None:
+        module = model
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = gp_compile(model, example_inputs_of(recipe), masks=masks,
+                                leaves=recipe.get("leaves", []), verify=False,
+                                dependency_groups=False).module
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"the weights in {str(path)!r} do not fit the rebuilt model: "
+                              f"{str(exc).splitlines()[0][:200]}",
+                              hint="was it saved by another graphprune version, or is `model` "
+                                   "a different architecture?") from None
+    module.graphprune_recipe = recipe
+    return module.eval()
+
+
+class _Exportable(nn.Module):
+    """Wraps a GraphModule so torch.export traces its generated code rather than replaying
+    its graph in an ``fx.Interpreter`` (whose immutable argument lists kept-whole modules such
+    as YOLO heads cannot mutate)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *inputs):
+        return self.module(*inputs)
+
+
+def _batch_of_two(x: Any) -> Any:
+    """An example with batch 2: torch.export specialises a batch of 1 to a constant."""
+    if isinstance(x, torch.Tensor) and x.dim() >= 1 and x.shape[0] == 1:
+        return torch.cat([x, x])
+    return x
+
+
+def export_pt2(module: nn.Module, example_inputs: tuple[Any, ...], path: str | Path,
+               dynamic_batch: bool = True) -> Path:
+    """Save ``module`` as a torch.export program; the batch axis is dynamic when possible."""
+    wrapper = _Exportable(module).eval()
+    inputs = tuple(example_inputs)
+    program, error = None, None
+    if dynamic_batch and all(isinstance(x, torch.Tensor) and x.dim() >= 1 for x in inputs):
+        batch = torch.export.Dim("batch")
+        try:
+            program = torch.export.export(wrapper, tuple(_batch_of_two(x) for x in inputs),
+                                          dynamic_shapes=(tuple({0: batch} for _ in inputs),))
+        except Exception as exc:   # a model that fixes its batch size: export it static
+            error = exc
+    if program is None:
+        try:
+            program = torch.export.export(wrapper, inputs)
+        except Exception as exc:
+            exc = error or exc
+            raise GraphpruneError(f"torch.export could not export the slim model "
+                                  f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})",
+                                  hint="the ONNX file and the graphprune checkpoint are "
+                                       "unaffected") from None
+    with atomic_path(path, ".pt2") as tmp, warnings.catch_warnings():
+        # Constants that are expanded views (a detection head's cached grid) make torch warn
+        # that it stores "the first" tensor of their storage group; the loaded program is
+        # checked equal in the tests.
+        warnings.filterwarnings("ignore", message="No complete tensor found in the group")
+        torch.export.save(program, tmp)
+    return Path(path)
+
+
+def _flat_outputs(out: Any) -> list[torch.Tensor]:
+    return [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+
+
+def export_onnx(module: nn.Module, example_inputs: tuple[Any, ...], path: str | Path, *,
+                opset: int = ONNX_OPSET, dynamic_batch: bool = True, check: bool = True,
+                atol: float = ATOL, rtol: float = RTOL) -> Path:
+    """Export to ONNX, check the file and compare onnxruntime with the module."""
+    import onnx
+
+    module = module.eval()
+    inputs = tuple(example_inputs)
+    with torch.no_grad():
+        expected = _flat_outputs(module(*inputs))
+    input_names = ["images"] if len(inputs) == 1 else [f"input{i}" for i in range(len(inputs))]
+    output_names = [f"output{i}" for i in range(len(expected))]
+    axes = {n: {0: "batch"} for n in input_names + output_names} if dynamic_batch else None
+    with atomic_path(path, ".onnx") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(module, inputs, str(tmp), dynamo=False, opset_version=opset,
+                              input_names=input_names, output_names=output_names,
+                              dynamic_axes=axes, do_constant_folding=True)
+        except Exception as exc:
+            raise GraphpruneError(f"ONNX export failed ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0][:160]})",
+                                  hint="the graphprune checkpoint is unaffected") from None
+        onnx.checker.check_model(str(tmp))
+        if check:
+            worst = onnx_parity(tmp, inputs, expected, atol, rtol)
+            if worst is not None:
+                raise VerificationError(f"onnxruntime disagrees with the slim module: {worst}",
+                                        hint="please report this model")
+    return Path(path)
+
+
+def onnx_parity(path: str | Path, inputs: tuple[Any, ...], expected: list[torch.Tensor],
+                atol: float = ATOL, rtol: float = RTOL) -> str | None:
+    """Run ``path`` in onnxruntime; None if every output matches, else what differs."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {i.name: x.detach().cpu().numpy() for i, x in zip(session.get_inputs(), inputs)}
+    got = session.run(None, feed)
+    if len(got) != len(expected):
+        return f"{len(got)} outputs instead of {len(expected)}"
+    for k, (g, e) in enumerate(zip(got, expected)):
+        e = e.detach().cpu().numpy()
+        if g.shape != e.shape:
+            return f"output {k} has shape {g.shape} instead of {e.shape}"
+        bad = ~(np.abs(g - e) <= atol + rtol * np.abs(e))
+        if bad.any():
+            return f"output {k}: max |diff| {float(np.abs(g - e).max()):.3g}"
+    return None
+
+
+__all__ = ["FORMAT", "ONNX_OPSET", "VERSION", "atomic_directory", "atomic_path", "decode_masks",
+           "example_inputs_of", "export_onnx", "export_pt2", "load", "onnx_parity",
+           "parse_checkpoint", "read_checkpoint", "rebuild", "save_checkpoint"]

@@ -1,0 +1,142 @@
+"""Channel masks: the zero-masked reference, and masks from a threshold or a prune ratio.
+
+A mask is a bool array per BatchNorm, ``True`` = keep.  The zero-masked model (DESIGN.md) is the
+original model in which every pruned channel's BatchNorm output is exactly 0: its γ and β are set
+to 0, so BN(x) = 0·x̂ + 0 for those channels whatever the statistics.  That is the semantics
+every compile is checked against.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import fnmatch
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .errors import MaskError
+
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def as_mask(value: Any, name: str, size: int) -> np.ndarray:
+    """A user's mask (bool/0-1 tensor, array or list) as a bool array of ``size``."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    arr = np.asarray(value)
+    if arr.ndim != 1:
+        raise MaskError(f"mask for {name!r} has shape {tuple(arr.shape)}",
+                        hint=f"give a 1-D mask of {size} booleans (True = keep)")
+    if len(arr) != size:
+        raise MaskError(f"mask for {name!r} has {len(arr)} entries but the layer has {size} "
+                        "channels", hint=f"give {size} booleans (True = keep)")
+    if arr.dtype != bool:
+        if not np.isin(arr, (0, 1)).all():
+            raise MaskError(f"mask for {name!r} holds values other than 0/1 and True/False",
+                            hint="True (or 1) keeps a channel, False (or 0) prunes it")
+        arr = arr.astype(bool)
+    return arr.copy()
+
+
+def unknown_layer_error(name: str, known: Iterable[str]) -> MaskError:
+    known = list(known)
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f"did you mean {', '.join(map(repr, close))}?" if close else \
+        f"masks name BatchNorm layers, e.g. {', '.join(map(repr, known[:3]))}"
+    return MaskError(f"mask names {name!r}, which is not a prunable BatchNorm of the model",
+                     hint=hint)
+
+
+def batchnorms(model: nn.Module) -> dict[str, nn.Module]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, BATCHNORMS)}
+
+
+def zero_mask(model: nn.Module, masks: Mapping[str, Any]) -> nn.Module:
+    """A copy of ``model`` in which each pruned BatchNorm channel outputs exactly 0.
+
+    ``masks``: {BatchNorm name: keep mask}; layers not named keep every channel.  The caller's
+    model is not modified."""
+    ref = copy.deepcopy(model)
+    bns = batchnorms(ref)
+    with torch.no_grad():
+        for name, value in masks.items():
+            if name not in bns:
+                raise unknown_layer_error(name, bns)
+            bn = bns[name]
+            keep = torch.as_tensor(as_mask(value, name, bn.num_features),
+                                   device=bn.running_mean.device if bn.running_mean is not None
+                                   else None)
+            if not bn.affine:
+                raise MaskError(f"BatchNorm {name!r} has no affine parameters to zero",
+                                hint="only affine BatchNorms can be masked")
+            bn.weight.mul_(keep.to(bn.weight.dtype))
+            bn.bias.mul_(keep.to(bn.bias.dtype))
+    return ref
+
+
+def matches(name: str, patterns: Iterable[str]) -> bool:
+    """``exclude`` patterns: fnmatch on the layer name, or a module prefix (``model.24``)."""
+    for p in patterns:
+        if fnmatch.fnmatchcase(name, p) or name.startswith(p.rstrip(".") + "."):
+            return True
+    return False
+
+
+def global_order(gammas: Mapping[str, np.ndarray], candidates: Mapping[str, np.ndarray]
+                 ) -> tuple[np.ndarray, list[str]]:
+    """Candidate channels sorted by pruning priority.
+
+    Importance is |γ|; ties broken by layer order, then channel index, so that an untrained
+    model (every γ = 1) still prunes exactly the requested number.  Returns an array of
+    (layer index, channel) rows, least important first, and the layer names."""
+    names = list(gammas)
+    layer_ids, chans, values = [], [], []
+    for i, name in enumerate(names):
+        idx = np.flatnonzero(candidates[name])
+        layer_ids.append(np.full(len(idx), i))
+        chans.append(idx)
+        values.append(gammas[name][idx])
+    if not names:
+        return np.zeros((0, 2), dtype=np.int64), names
+    layer_ids, chans, values = (np.concatenate(a) for a in (layer_ids, chans, values))
+    order = np.lexsort((chans, layer_ids, values))
+    return np.stack([layer_ids[order], chans[order]], 1).astype(np.int64), names
+
+
+def masks_from_ranking(gammas: Mapping[str, np.ndarray], candidates: Mapping[str, np.ndarray],
+                       n_prune: int) -> dict[str, np.ndarray]:
+    """Prune the ``n_prune`` least important candidate channels (Algorithm 2, as a count)."""
+    ranked, names = global_order(gammas, candidates)
+    masks = {name: np.ones(len(g), dtype=bool) for name, g in gammas.items()}
+    for layer, channel in ranked[:n_prune]:
+        masks[names[layer]][channel] = False
+    return masks
+
+
+def count_below(gammas: Mapping[str, np.ndarray], candidates: Mapping[str, np.ndarray],
+                threshold: float) -> int:
+    """How many candidate channels have |γ| < ``threshold`` (the global δ of Algorithm 2)."""
+    return int(sum((g[candidates[n]] < threshold).sum() for n, g in gammas.items()))
+
+
+def enforce_min_channels(masks: dict[str, np.ndarray], gammas: Mapping[str, np.ndarray],
+                         min_channels: int) -> dict[str, str]:
+    """Keep at least ``min_channels`` per layer (the largest |γ| first).  Returns the reasons."""
+    grown = {}
+    for name, mask in masks.items():
+        need = min(min_channels, len(mask)) - int(mask.sum())
+        if need <= 0:
+            continue
+        g = gammas[name]
+        pruned = np.flatnonzero(~mask)
+        best = pruned[np.lexsort((pruned, -g[pruned]))][:need]
+        mask[best] = True
+        grown[name] = f"min_channels={min_channels}"
+    return grown
+
+
+__all__ = ["as_mask", "batchnorms", "count_below", "enforce_min_channels", "global_order",
+           "masks_from_ranking", "matches", "unknown_layer_error", "zero_mask"]

@@ -1,0 +1,226 @@
+"""``graphprune.compile``: trace, analyse, mask, reconstruct, slim and verify a model.
+
+The passes live in ``graphprune.passes`` (one a file, pipeline order); this module validates the
+request, runs them on a private copy of the model and packages the result.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.fx
+import torch.nn as nn
+
+from .context import ATOL, RESIDUAL_MODES, RTOL, CompileConfig, CompileContext
+from .errors import GraphpruneError, GraphpruneWarning, MaskError
+from .stats import ModelStats, count_flops, count_params
+from .tracing import trace
+
+
+def as_inputs(example_inputs: Any) -> tuple[Any, ...]:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs)
+    raise GraphpruneError(f"example_inputs must be a tensor or a tuple of them, got "
+                          f"{type(example_inputs).__name__}",
+                          hint="e.g. torch.zeros(1, 3, 640, 640)")
+
+
+def _validate(config: CompileConfig) -> None:
+    chosen = [k for k in ("masks", "threshold", "prune_ratio") if getattr(config, k) is not None]
+    if len(chosen) > 1:
+        raise MaskError(f"give one of masks, threshold and prune_ratio, not {' and '.join(chosen)}")
+    r = config.prune_ratio
+    if r is not None and not (isinstance(r, (int, float)) and math.isfinite(r) and 0 <= r < 1):
+        raise MaskError(f"prune_ratio must be in [0, 1), got {r!r}",
+                        hint="0.5 prunes half of the prunable BatchNorm channels")
+    t = config.threshold
+    if t is not None and not (isinstance(t, (int, float)) and math.isfinite(t) and t >= 0):
+        raise MaskError(f"threshold must be a finite number >= 0, got {t!r}",
+                        hint="channels whose |γ| is below the threshold are pruned")
+    if config.residual not in RESIDUAL_MODES:
+        raise MaskError(f"residual must be one of {', '.join(RESIDUAL_MODES)}, "
+                        f"got {config.residual!r}")
+    if not isinstance(config.min_channels, int) or config.min_channels < 1:
+        raise MaskError(f"min_channels must be an integer >= 1, got {config.min_channels!r}")
+    if config.masks is not None and not isinstance(config.masks, Mapping):
+        raise MaskError(f"masks must be a mapping of BatchNorm name to keep mask, got "
+                        f"{type(config.masks).__name__}")
+
+
+def run_passes(gm: torch.fx.GraphModule, ctx: CompileContext,
+               passes: Sequence[Callable] | None = None) -> torch.fx.GraphModule:
+    """Run the compiler passes in order.  (torch.fx's ``PassManager`` would re-wrap our
+    errors in a bare ``Exception``; these passes run once each, so a loop suffices.)"""
+    from . import passes as gp_passes
+
+    for fn in (passes if passes is not None else gp_passes.PIPELINE):
+        gm = fn(gm, ctx).graph_module
+    return gm
+
+
+@dataclass
+class CompileResult:
+    """What ``graphprune.compile`` returns."""
+
+    module: torch.fx.GraphModule
+    masks: dict[str, torch.Tensor]            # as applied, True = keep
+    requested: dict[str, torch.Tensor]
+    pinned: dict[str, str]
+    stats: ModelStats
+    example_inputs: tuple[Any, ...]
+    recipe: dict[str, Any]
+    leaves: dict[str, str] = field(default_factory=dict)
+    unprunable: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    max_error: float | None = None
+    emit_stats: dict[str, int] = field(default_factory=dict)
+    layers: list[dict[str, Any]] = field(default_factory=list)
+
+    def save(self, path: str | Path) -> Path:
+        """Write a graphprune checkpoint: weights + JSON recipe, no pickled code."""
+        from .export import save_checkpoint
+        return save_checkpoint(self.module, self.recipe, path)
+
+    def export_onnx(self, path: str | Path, **kwargs) -> Path:
+        from .export import export_onnx
+        return export_onnx(self.module, self.example_inputs, path, **kwargs)
+
+    def export_pt2(self, path: str | Path) -> Path:
+        from .export import export_pt2
+        return export_pt2(self.module, self.example_inputs, path)
+
+    def summary(self) -> dict[str, Any]:
+        """Plain data describing the compile (what ``report.json`` holds)."""
+        return {
+            "stats": self.stats.as_dict(),
+            "max_error": self.max_error,
+            "pinned": dict(self.pinned),
+            "leaves": dict(self.leaves),
+            "unprunable": dict(self.unprunable),
+            "warnings": list(self.warnings),
+            "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
+            "residual": dict(self.emit_stats),
+            "layers": self.layers,
+        }
+
+
+def _recipe(model: nn.Module, config: CompileConfig, inputs: tuple[Any, ...],
+            masks: dict[str, np.ndarray]) -> dict[str, Any]:
+    built = getattr(model, "graphprune_config", None)
+    return {
+        "builder": built.get("builder") if isinstance(built, dict) else None,
+        "kwargs": dict(built.get("kwargs", {})) if isinstance(built, dict) else {},
+        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "residual": config.residual,
+        "leaves": list(config.leaves),
+        "inputs": [{"shape": list(x.shape), "dtype": str(x.dtype).replace("torch.", "")}
+                   for x in inputs if isinstance(x, torch.Tensor)],
+        "masks": {n: "".join("1" if k else "0" for k in m) for n, m in masks.items()},
+    }
+
+
+def compile(model: nn.Module, example_inputs: Any, *, masks: Mapping[str, Any] | None = None,
+            threshold: float | None = None, prune_ratio: float | None = None,
+            residual: str = "reconstruct", min_channels: int = 1,
+            exclude: Iterable[str] = (), leaves: Iterable[str] = (), verify: bool = True,
+            atol: float = ATOL, rtol: float = RTOL, dependency_groups: bool = True
+            ) -> CompileResult:
+    """Compile ``model`` into a physically slimmer ``nn.Module``.
+
+    Exactly one of ``masks`` ({BatchNorm name: keep mask}; layers not named keep everything),
+    ``threshold`` (global δ: channels with |γ| < δ go) and ``prune_ratio`` (share of prunable
+    BatchNorm channels to prune) chooses the channels; none of them compiles without pruning.
+    ``residual="reconstruct"`` lets the branches of residual adds keep different channels
+    (L1RR); ``"couple"`` forces the conventional shared mask (it needs torch-pruning's
+    dependency groups, which ``dependency_groups=False`` skips when the masks are known to be
+    final, e.g. when a checkpoint is rebuilt).  ``exclude``: name patterns of
+    BatchNorms (or module prefixes) to leave whole.  ``leaves``: submodules to keep whole in the
+    trace (untraceable ones are found automatically).  The caller's model is not modified.
+    """
+    config = CompileConfig(masks=masks, threshold=threshold, prune_ratio=prune_ratio,
+                           residual=residual, min_channels=min_channels,
+                           exclude=tuple(exclude), leaves=tuple(leaves), verify=verify,
+                           atol=atol, rtol=rtol, dependency_groups=dependency_groups)
+    _validate(config)
+    inputs = as_inputs(example_inputs)
+    work = copy.deepcopy(model).eval()
+    traced = trace(work, config.leaves)
+    ctx = CompileContext(work, inputs, config,
+                         leaves={**{name: "requested" for name in config.leaves},
+                                 **traced.leaves})
+    for name, why in traced.leaves.items():
+        ctx.warnings.append(f"{name!r} cannot be traced ({why}); kept whole, its inner "
+                            "convolutions still lose pruned input columns")
+    slim = run_passes(traced.graph_module, ctx)
+    for message in ctx.warnings:
+        warnings.warn(message, GraphpruneWarning, stacklevel=2)
+
+    with ctx.timed("count_flops"):
+        stats = ModelStats(
+            params_before=count_params(work), params_after=count_params(slim),
+            flops_before=count_flops(work, inputs), flops_after=count_flops(slim, inputs),
+            channels_before=sum(len(s.gamma) for s in ctx.statistics.values()),
+            channels_after=sum(int(ctx.masks[n].sum()) for n in ctx.statistics))
+    layers = [{"name": n, "channels": len(s.gamma), "kept": int(ctx.masks[n].sum()),
+               "requested": int(ctx.requested[n].sum()), "near_zero": s.near_zero,
+               "pinned": ctx.pinned.get(n)} for n, s in ctx.statistics.items()]
+    slim.graphprune_recipe = _recipe(model, config, inputs, ctx.masks)
+    return CompileResult(
+        module=slim,
+        masks={n: torch.as_tensor(m) for n, m in ctx.masks.items()},
+        requested={n: torch.as_tensor(m) for n, m in ctx.requested.items()},
+        pinned=dict(ctx.pinned), stats=stats, example_inputs=inputs,
+        recipe=slim.graphprune_recipe, leaves=dict(ctx.leaves),
+        unprunable=dict(ctx.unprunable), warnings=list(ctx.warnings),
+        timings=dict(ctx.timings), max_error=ctx.max_error, emit_stats=dict(ctx.emit_stats),
+        layers=layers)
+
+
+@dataclass
+class ModelReport:
+    """What ``graphprune inspect`` shows: the analysis before any mask is chosen."""
+
+    params: int
+    flops: int
+    leaves: dict[str, str]
+    statistics: dict[str, Any]               # BatchNorm -> LayerStatistics
+    pinned_channels: dict[str, int]          # BatchNorm -> channels no mask may remove
+    pin_reasons: dict[str, str]
+    unprunable: dict[str, str]
+    groups: Any                               # groups.DependencyGroups
+    warnings: list[str]
+
+
+def analyze(model: nn.Module, example_inputs: Any, *, leaves: Iterable[str] = ()
+            ) -> ModelReport:
+    """Trace and analyse ``model`` without pruning it (``graphprune inspect``)."""
+    from . import passes as gp_passes
+    from .passes.mask_channels import structural_pins
+
+    config = CompileConfig(leaves=tuple(leaves))
+    inputs = as_inputs(example_inputs)
+    work = copy.deepcopy(model).eval()
+    traced = trace(work, config.leaves)
+    ctx = CompileContext(work, inputs, config, leaves=dict(traced.leaves))
+    run_passes(traced.graph_module, ctx, [gp_passes.propagate_shapes,
+                                          gp_passes.collect_statistics])
+    pins, reasons = structural_pins(ctx.analysis)
+    return ModelReport(params=count_params(work), flops=count_flops(work, inputs),
+                       leaves=dict(traced.leaves), statistics=dict(ctx.statistics),
+                       pinned_channels={n: int(m.sum()) for n, m in pins.items()},
+                       pin_reasons=reasons,
+                       unprunable=dict(ctx.unprunable), groups=ctx.groups,
+                       warnings=list(ctx.warnings))
+
+
+__all__ = ["CompileResult", "ModelReport", "analyze", "as_inputs", "compile", "run_passes"]

@@ -1,0 +1,162 @@
+"""torch.fx tracing that works on models we did not write.
+
+``trace`` symbolically traces a model's inference path.  Two things differ from a plain
+``torch.fx.symbolic_trace``:
+
+* A submodule whose ``forward`` cannot be traced (Python control flow on a shape, a detection
+  head that caches its decoding grid, list routing that iterates a Proxy, ...) is kept whole as
+  a *leaf*: the trace is repeated with that module as a ``call_module`` node, innermost failing
+  module first.  The channel analysis later looks inside leaves to slim the convolutions that
+  consume pruned tensors.  Only the root itself failing is an error.
+* ``chunk``/``split``/``unbind`` with a number of pieces known at trace time return Proxies that
+  can be iterated (``list(x.chunk(2, 1))``, ``for y in x.split(...)``), so blocks such as C2f
+  stay traceable and their residuals can be reconstructed instead of pinned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import torch
+import torch.fx
+import torch.nn as nn
+from torch.fx.immutable_collections import immutable_dict, immutable_list
+from torch.fx.proxy import Proxy
+
+from .errors import TraceFailure
+
+MAX_LEAF_RETRIES = 64
+
+
+def _known_length(node: torch.fx.Node) -> int | None:
+    """The number of outputs of a chunk/split/unbind node when it is fixed at trace time."""
+    target, args, kwargs = node.target, node.args, node.kwargs
+    name = target if node.op == "call_method" else getattr(target, "__name__", None)
+    if name == "chunk" and node.op in ("call_method", "call_function"):
+        chunks = args[1] if len(args) > 1 else kwargs.get("chunks")
+        return chunks if isinstance(chunks, int) else None
+    if name == "split" and node.op in ("call_method", "call_function"):
+        sizes = args[1] if len(args) > 1 else kwargs.get("split_size_or_sections",
+                                                         kwargs.get("split_size"))
+        if isinstance(sizes, (list, tuple)) and all(isinstance(s, int) for s in sizes):
+            return len(sizes)
+    return None
+
+
+class _SplitProxy(Proxy):
+    """Proxy of a chunk/split whose number of pieces is known: it has a length and iterates."""
+
+    def __len__(self) -> int:
+        return _known_length(self.node)
+
+    def __iter__(self):
+        return iter([self[i] for i in range(len(self))])
+
+
+class GraphpruneTracer(torch.fx.Tracer):
+    """An ``fx.Tracer`` that records which module was being traced when tracing failed."""
+
+    def __init__(self, leaves: Iterable[str] = ()):
+        super().__init__()
+        self.leaves = set(leaves)
+        self.failed_module: str | None = None
+        self.failure: BaseException | None = None
+
+    def is_leaf_module(self, m: nn.Module, qualified_name: str) -> bool:
+        return qualified_name in self.leaves or super().is_leaf_module(m, qualified_name)
+
+    def call_module(self, m: nn.Module, forward, args, kwargs):
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception as exc:
+            if self.failure is None:  # innermost module first: it is the one that failed
+                self.failure = exc
+                self.failed_module = self.path_of_module(m)
+            raise
+
+    def proxy(self, node: torch.fx.Node) -> Proxy:
+        if _known_length(node) is not None:
+            return _SplitProxy(node, self)
+        return super().proxy(node)
+
+
+@dataclass
+class TraceResult:
+    graph_module: torch.fx.GraphModule
+    leaves: dict[str, str] = field(default_factory=dict)  # auto leaf -> why it could not trace
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"{type(exc).__name__}: {text[:160]}"
+
+
+def trace(model: nn.Module, leaves: Iterable[str] = ()) -> TraceResult:
+    """Trace ``model`` (in its current train/eval mode) into a GraphModule.
+
+    ``leaves`` names submodules to keep whole from the start.  Submodules that fail to trace are
+    added automatically and reported in ``TraceResult.leaves``.
+    """
+    wanted = set(leaves)
+    auto: dict[str, str] = {}
+    for _ in range(MAX_LEAF_RETRIES):
+        tracer = GraphpruneTracer(wanted | set(auto))
+        try:
+            graph = tracer.trace(model)
+        except Exception as exc:
+            failed = tracer.failed_module
+            if failed is None or failed == "":
+                raise TraceFailure(
+                    f"torch.fx cannot trace the forward of {type(model).__name__} itself "
+                    f"({_short(tracer.failure or exc)})",
+                    hint="make the top-level forward traceable, or wrap the model so that its "
+                         "forward only calls submodules") from exc
+            if failed in auto or failed in wanted:
+                raise TraceFailure(f"tracing failed again at leaf {failed!r}: {_short(exc)}") \
+                    from exc
+            auto[failed] = _short(tracer.failure or exc)
+            continue
+        name = type(model).__name__
+        gm = torch.fx.GraphModule(tracer.root, graph, name)
+        return TraceResult(gm, auto)
+    raise TraceFailure(f"gave up after {MAX_LEAF_RETRIES} untraceable submodules",
+                       hint="name the untraceable blocks with leaves=[...]")
+
+
+def _mutable(value: Any) -> Any:
+    """fx's immutable list/dict arguments as plain ones (generated code passes plain lists,
+    and modules kept whole may mutate them, as YOLO heads do)."""
+    if isinstance(value, immutable_list) or type(value) is list:
+        return [_mutable(v) for v in value]
+    if isinstance(value, immutable_dict) or type(value) is dict:
+        return {k: _mutable(v) for k, v in value.items()}
+    if type(value) is tuple:
+        return tuple(_mutable(v) for v in value)
+    return value
+
+
+class Interpreter(torch.fx.Interpreter):
+    """``fx.Interpreter`` that hands modules plain (mutable) argument lists, like the
+    ``GraphModule``'s own generated code does."""
+
+    def call_module(self, target, args, kwargs):
+        return super().call_module(target, _mutable(args), _mutable(kwargs))
+
+
+def module_call_counts(gm: torch.fx.GraphModule) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            counts[node.target] = counts.get(node.target, 0) + 1
+    return counts
+
+
+def flat_tensor_args(node: torch.fx.Node) -> list[torch.fx.Node]:
+    """Input nodes of ``node`` in the order ``torch.fx`` would visit them (duplicates kept)."""
+    found: list[torch.fx.Node] = []
+    torch.fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n) or n)
+    return found
+
+
+__all__ = ["GraphpruneTracer", "Interpreter", "TraceResult", "flat_tensor_args", "module_call_counts", "trace"]

@@ -1,0 +1,138 @@
+"""Pass 4 — reconstruct residuals: channel orders for every value, plans for every add.
+
+With independent masks the two branches of a residual add ``y = a + b`` hold different channels
+(paper §3.2, Fig. 5, Eq. 13-14): channels both keep are added, channels one keeps are copied,
+channels neither keeps are dropped (OCR); consumers of ``y`` gather their input columns in
+``y``'s order (ICR).  The channel rules do the bookkeeping; this pass chooses the orders.
+
+A *residual group* is a set of adds joined through their operands (a C3 bottleneck chain, a
+ResNet stage).  Its *sources* are the values its adds are built from (walking back through
+activations and scalings).  A source made by a Conv -> BatchNorm pair is *free*: permuting the
+convolution's output rows (and its BatchNorm) costs nothing.  Every free source of a group is
+ordered by one key — membership in each source of the group in graph order, then the channel
+index — so that within every add both operands hold their shared channels in the same relative
+order and, for the first adds of a chain, contiguously: ``cat(a[:k] + b[:k], a[k:], b[k:])``.
+Where the pieces become many (later adds of a long chain) the add plan switches to one gather
+per operand (``channels.plan_add``).  Producers outside residual groups keep their kept
+channels in ascending order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch.fx
+from torch.fx.passes.infra.pass_base import PassResult
+
+from graphprune.context import CompileContext
+from graphprune.errors import GraphpruneError
+
+# Rules a residual operand is walked back through: one tensor in, same channels out.
+_TRANSPARENT = {"passthrough", "scale"}
+
+
+class _UnionFind:
+    def __init__(self):
+        self.parent: dict = {}
+
+    def find(self, x):
+        self.parent.setdefault(x, x)
+        while self.parent[x] is not x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a, b):
+        ra, rb = self.find(a), self.find(b)
+        if ra is not rb:
+            self.parent[rb] = ra
+
+
+def _source(A, operand: torch.fx.Node) -> torch.fx.Node:
+    """Walk an add operand back through activations and scalings to the value it comes from."""
+    while A.rules[operand].name in _TRANSPARENT:
+        operand = A.rules[operand].tensor_input(operand)
+    return operand
+
+
+def residual_groups(A) -> list[tuple[list[torch.fx.Node], list[torch.fx.Node]]]:
+    """[(adds, sources)] per residual group, both in graph order."""
+    position = {n: i for i, n in enumerate(A.nodes)}
+    uf = _UnionFind()
+    sources_of: dict[torch.fx.Node, torch.fx.Node] = {}
+    adds = [n for n in A.nodes if A.rules[n].name == "add"]
+    for add in adds:
+        uf.find(add)
+        for operand in add.args:
+            src = _source(A, operand)
+            uf.union(add, src)
+            sources_of.setdefault(src, src)
+    members: dict = {}
+    for n in list(adds) + list(sources_of):
+        members.setdefault(uf.find(n), set()).add(n)
+    groups = []
+    for nodes in members.values():
+        group_adds = sorted((n for n in nodes if A.rules[n].name == "add"), key=position.get)
+        srcs = sorted((n for n in nodes if A.rules[n].name != "add"), key=position.get)
+        if group_adds:
+            groups.append((group_adds, srcs))
+    return groups
+
+
+def free_source_conv(A, source: torch.fx.Node) -> torch.fx.Node | None:
+    """The convolution whose rows may be permuted to order ``source``, if any."""
+    if A.rules[source].name != "batchnorm":
+        return None
+    conv = source.args[0]
+    return conv if A.producers.get(conv) is source else None
+
+
+def group_rank(A, sources: list[torch.fx.Node], channels: int) -> np.ndarray:
+    """rank[c]: position of channel c in the group's common order."""
+    keys = [np.arange(channels)]
+    for src in reversed(sources):           # np.lexsort: the last key is the primary one
+        live = A.live(src)
+        keys.append(~live if live is not None else np.zeros(channels, dtype=bool))
+    order = np.lexsort(keys)
+    rank = np.empty(channels, dtype=np.int64)
+    rank[order] = np.arange(channels)
+    return rank
+
+
+def reconstruct_residuals(gm: torch.fx.GraphModule, ctx: CompileContext) -> PassResult:
+    with ctx.timed("reconstruct_residuals"):
+        A = ctx.analysis
+        A.compute_lives()
+        A.producer_orders, A.ranks, A.producer_partners = {}, {}, {}
+        for conv, bn in A.producers.items():
+            keep = A.mask(bn.target)
+            if not keep.all():
+                A.producer_orders[conv] = np.flatnonzero(keep)
+        for adds, sources in residual_groups(A):
+            channels = len(A.live(adds[0]))
+            rank = group_rank(A, sources, channels)
+            for add in adds:
+                A.ranks[add] = rank
+            for add in adds:
+                for src, other in ((_source(A, add.args[0]), add.args[1]),
+                                   (_source(A, add.args[1]), add.args[0])):
+                    conv = free_source_conv(A, src)
+                    if conv is not None and conv not in A.producer_partners:
+                        A.producer_partners[conv] = (rank, other)
+            for src in sources:
+                conv = free_source_conv(A, src)
+                if conv is not None:
+                    kept = np.flatnonzero(A.mask(src.target))
+                    order = kept[np.argsort(rank[kept], kind="stable")]
+                    if len(order) < channels or not np.array_equal(order, kept):
+                        A.producer_orders[conv] = order
+        A.compute_orders()
+        bad = A.check_consistency()
+        if bad:
+            raise GraphpruneError(f"internal error: channel orders disagree with liveness at "
+                                  f"{', '.join(bad[:5])}",
+                                  hint="please report this model; compile with "
+                                       "residual='couple' meanwhile")
+    return PassResult(gm, False)
+
+
+__all__ = ["free_source_conv", "group_rank", "reconstruct_residuals", "residual_groups"]

@@ -1,0 +1,106 @@
+"""Choosing channels: thresholds, ratios, ties, validation, safety rails."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import graphprune as gp
+from graphprune.masks import batchnorms, global_order, masks_from_ranking
+from graphprune.models import randomize_batchnorm, tiny_resnet, yolov5n
+from conftest import check_compile
+
+
+def prunable_channels(result):
+    return sum(len(m) for m in result.masks.values())
+
+
+def test_prune_ratio_on_an_untrained_model_prunes_exactly_the_requested_count():
+    model = tiny_resnet()                      # every γ = 1: only the tie-break decides
+    x = torch.randn(1, 3, 16, 16)
+    result = check_compile(model, x, prune_ratio=0.25, min_channels=1)
+    requested = {n: m.numpy() for n, m in result.requested.items()}
+    pruned = sum(int((~m).sum()) for m in requested.values())
+    report = gp.analyze(model, x)
+    candidates = sum(len(m) for m in requested.values()) - sum(report.pinned_channels.values())
+    assert pruned == round(0.25 * candidates)
+    # ties go by layer order, then channel index: the earliest layers lose their first channels
+    names = list(requested)
+    first_pruned = next(n for n in names if not requested[n].all())
+    assert not requested[first_pruned][0]
+
+
+def test_tie_break_is_gamma_then_layer_then_channel():
+    gammas = {"a": np.array([0.5, 0.1, 0.1]), "b": np.array([0.1, 0.5])}
+    candidates = {n: np.ones(len(g), dtype=bool) for n, g in gammas.items()}
+    ranked, names = global_order(gammas, candidates)
+    assert [(names[i], c) for i, c in ranked] == [("a", 1), ("a", 2), ("b", 0), ("a", 0),
+                                                   ("b", 1)]
+    masks = masks_from_ranking(gammas, candidates, 3)
+    assert masks["a"].tolist() == [True, False, False] and masks["b"].tolist() == [False, True]
+
+
+def test_threshold_prunes_channels_below_delta():
+    model = randomize_batchnorm(yolov5n(num_classes=2), seed=3)
+    x = torch.rand(1, 3, 64, 64)
+    delta = 0.05
+    result = check_compile(model, x, threshold=delta)
+    bns = batchnorms(model)
+    for name, requested in result.requested.items():
+        gamma = bns[name].weight.detach().abs().numpy()
+        assert np.array_equal(requested.numpy(), gamma >= delta), name
+    # and the applied masks only ever add channels to the request
+    for name, applied in result.masks.items():
+        assert applied.numpy()[result.requested[name].numpy()].all()
+
+
+def test_min_channels_keeps_the_largest_gammas():
+    model = randomize_batchnorm(tiny_resnet(), seed=4)
+    result = check_compile(model, torch.rand(1, 3, 16, 16), threshold=10.0, min_channels=4)
+    bns = batchnorms(model)
+    for name, m in result.masks.items():
+        m = m.numpy()
+        assert m.sum() >= 4
+        if "min_channels" in result.pinned.get(name, ""):
+            g = bns[name].weight.detach().abs().numpy()
+            assert m[np.argsort(-g)[:4]].all()      # the four largest |γ| are among the kept
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"prune_ratio": 1.0}, "prune_ratio must be in"),
+    ({"prune_ratio": -0.1}, "prune_ratio must be in"),
+    ({"threshold": -1.0}, "threshold must be"),
+    ({"threshold": 0.1, "prune_ratio": 0.1}, "give one of"),
+    ({"residual": "or"}, "residual must be one of"),
+    ({"min_channels": 0}, "min_channels"),
+    ({"masks": {"layer1.0.conv1.1x": [1] * 16}}, "did you mean 'layer1.0.conv1.1'"),
+    ({"masks": {"stem.1": [1] * 15}}, "has 15 entries but the layer has 16"),
+    ({"masks": {"stem.1": [2] * 16}}, "values other than 0/1"),
+])
+def test_bad_requests_raise_clear_errors(kwargs, match):
+    with pytest.raises(gp.MaskError, match=match):
+        gp.compile(tiny_resnet(), torch.zeros(1, 3, 16, 16), **kwargs)
+
+
+def test_compile_without_a_request_prunes_nothing_and_matches_the_model():
+    model = randomize_batchnorm(tiny_resnet(), seed=5)
+    x = torch.rand(2, 3, 16, 16)
+    result = check_compile(model, x)
+    assert result.stats.params_after == result.stats.params_before
+    with torch.no_grad():
+        torch.testing.assert_close(result.module(x), model.eval()(x), rtol=1e-5, atol=1e-5)
+
+
+def test_zero_mask_zeroes_exactly_the_pruned_channels():
+    model = randomize_batchnorm(tiny_resnet(), seed=6).eval()
+    mask = np.ones(16, dtype=bool)
+    mask[[1, 5]] = False
+    ref = gp.zero_mask(model, {"stem.1": mask})
+    out = {}
+    ref.stem[1].register_forward_hook(lambda m, i, o: out.setdefault("bn", o))
+    with torch.no_grad():
+        ref(torch.rand(2, 3, 16, 16))
+    assert torch.all(out["bn"][:, [1, 5]] == 0)
+    assert torch.all(out["bn"][:, mask].abs().sum((0, 2, 3)) > 0)
+    assert model.stem[1].weight[1] != 0            # the original is untouched

@@ -1,0 +1,56 @@
+"""Tracing models we did not write."""
+
+from __future__ import annotations
+
+import operator
+
+import pytest
+import torch
+import torch.nn as nn
+
+import graphprune as gp
+from graphprune.models import yolov5n
+
+
+class Routed(nn.Module):
+    """ultralytics-style layer routing through a list, and a chunk iterated with list()."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Conv2d(3, 8, 1), nn.Conv2d(4, 4, 1), nn.Conv2d(8, 8, 1)])
+
+    def forward(self, x):
+        y = [self.layers[0](x)]
+        a, b = list(y[-1].chunk(2, 1))
+        y.append(torch.cat([a, self.layers[1](b)], 1))
+        return self.layers[2](y[-1])
+
+
+def test_chunk_pieces_are_iterable_proxies():
+    traced = gp.trace(Routed())
+    assert traced.leaves == {}
+    getitems = [n for n in traced.graph_module.graph.nodes if n.target is operator.getitem]
+    assert len(getitems) == 2
+    x = torch.randn(2, 3, 5, 5)
+    model = Routed().eval()
+    traced = gp.trace(model)
+    assert torch.equal(traced.graph_module(x), model(x))
+
+
+def test_untraceable_head_becomes_a_leaf_and_the_trace_matches():
+    model = yolov5n(num_classes=2).eval()
+    traced = gp.trace(model)
+    assert set(traced.leaves) == {"model.24"}
+    assert "control flow" in traced.leaves["model.24"]
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(traced.graph_module(x)[0], model(x)[0])
+
+
+def test_an_untraceable_root_is_a_clear_error():
+    class Root(nn.Module):
+        def forward(self, x):
+            return x * 2 if x.sum() > 0 else x
+
+    with pytest.raises(gp.TraceFailure, match="cannot trace the forward of Root itself"):
+        gp.trace(Root())
