@@ -145,13 +145,15 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     return rebuild(recipe, state, path, model)
 
 
-def rebuild(recipe: dict[str, Any], state: dict[str, torch.Tensor], path: str | Path,
-            model: nn.Module | None = None) -> nn.Module:
-    """The module a checkpoint's recipe describes, with its weights loaded."""
+def _structure(recipe: dict[str, Any], path: str | Path, model: nn.Module | None) -> nn.Module:
+    """The (untrained) module a recipe describes: the base model, then each compile in turn
+    (a slim model compiled again records the earlier recipe as its ``parent``)."""
     from . import models
     from .pipeline import compile as gp_compile
 
-    if model is None:
+    if recipe.get("parent") is not None:
+        model = _structure(recipe["parent"], path, model)
+    elif model is None:
         builder = recipe.get("builder")
         if builder is None:
             raise CheckpointError(
@@ -165,13 +167,18 @@ def rebuild(recipe: dict[str, Any], state: dict[str, torch.Tensor], path: str | 
                 from None
     masks = decode_masks(recipe)
     if masks is None:
-        module = model
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            module = gp_compile(model, example_inputs_of(recipe), masks=masks,
-                                leaves=recipe.get("leaves", []), verify=False,
-                                dependency_groups=False).module
+        return model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return gp_compile(model, example_inputs_of(recipe), masks=masks,
+                          leaves=recipe.get("leaves", []), verify=False,
+                          dependency_groups=False).module
+
+
+def rebuild(recipe: dict[str, Any], state: dict[str, torch.Tensor], path: str | Path,
+            model: nn.Module | None = None) -> nn.Module:
+    """The module a checkpoint's recipe describes, with its weights loaded."""
+    module = _structure(recipe, path, model)
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -148,7 +149,10 @@ def build_groups(model: nn.Module, example_inputs: tuple[Any, ...],
     start = time.perf_counter()
     result = DependencyGroups()
     try:
-        with _time_limit(time_limit), torch.enable_grad():
+        # torch-pruning's own warnings (e.g. its shape inference giving up on long slice
+        # chains) concern its index mapping, which graphprune does not use.
+        with _time_limit(time_limit), torch.enable_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             inputs = small_inputs(model, example_inputs)
             dg = tp.DependencyGraph().build_dependency(
                 model, inputs if len(inputs) != 1 else inputs[0], verbose=False,

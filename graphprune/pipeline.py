@@ -117,7 +117,9 @@ class CompileResult:
 def _recipe(model: nn.Module, config: CompileConfig, inputs: tuple[Any, ...],
             masks: dict[str, np.ndarray]) -> dict[str, Any]:
     built = getattr(model, "graphprune_config", None)
+    parent = getattr(model, "graphprune_recipe", None)     # compiling a compiled model again
     return {
+        "parent": parent if isinstance(parent, dict) else None,
         "builder": built.get("builder") if isinstance(built, dict) else None,
         "kwargs": dict(built.get("kwargs", {})) if isinstance(built, dict) else {},
         "model_class": f"{type(model).__module__}.{type(model).__qualname__}",

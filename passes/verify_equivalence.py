@@ -66,11 +66,11 @@ def first_divergence(ctx: CompileContext, atol: float, rtol: float) -> str | Non
     """The first original node whose slim value differs from the zero-masked one."""
     A = ctx.analysis
     ref_gm = zero_mask(A.gm, ctx.masks).eval()
-    ref = _Recorder(ref_gm).record(*ctx.example_inputs)
-    slim_values = _Recorder(ctx.slim).record(*ctx.example_inputs)
-    by_name = {n.name: v for n, v in slim_values.items()}
+    # both graphs are copies (zero_mask deep-copies): match nodes by name
+    ref = {n.name: v for n, v in _Recorder(ref_gm).record(*ctx.example_inputs).items()}
+    by_name = {n.name: v for n, v in _Recorder(ctx.slim).record(*ctx.example_inputs).items()}
     for node in A.nodes:
-        r, slim_node = ref.get(node), ctx.slim_env.get(node)
+        r, slim_node = ref.get(node.name), ctx.slim_env.get(node)
         if not isinstance(r, torch.Tensor) or not isinstance(slim_node, torch.fx.Node):
             continue
         s = by_name.get(slim_node.name)

@@ -68,6 +68,9 @@ def test_compile_a_graphprune_checkpoint_again(tmp_path):
     two = json.loads((second / "report.json").read_text())["stats"]
     assert two["params_before"] == one["params_after"]
     assert two["params_after"] < two["params_before"]
+    # the twice-compiled checkpoint rebuilds through both recipes
+    slim = gp.load(second / "slim.graphprune.pt")
+    assert sum(p.numel() for p in slim.parameters()) == two["params_after"]
 
 
 def test_inspect_prints_groups_pins_and_histogram(tmp_path, capsys, monkeypatch):

@@ -105,3 +105,16 @@ def test_failed_export_leaves_no_partial_file(tmp_path):
     with pytest.raises(gp.GraphpruneError, match="ONNX export failed"):
         gp.export.export_onnx(Unexportable(), (torch.rand(1, 3, 3),), tmp_path / "x.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_slim_model_compiled_again_reloads_exactly(tmp_path):
+    model = randomize_batchnorm(yolov5n(num_classes=2), seed=4)
+    x = torch.rand(1, 3, 64, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gp.GraphpruneWarning)
+        first = gp.compile(model, x, prune_ratio=0.3)
+        second = gp.compile(first.module, x, masks=random_masks(first.module, 0.6, seed=4))
+    assert second.stats.params_after < first.stats.params_after
+    again = gp.load(second.save(tmp_path / "twice.pt"))
+    with torch.no_grad():
+        assert torch.equal(again(x)[0], second.module(x)[0])

@@ -330,3 +330,23 @@ def test_leaf_that_reads_the_channel_count_pins_its_input(tmp_path):
                            masks={"a.bn": keep(8, [0, 1])})
     assert result.masks["a.bn"].all()
     assert "channel count" in result.pinned["a.bn"]
+
+
+def test_a_wrong_channel_rule_is_refused_naming_the_diverging_node(monkeypatch):
+    """Sigmoid maps 0 to 0.5, so treating it as zero-preserving is wrong: verify catches it."""
+    from graphprune import channels
+
+    monkeypatch.setattr(channels, "_MODULE_RULES", list(channels._MODULE_RULES))
+    channels.register_module_rule((nn.Sigmoid,), channels.ZeroPreservingModule())
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.s, self.head = Conv(3, 8, 3), nn.Sigmoid(), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            return self.head(self.s(self.a(x)))
+
+    model = randomize_batchnorm(Net(), 13)
+    with pytest.raises(gp.VerificationError, match="first diverging node: head"):
+        gp.compile(model, torch.randn(1, 3, 8, 8), masks={"a.bn": keep(8, [0, 1, 2, 3])})
