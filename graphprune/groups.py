@@ -181,11 +181,12 @@ def build_groups(model: nn.Module, example_inputs: tuple[Any, ...],
     graph.remove_nodes_from([v for v in list(graph.nodes) if v[0].type in separators])
     adds = [v for v in graph.nodes if _is_add(v[0])]
 
+    position = {n: i for i, n in enumerate(names.values())}
+
     def batchnorms_of(component) -> list[str]:
         found = [names.get(v[0].module) for v in component
                  if isinstance(v[0].module, BATCHNORMS)]
-        order = {n: i for i, n in enumerate(names.values())}
-        return sorted((n for n in found if n is not None), key=order.get)
+        return sorted((n for n in found if n is not None), key=position.get)
 
     def coupling_set(kind: str, bn_names: list[str]) -> CouplingSet | None:
         modules = {n: model.get_submodule(n) for n in bn_names}
@@ -210,6 +211,7 @@ def build_groups(model: nn.Module, example_inputs: tuple[Any, ...],
         cs = coupling_set("structural", batchnorms_of(component))
         if cs is not None:
             result.structural.append(cs)
+    result.groups.sort(key=lambda g: position.get(g.root, 0))
     return result
 
 

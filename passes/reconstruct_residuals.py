@@ -8,13 +8,16 @@ channels neither keeps are dropped (OCR); consumers of ``y`` gather their input 
 A *residual group* is a set of adds joined through their operands (a C3 bottleneck chain, a
 ResNet stage).  Its *sources* are the values its adds are built from (walking back through
 activations and scalings).  A source made by a Conv -> BatchNorm pair is *free*: permuting the
-convolution's output rows (and its BatchNorm) costs nothing.  Every free source of a group is
-ordered by one key — membership in each source of the group in graph order, then the channel
-index — so that within every add both operands hold their shared channels in the same relative
-order and, for the first adds of a chain, contiguously: ``cat(a[:k] + b[:k], a[k:], b[k:])``.
-Where the pieces become many (later adds of a long chain) the add plan switches to one gather
-per operand (``channels.plan_add``).  Producers outside residual groups keep their kept
-channels in ascending order.
+convolution's output rows (and its BatchNorm) costs nothing.  A free source whose partner in an
+add (the other operand, usually the trunk) is ordered first takes the partner's order: the
+channels it shares with the partner first, in the partner's order, then its own channels.  Every
+other free source of the group is ordered by one key — membership in each source of the group
+in graph order, then the channel index.  So the first add of a chain is
+``cat(a[:k] + b[:k], a[k:], b[k:])``, and in every later add the branch needs no gather; where
+the shared channels are scattered over the trunk in many runs the plan switches from slice-adds
+to one gather of the trunk (``channels.plan_add``, cut-over measured by
+``benchmarks/residual_ops.py``).  Producers outside residual groups keep their kept channels in
+ascending order.
 """
 
 from __future__ import annotations
