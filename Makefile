@@ -25,9 +25,12 @@ demo: install
 	$(BIN)/graphprune compile yolov5s --num-classes 10 --prune-ratio 0.5 --random-bn 0 \
 		--example-shape 1,3,640,640 --out $(DEMO_OUT) --overwrite
 
+# about 25 minutes on 2 CPU cores (the two training runs take most of it)
 bench: install
 	$(BIN)/python benchmarks/compile_yolov5.py
 	$(BIN)/python benchmarks/residual_ops.py
+	$(BIN)/python benchmarks/synthetic.py
+	$(BIN)/python benchmarks/nwpu.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info .pytest_cache

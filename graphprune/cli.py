@@ -117,6 +117,65 @@ def build_parser() -> argparse.ArgumentParser:
                                        "the γ histogram; writes nothing")
     model_args(i)
     i.set_defaults(func=cmd_inspect)
+
+    t = sub.add_parser("train", help="train a built-in YOLOv5 on a YOLO-format dataset")
+    t.add_argument("--data", help="dataset data.yaml (ultralytics convention)")
+    t.add_argument("--model", default="yolov5s", help="built-in architecture (default yolov5s)")
+    t.add_argument("--weights", default=None, metavar="CKPT",
+                   help="start from this graphprune checkpoint (e.g. a compiled slim model)")
+    t.add_argument("--imgsz", type=int, default=640)
+    t.add_argument("--epochs", type=int, default=None,
+                   help="epochs to train (default 100; with --resume: the run's own)")
+    t.add_argument("--batch", type=int, default=16)
+    t.add_argument("--workers", type=int, default=None,
+                   help="loader processes (default: 0 on <= 2 cores, else half the cores)")
+    t.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", type=Path, default=None, metavar="DIR")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    t.add_argument("--resume", type=Path, default=None, metavar="LAST_PT",
+                   help="continue the run that wrote this last.pt (its settings are reused; "
+                        "--epochs may extend it)")
+    t.add_argument("--lr0", type=float, default=0.01, help="initial learning rate")
+    t.add_argument("--lrf", type=float, default=0.01, help="final learning rate, × lr0")
+    t.add_argument("--cos-lr", action="store_true", help="cosine instead of linear decay")
+    t.add_argument("--warmup-epochs", type=float, default=3.0)
+    t.add_argument("--nominal-batch", type=int, default=64, metavar="N",
+                   help="accumulate gradients to about N images a step (YOLOv5: 64)")
+    t.add_argument("--box-gain", type=float, default=0.05)
+    t.add_argument("--obj-gain", type=float, default=1.0)
+    t.add_argument("--cls-gain", type=float, default=0.5,
+                   help="class-loss gain before YOLOv5's ×classes/80 scaling")
+    t.add_argument("--hyp", action="append", default=[], metavar="KEY=VALUE",
+                   help="augmentation setting, e.g. flipud=0 or scale=0.25 (repeatable)")
+    t.add_argument("--no-ema", action="store_true", help="do not keep an EMA of the weights")
+    t.add_argument("--anchors", choices=("auto", "fit", "keep"), default="auto",
+                   help="auto: fit anchors to the data when the defaults would miss > 2 %% of "
+                        "the boxes; fit: always; keep: the COCO defaults")
+    t.add_argument("--mosaic", action="store_true", help="4-image mosaic augmentation")
+    t.add_argument("--cache", action="store_true", help="keep decoded images in memory")
+    t.add_argument("--val-every", type=int, default=1, metavar="N", help="validate every N epochs")
+    t.set_defaults(func=cmd_train)
+
+    v = sub.add_parser("val", help="mAP of a model on a dataset (YOLOv5 val protocol)")
+    v.add_argument("--weights", required=True, metavar="CKPT",
+                   help="graphprune checkpoint, or a pickled model with --trust-checkpoint")
+    v.add_argument("--data", required=True, help="dataset data.yaml")
+    v.add_argument("--split", choices=("val", "train"), default="val")
+    v.add_argument("--imgsz", type=int, default=640)
+    v.add_argument("--batch", type=int, default=16)
+    v.add_argument("--workers", type=int, default=None,
+                   help="loader processes (default: 0 on <= 2 cores, else half the cores)")
+    v.add_argument("--device", default="auto")
+    v.add_argument("--conf", type=float, default=0.001)
+    v.add_argument("--iou", type=float, default=0.6)
+    v.add_argument("--max-det", type=int, default=300)
+    v.add_argument("--trust-checkpoint", action="store_true")
+    v.add_argument("--json-out", type=Path, default=None, help="also write the metrics as JSON")
+    v.set_defaults(func=cmd_val)
+
+    from .data.cli import add_data_parser
+    add_data_parser(sub)
     return parser
 
 
@@ -301,6 +360,101 @@ def cmd_inspect(args) -> int:
     for label, count in hist:
         h.add_row(label, str(count), "█" * int(round(40 * count / total)))
     console.print(h)
+    return 0
+
+
+# -- train / val ----------------------------------------------------------------------------
+def _key_values(items: Sequence[str]) -> dict[str, float]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise GraphpruneError(f"--hyp {item!r} is not KEY=NUMBER", hint="e.g. --hyp flipud=0")
+    return out
+
+
+def cmd_train(args) -> int:
+    try:
+        trainer = _run_training(args)
+    except KeyboardInterrupt:
+        out = args.resume.parent if args.resume is not None else (args.out or Path("runs/train"))
+        last = out / "last.pt"
+        err_console.print("graphprune: interrupted; " + (
+            f"resume with: graphprune train --resume {last}" if last.exists() else
+            "no epoch had completed"))
+        return EXIT_INTERRUPTED
+    best = max((r for r in trainer.history if r.get("metrics")),
+               key=lambda r: 0.1 * r["metrics"]["map50"] + 0.9 * r["metrics"]["map"],
+               default=None)
+    if trainer.anchor_fit is not None:
+        fit = trainer.anchor_fit
+        console.print(f"anchors: best possible recall {fit.bpr_before:.3f} with the defaults, "
+                      f"{fit.bpr_after:.3f} fitted ({fit.boxes} boxes)")
+    if best is not None:
+        m = best["metrics"]
+        console.print(f"best epoch {best['epoch'] + 1}: P {m['precision']:.3f}  R "
+                      f"{m['recall']:.3f}  mAP50 {m['map50']:.3f}  mAP50-95 {m['map']:.3f}")
+    console.print(f"weights: {trainer.out / 'best.pt'} (best), {trainer.out / 'last.pt'} (last)")
+    return 0
+
+
+def _run_training(args):
+    import shutil
+    from .detect.train import TrainConfig, resume, train
+
+    if args.resume is not None:
+        return resume(args.resume, epochs=args.epochs, console=err_console)
+    if not args.data:
+        raise GraphpruneError("--data is required (or --resume a run)",
+                              hint="e.g. --data datasets/nwpu/data.yaml")
+    out = args.out or Path("runs") / "train"
+    if out.exists():
+        if not args.overwrite:
+            raise GraphpruneError(f"output directory {str(out)!r} already exists",
+                                  hint="choose another --out, --resume it, or pass --overwrite")
+        shutil.rmtree(out)
+    config = TrainConfig(data=args.data, model=args.model, weights=args.weights,
+                         imgsz=args.imgsz, epochs=args.epochs or 100, batch=args.batch,
+                         workers=args.workers, device=args.device, seed=args.seed,
+                         out=str(out), lr0=args.lr0, lrf=args.lrf, cos_lr=args.cos_lr,
+                         warmup_epochs=args.warmup_epochs, nominal_batch=args.nominal_batch,
+                         box=args.box_gain, obj=args.obj_gain, cls=args.cls_gain,
+                         hyp=_key_values(args.hyp), ema=not args.no_ema,
+                         anchors=args.anchors, mosaic=args.mosaic, cache=args.cache,
+                         val_every=args.val_every)
+    config.augmentation()              # unknown --hyp keys fail here, before any work
+    return train(config, console=err_console)
+
+
+def cmd_val(args) -> int:
+    from . import data as gpdata
+    from .detect.train import default_workers
+    from .detect.val import resolve_device, validate
+    from .loading import open_model
+
+    device = resolve_device(args.device)
+    model = open_model(args.weights, trust=args.trust_checkpoint).to(device)
+    config = gpdata.load_data_config(args.data)
+    images = config.val if args.split == "val" else config.train
+    if not images:
+        raise GraphpruneError(f"{args.data} has no {args.split} images",
+                              hint=f"add a '{args.split}' entry to the data.yaml")
+    dataset = gpdata.DetectionDataset(images, config.names, args.imgsz, augment=False)
+    workers = default_workers() if args.workers is None else args.workers
+    loader = gpdata.make_loader(dataset, args.batch, shuffle=False, workers=workers,
+                                epoch_seed=0)
+    with err_console.status(f"validating on {len(dataset)} images"):
+        metrics = validate(model, loader, config.names, device, conf=args.conf, iou=args.iou,
+                           max_det=args.max_det)
+    console.print(metrics.table())
+    if args.json_out is not None:
+        from .export import atomic_path
+        with atomic_path(args.json_out) as tmp:
+            tmp.write_text(json.dumps(metrics.as_dict(), indent=2) + "\n")
     return 0
 
 

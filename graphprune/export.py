@@ -59,10 +59,10 @@ def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path
     path = Path(path)
     if path.exists() and not overwrite:
         raise GraphpruneError(f"output directory {str(path)!r} already exists",
-                              hint="choose another --out or pass --overwrite")
+                              hint="choose another output directory or pass --overwrite")
     if path.exists() and not path.is_dir():
         raise GraphpruneError(f"{str(path)!r} exists and is not a directory",
-                              hint="choose another --out")
+                              hint="choose another output directory")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
@@ -145,14 +145,14 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     return rebuild(recipe, state, path, model)
 
 
-def _structure(recipe: dict[str, Any], path: str | Path, model: nn.Module | None) -> nn.Module:
+def build_structure(recipe: dict[str, Any], path: str | Path, model: nn.Module | None) -> nn.Module:
     """The (untrained) module a recipe describes: the base model, then each compile in turn
     (a slim model compiled again records the earlier recipe as its ``parent``)."""
     from . import models
     from .pipeline import compile as gp_compile
 
     if recipe.get("parent") is not None:
-        model = _structure(recipe["parent"], path, model)
+        model = build_structure(recipe["parent"], path, model)
     elif model is None:
         builder = recipe.get("builder")
         if builder is None:
@@ -178,7 +178,7 @@ def _structure(recipe: dict[str, Any], path: str | Path, model: nn.Module | None
 def rebuild(recipe: dict[str, Any], state: dict[str, torch.Tensor], path: str | Path,
             model: nn.Module | None = None) -> nn.Module:
     """The module a checkpoint's recipe describes, with its weights loaded."""
-    module = _structure(recipe, path, model)
+    module = build_structure(recipe, path, model)
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -299,6 +299,6 @@ def onnx_parity(path: str | Path, inputs: tuple[Any, ...], expected: list[torch.
     return None
 
 
-__all__ = ["FORMAT", "ONNX_OPSET", "VERSION", "atomic_directory", "atomic_path", "decode_masks",
+__all__ = ["FORMAT", "ONNX_OPSET", "VERSION", "atomic_directory", "atomic_path", "build_structure", "decode_masks",
            "example_inputs_of", "export_onnx", "export_pt2", "load", "onnx_parity",
            "parse_checkpoint", "read_checkpoint", "rebuild", "save_checkpoint"]

@@ -23,6 +23,10 @@ from graphprune.models import randomize_batchnorm
 
 ATOL = RTOL = 1e-4
 
+# pytest-xdist runs one worker per core: more than one torch thread per worker oversubscribes
+# the cores, and OpenMP's spinning threads then slow every op down many times over.
+torch.set_num_threads(1)
+
 
 def random_masks(model: nn.Module, p: float = 0.5, seed: int = 0, names=None):
     rng = np.random.default_rng(seed)

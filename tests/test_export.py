@@ -45,6 +45,7 @@ def test_checkpoint_and_pt2_reproduce_the_slim_module_in_a_fresh_process(compile
     torch.save({"y": expected[0], "yb": expected[1]}, tmp_path / "expected.pt")
     out = run_fresh(f"""
         import torch, graphprune as gp
+        torch.set_num_threads(1)        # as in this process (conftest): same kernels, same bits
         inputs = torch.load({str(tmp_path / 'inputs.pt')!r}, weights_only=True)
         expected = torch.load({str(tmp_path / 'expected.pt')!r}, weights_only=True)
         m = gp.load({str(tmp_path / 'slim.graphprune.pt')!r})

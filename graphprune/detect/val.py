@@ -1,0 +1,73 @@
+"""Validation with the YOLOv5 protocol the L1RR paper used: conf 0.001, NMS IoU 0.6, at most
+300 detections an image, mAP from pycocotools with maxDets raised to 300.
+
+Boxes are compared in the letterboxed input's pixel coordinates: letterboxing scales an image
+uniformly and pads it, which leaves every IoU — and so every match and AP — unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .metrics import DetectionMetrics, MetricAccumulator
+from .nms import non_max_suppression
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        from graphprune.errors import GraphpruneError
+        raise GraphpruneError(f"device {name!r} was asked for but CUDA is not available",
+                              hint="use --device cpu (or auto)")
+    return device
+
+
+def targets_per_image(labels: torch.Tensor, batch: int, size: Sequence[int]) -> list[np.ndarray]:
+    """Batch labels ``[M, 6]`` (image, cls, cx, cy, w, h normalised) as per-image
+    ``[n, 5]`` (cls, x1, y1, x2, y2) in input pixels; ``size`` = (height, width)."""
+    h, w = size
+    labels = labels.detach().cpu().numpy()
+    out = []
+    for i in range(batch):
+        t = labels[labels[:, 0] == i]
+        cx, cy, bw, bh = t[:, 2] * w, t[:, 3] * h, t[:, 4] * w, t[:, 5] * h
+        out.append(np.stack([t[:, 1], cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1)
+                   .astype(np.float32))
+    return out
+
+
+def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 ``[B, 3, H, W]`` images as the float ``[0, 1]`` tensor the models take."""
+    return images.to(device, non_blocking=True).float() / 255.0
+
+
+@torch.no_grad()
+def validate(model: nn.Module, loader, names: Sequence[str], device: torch.device, *,
+             conf: float = 0.001, iou: float = 0.6, max_det: int = 300,
+             on_batch: Callable[[int], Any] | None = None) -> DetectionMetrics:
+    """mAP and friends of ``model`` on ``loader`` (batches from ``graphprune.data``)."""
+    was_training = model.training
+    model.eval()
+    acc = MetricAccumulator(list(names))
+    try:
+        for k, (images, labels, _paths, _meta) in enumerate(loader):
+            x = to_input(images, device)
+            pred = model(x)[0]
+            detections = non_max_suppression(pred, conf_thres=conf, iou_thres=iou,
+                                              max_det=max_det)
+            acc.add([d.cpu().numpy() for d in detections],
+                    targets_per_image(labels, len(images), x.shape[2:]))
+            if on_batch is not None:
+                on_batch(k)
+    finally:
+        model.train(was_training)
+    return acc.compute()
+
+
+__all__ = ["resolve_device", "targets_per_image", "to_input", "validate"]
