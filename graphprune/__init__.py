@@ -6,17 +6,25 @@
     result.masks, result.pinned, result.stats
     result.save("slim.pt"); result.export_onnx("slim.onnx"); gp.load("slim.pt")
     ref = gp.zero_mask(model, result.masks)   # what the slim model is checked against
+
+    # prune as far as the feature attention loss allows (L1RR Eq. 1-2)
+    calib = gp.CalibrationSet.from_dataset(val_dataset, 64)
+    found = gp.prune_to_target(model, torch.zeros(1, 3, 640, 640), calib, lfa_target=0.01)
 """
 
+from .attention import CalibrationSet, feature_attention, lfa
 from .errors import (CheckpointError, GraphpruneError, GraphpruneWarning, MaskError, TraceFailure,
                      VerificationError)
 from .export import load
 from .masks import zero_mask
 from .pipeline import CompileResult, ModelReport, analyze, compile
+from .search import prune_to_target
+from .sparsity import SparsityRegularizer
 from .tracing import trace
 
 __version__ = "0.1.0"
 
-__all__ = ["CheckpointError", "CompileResult", "GraphpruneError", "GraphpruneWarning",
-           "MaskError", "ModelReport", "TraceFailure", "VerificationError", "analyze", "compile",
-           "load", "trace", "zero_mask"]
+__all__ = ["CalibrationSet", "CheckpointError", "CompileResult", "GraphpruneError", "GraphpruneWarning",
+           "MaskError", "ModelReport", "SparsityRegularizer", "TraceFailure", "VerificationError",
+           "analyze", "compile", "feature_attention", "lfa", "load", "prune_to_target",
+           "trace", "zero_mask"]

@@ -58,6 +58,8 @@ def _number(ok, problem: str):
 _ratio = _number(lambda v: 0 <= v < 1,
                  "{} is outside [0, 1): 0.5 prunes half of the prunable channels")
 _threshold = _number(lambda v: v >= 0, "{}: the threshold on |γ| must be >= 0")
+_positive = _number(lambda v: v > 0, "{}: the LFA target must be > 0 (0.01 allows a 1 % loss)")
+_open_ratio = _number(lambda v: 0 < v < 1, "{} is outside (0, 1): 0.65 removes 65 %")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,6 +100,35 @@ def build_parser() -> argparse.ArgumentParser:
                      help="prune channels whose |γ| is below D (global threshold δ)")
     how.add_argument("--masks", type=Path, metavar="FILE",
                      help="JSON file {BatchNorm name: [0/1 per channel]}")
+    how.add_argument("--lfa-target", type=_positive, metavar="T",
+                     help="prune as far as the feature attention loss LFA⁺ stays <= T "
+                          "(0.01 = 1 %%; needs --data)")
+    how.add_argument("--flops-target", type=_open_ratio, metavar="R",
+                     help="remove at least this share of the FLOPs (0.65 = 65 %%)")
+    how.add_argument("--params-target", type=_open_ratio, metavar="R",
+                     help="remove at least this share of the parameters")
+    c.add_argument("--data", default=None, metavar="D.yaml",
+                   help="dataset (ultralytics data.yaml): its val images calibrate the LFA "
+                        "search and --eval measures mAP on them")
+    c.add_argument("--imgsz", type=int, default=None, metavar="S",
+                   help="square input size (default: the checkpoint's, else 640)")
+    c.add_argument("--calib-images", type=int, default=64, metavar="N",
+                   help="val images the LFA is measured on (default 64)")
+    c.add_argument("--lfa-mode", choices=("confidence", "features"), default="confidence",
+                   help="F = the head's target confidence (default) or the feature maps "
+                        "entering the head")
+    c.add_argument("--lfa-layers", default=None, metavar="NAME,...",
+                   help="modules whose outputs are read as the detection levels")
+    c.add_argument("--eval", action="store_true", help="also measure mAP before and after")
+    c.add_argument("--finetune-epochs", type=int, default=0, metavar="N",
+                   help="fine-tune the slim model for N epochs (written to DIR/finetune; "
+                        "L1RR needs none)")
+    c.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    c.add_argument("--fold-pruned-bias", action="store_true",
+                   help="fold the constant a pruned channel still emits (act(β)) into "
+                        "downstream biases; the reference becomes the γ-zeroed model")
+    c.add_argument("--heatmaps", type=int, default=4, metavar="N",
+                   help="calibration images drawn in attention.png (default 4, 0 = none)")
     c.add_argument("--out", type=Path, required=True, metavar="DIR",
                    help="output directory (refused if it exists, unless --overwrite)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -155,7 +186,24 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--mosaic", action="store_true", help="4-image mosaic augmentation")
     t.add_argument("--cache", action="store_true", help="keep decoded images in memory")
     t.add_argument("--val-every", type=int, default=1, metavar="N", help="validate every N epochs")
+    t.add_argument("--sparsity", choices=("l1rr", "dsm", "ns"), default=None,
+                   help="sparse-train BatchNorm γ: l1rr (DSM + SASM), dsm (DSM alone) or ns "
+                        "(network slimming)")
+    t.add_argument("--theta", type=float, default=1e-3, help="sparsity strength θ")
+    t.add_argument("--phase-epochs", type=int, default=40, metavar="N",
+                   help="epochs between DSM/SASM updates (the first phase is plain training)")
+    t.add_argument("--max-phases", type=int, default=10, help="at most this many updates")
     t.set_defaults(func=cmd_train)
+
+    d = sub.add_parser("demo", help="the embedded default: synthetic data → baseline → L1RR "
+                                    "sparse training → compile at --lfa-target → report")
+    d.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR")
+    d.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    d.add_argument("--quick", action="store_true",
+                   help="tiny sizes, every step (about a minute); the tests run this")
+    d.add_argument("--lfa-target", type=_positive, default=0.01, metavar="T")
+    d.add_argument("--device", default="auto")
+    d.set_defaults(func=cmd_demo)
 
     v = sub.add_parser("val", help="mAP of a model on a dataset (YOLOv5 val protocol)")
     v.add_argument("--weights", required=True, metavar="CKPT",
@@ -226,6 +274,12 @@ def cmd_compile(args) -> int:
 
     if args.min_channels < 1:
         raise GraphpruneError(f"--min-channels must be >= 1, got {args.min_channels}")
+    if args.lfa_target is not None or args.flops_target is not None or \
+            args.params_target is not None:
+        return cmd_compile_target(args)
+    if args.eval or args.finetune_epochs:
+        raise GraphpruneError("--eval and --finetune-epochs come with a target-guided compile",
+                              hint="add --lfa-target T (or --flops-target / --params-target)")
     masks = _read_masks(args.masks) if args.masks else None
     if args.out.exists() and not args.overwrite:
         raise GraphpruneError(f"output directory {str(args.out)!r} already exists",
@@ -239,7 +293,7 @@ def cmd_compile(args) -> int:
         result = gp.compile(model, inputs, masks=masks, threshold=args.threshold,
                             prune_ratio=args.prune_ratio, residual=args.residual,
                             min_channels=args.min_channels, exclude=args.exclude,
-                            leaves=args.leaf)
+                            leaves=args.leaf, fold_pruned_bias=args.fold_pruned_bias)
     compile_s = time.perf_counter() - start
     written = []
     with atomic_directory(args.out, overwrite=args.overwrite) as tmp:
@@ -266,6 +320,66 @@ def cmd_compile(args) -> int:
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print_compile_summary(result, args, inputs, report)
     return 0
+
+
+def cmd_compile_target(args) -> int:
+    from .workflow import target_compile
+
+    if args.calib_images < 1:
+        raise GraphpruneError(f"--calib-images must be >= 1, got {args.calib_images}")
+    if args.finetune_epochs < 0:
+        raise GraphpruneError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
+    if args.imgsz is not None:
+        if args.imgsz < 32 or args.imgsz % 32:
+            raise GraphpruneError(f"--imgsz must be a multiple of 32, got {args.imgsz}")
+        args.example_shape = (1, 3, args.imgsz, args.imgsz)
+    with err_console.status("loading the model"):
+        model, inputs = _open(args)
+    report = target_compile(
+        model, inputs[0], data_yaml=args.data, out=args.out, overwrite=args.overwrite,
+        lfa_target=args.lfa_target, flops_target=args.flops_target,
+        params_target=args.params_target, calib_images=args.calib_images,
+        lfa_mode=args.lfa_mode,
+        lfa_layers=[x for x in args.lfa_layers.split(",") if x] if args.lfa_layers else None,
+        evaluate=args.eval, finetune_epochs=args.finetune_epochs, device=args.device,
+        residual=args.residual, min_channels=args.min_channels, exclude=tuple(args.exclude),
+        leaves=tuple(args.leaf), onnx=not args.no_onnx, pt2=not args.no_pt2,
+        heatmaps=args.heatmaps, model_name=str(args.model),
+        fold_pruned_bias=args.fold_pruned_bias, console=err_console)
+    print_target_summary(report, args.out)
+    return 0
+
+
+def print_target_summary(report: dict[str, Any], out: Path) -> None:
+    r = report
+    goal = {"lfa": "LFA⁺ <= {:g}", "flops": "FLOPs removed >= {:g}",
+            "params": "params removed >= {:g}"}[r["goal"]].format(r[f"{r['goal']}_target"])
+    console.print(f"[bold]graphprune compile[/bold] {r['model']}  goal {goal}  "
+                  f"input {r['imgsz']}×{r['imgsz']}")
+    t = Table(show_edge=False)
+    for col in ("", "before", "after", "after / before"):
+        t.add_column(col, justify="right")
+    t.add_row("parameters", f"{r['params_before']:,}", f"{r['params_after']:,}",
+              f"{r['params_after'] / max(r['params_before'], 1):.3f}")
+    t.add_row("GFLOPs (2×MACs)", f"{r['flops_before'] / 1e9:.3f}",
+              f"{r['flops_after'] / 1e9:.3f}", f"{r['flops_after'] / max(r['flops_before'], 1):.3f}")
+    if r.get("map50_before") is not None:
+        t.add_row("mAP@0.5", f"{r['map50_before']:.3f}", f"{r['map50_after']:.3f}",
+                  f"{100 * (r['map50_after'] - r['map50_before']):+.1f} pt")
+    console.print(t)
+    if r.get("lfa") is not None:
+        delta = "∞" if r["threshold"] is None else f"{r['threshold']:.4g}"
+        console.print(f"LFA⁺ {100 * r['lfa']:.3f} % (signed {100 * r['lfa_signed']:+.3f} %) at "
+                      f"{r['prune_ratio']:.1%} of the prunable channels removed, δ = "
+                      f"{delta}; {r['evaluations']} LFA evaluations for "
+                      f"{r['candidates']} candidate channels")
+    for note in r.get("notes", []):
+        console.print(f"[yellow]note[/yellow] {note}")
+    if r.get("fold_pruned_bias"):
+        from .report import fold_sentence
+        console.print(fold_sentence(r["fold_pruned_bias"]), markup=False)
+    console.print(f"verified: slim == zero-masked (max |diff| {r['max_error']:.2e}); "
+                  f"{r['seconds']:.1f} s → {out}/ ({', '.join(r['artifacts'])})")
 
 
 def print_compile_summary(result, args, inputs, report: dict[str, Any]) -> None:
@@ -295,6 +409,9 @@ def print_compile_summary(result, args, inputs, report: dict[str, Any]) -> None:
         console.print(f"[yellow]warning[/yellow] {message}")
     console.print(f"verified: slim == zero-masked on the example input "
                   f"(max |diff| {result.max_error:.2e})")
+    if result.fold:
+        from .report import fold_sentence
+        console.print(fold_sentence(result.fold), markup=False)
     pieces = result.emit_stats
     console.print(f"residual reconstruction: {pieces.get('residual_pieces', 0)} add pieces, "
                   f"{pieces.get('slices', 0)} slices, {pieces.get('gathers', 0)} gathers")
@@ -425,7 +542,9 @@ def _run_training(args):
                          box=args.box_gain, obj=args.obj_gain, cls=args.cls_gain,
                          hyp=_key_values(args.hyp), ema=not args.no_ema,
                          anchors=args.anchors, mosaic=args.mosaic, cache=args.cache,
-                         val_every=args.val_every)
+                         val_every=args.val_every, sparsity=args.sparsity,
+                         theta=args.theta, phase_epochs=args.phase_epochs,
+                         max_phases=args.max_phases)
     config.augmentation()              # unknown --hyp keys fail here, before any work
     return train(config, console=err_console)
 
@@ -455,6 +574,30 @@ def cmd_val(args) -> int:
         from .export import atomic_path
         with atomic_path(args.json_out) as tmp:
             tmp.write_text(json.dumps(metrics.as_dict(), indent=2) + "\n")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .workflow import run_demo
+
+    s = run_demo(args.out, quick=args.quick, overwrite=args.overwrite,
+                 lfa_target=args.lfa_target, device=args.device, console=err_console)
+    t = Table(title=f"graphprune demo ({'quick' if args.quick else 'full'}): "
+                    f"{s['total_seconds'] / 60:.1f} min", show_edge=False)
+    for col in ("", "value"):
+        t.add_column(col, justify="right")
+    t.add_row("mAP@0.5 baseline", f"{s['baseline_map50']:.3f}")
+    t.add_row("mAP@0.5 sparse (L1RR)", f"{s['sparse_map50']:.3f}")
+    t.add_row("mAP@0.5 pruned, no fine-tuning", f"{s['map50_after']:.3f}")
+    t.add_row("α/λ updates", str(s["alpha_updates"]))
+    t.add_row("parameters", f"{s['params_before']:,} → {s['params_after']:,} "
+                            f"(−{1 - s['params_after'] / s['params_before']:.1%})")
+    t.add_row("GFLOPs", f"{s['flops_before'] / 1e9:.3f} → {s['flops_after'] / 1e9:.3f} "
+                        f"(−{1 - s['flops_after'] / s['flops_before']:.1%})")
+    t.add_row("LFA⁺ (target)", f"{100 * s['lfa']:.2f} % ({100 * args.lfa_target:g} %)")
+    t.add_row("LFA evaluations", f"{s['evaluations']} for {s['candidates']} channels")
+    console.print(t)
+    console.print(f"report: {args.out / 'compile' / 'report.md'}")
     return 0
 
 

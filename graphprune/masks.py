@@ -59,6 +59,12 @@ def zero_mask(model: nn.Module, masks: Mapping[str, Any]) -> nn.Module:
 
     ``masks``: {BatchNorm name: keep mask}; layers not named keep every channel.  The caller's
     model is not modified."""
+    return masked_copy(model, masks, zero_bias=True)
+
+
+def masked_copy(model: nn.Module, masks: Mapping[str, Any], zero_bias: bool) -> nn.Module:
+    """A copy of ``model`` with γ of the pruned channels set to 0, and β too when
+    ``zero_bias`` (then the channel outputs 0; otherwise the constant β)."""
     ref = copy.deepcopy(model)
     bns = batchnorms(ref)
     with torch.no_grad():
@@ -73,7 +79,8 @@ def zero_mask(model: nn.Module, masks: Mapping[str, Any]) -> nn.Module:
                 raise MaskError(f"BatchNorm {name!r} has no affine parameters to zero",
                                 hint="only affine BatchNorms can be masked")
             bn.weight.mul_(keep.to(bn.weight.dtype))
-            bn.bias.mul_(keep.to(bn.bias.dtype))
+            if zero_bias:
+                bn.bias.mul_(keep.to(bn.bias.dtype))
     return ref
 
 
@@ -139,4 +146,4 @@ def enforce_min_channels(masks: dict[str, np.ndarray], gammas: Mapping[str, np.n
 
 
 __all__ = ["as_mask", "batchnorms", "count_below", "enforce_min_channels", "global_order",
-           "masks_from_ranking", "matches", "unknown_layer_error", "zero_mask"]
+           "masked_copy", "masks_from_ranking", "matches", "unknown_layer_error", "zero_mask"]

@@ -85,6 +85,7 @@ class CompileResult:
     max_error: float | None = None
     emit_stats: dict[str, int] = field(default_factory=dict)
     layers: list[dict[str, Any]] = field(default_factory=list)
+    fold: dict[str, Any] | None = None        # bias folding: folds and deviation from γ-zeroed
 
     def save(self, path: str | Path) -> Path:
         """Write a graphprune checkpoint: weights + JSON recipe, no pickled code."""
@@ -111,6 +112,7 @@ class CompileResult:
             "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
             "residual": dict(self.emit_stats),
             "layers": self.layers,
+            "fold_pruned_bias": self.fold,
         }
 
 
@@ -135,8 +137,8 @@ def compile(model: nn.Module, example_inputs: Any, *, masks: Mapping[str, Any] |
             threshold: float | None = None, prune_ratio: float | None = None,
             residual: str = "reconstruct", min_channels: int = 1,
             exclude: Iterable[str] = (), leaves: Iterable[str] = (), verify: bool = True,
-            atol: float = ATOL, rtol: float = RTOL, dependency_groups: bool = True
-            ) -> CompileResult:
+            atol: float = ATOL, rtol: float = RTOL, dependency_groups: bool = True,
+            fold_pruned_bias: bool = False) -> CompileResult:
     """Compile ``model`` into a physically slimmer ``nn.Module``.
 
     Exactly one of ``masks`` ({BatchNorm name: keep mask}; layers not named keep everything),
@@ -148,7 +150,18 @@ def compile(model: nn.Module, example_inputs: Any, *, masks: Mapping[str, Any] |
     final, e.g. when a checkpoint is rebuilt).  ``exclude``: name patterns of
     BatchNorms (or module prefixes) to leave whole.  ``leaves``: submodules to keep whole in the
     trace (untraceable ones are found automatically).  The caller's model is not modified.
+
+    ``fold_pruned_bias=True`` (beyond the paper) keeps the constant act(β) a pruned channel
+    still emits by folding it into downstream biases (``graphprune.fold``): the slim model then
+    equals the *γ-zeroed* model except at the padded borders of convolutions; ``result.fold``
+    reports the folds and that deviation.
     """
+    if fold_pruned_bias:
+        return _compile_folded(model, example_inputs, masks=masks, threshold=threshold,
+                               prune_ratio=prune_ratio, residual=residual,
+                               min_channels=min_channels, exclude=exclude, leaves=leaves,
+                               verify=verify, atol=atol, rtol=rtol,
+                               dependency_groups=dependency_groups)
     config = CompileConfig(masks=masks, threshold=threshold, prune_ratio=prune_ratio,
                            residual=residual, min_channels=min_channels,
                            exclude=tuple(exclude), leaves=tuple(leaves), verify=verify,
@@ -186,6 +199,26 @@ def compile(model: nn.Module, example_inputs: Any, *, masks: Mapping[str, Any] |
         unprunable=dict(ctx.unprunable), warnings=list(ctx.warnings),
         timings=dict(ctx.timings), max_error=ctx.max_error, emit_stats=dict(ctx.emit_stats),
         layers=layers)
+
+
+def _compile_folded(model: nn.Module, example_inputs: Any, **options) -> CompileResult:
+    """Find the applied masks, fold the pruned channels' constants, compile the folded model."""
+    from .fold import border_deviation, fold_pruned_bias, gamma_zeroed
+
+    inputs = as_inputs(example_inputs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GraphpruneWarning)
+        first = compile(model, inputs, **{**options, "verify": False})
+    applied = {n: m.numpy() for n, m in first.masks.items()}
+    folded, report = fold_pruned_bias(model, applied, inputs)
+    keep = {k: v for k, v in options.items() if k not in ("masks", "threshold", "prune_ratio")}
+    result = compile(folded, inputs, masks=applied, **keep)
+    with torch.no_grad():
+        deviation = border_deviation(result.module(*inputs),
+                                     gamma_zeroed(model, applied).eval()(*inputs))
+    result.fold = {**report.as_dict(), "deviation_from_gamma_zeroed": deviation}
+    result.requested, result.pinned, result.layers = first.requested, first.pinned, first.layers
+    return result
 
 
 @dataclass

@@ -105,3 +105,29 @@ def test_a_short_training_on_synthetic_data_learns(tmp_path):
     box = [r["box"] for r in trainer.history]
     assert maps[-1] >= 0.03 and maps[-1] > maps[0]
     assert box[-1] < 0.8 * box[0]
+
+
+def test_sparse_training_logs_plots_and_resumes_exactly(tiny_data, tmp_path):
+    kw = dict(epochs=3, sparsity="l1rr", theta=1e-2, phase_epochs=1)
+    torch.use_deterministic_algorithms(True)
+    try:
+        straight = train(tiny_config(tiny_data, tmp_path / "a", **kw))
+        train(tiny_config(tiny_data, tmp_path / "b", **kw), stop_after=2)
+        resumed = resume(tmp_path / "b" / "last.pt")
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert resumed.sparsity.phase == straight.sparsity.phase == 2
+    assert resumed.sparsity.lam == straight.sparsity.lam
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["train"]
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["train"]
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    log = [json.loads(line) for line in (tmp_path / "b" / "sparsity.jsonl").read_text()
+           .splitlines()]
+    assert [row["epoch"] for row in log] == [0, 1, 2] and [row["phase"] for row in log] == \
+        [0, 1, 2]
+    assert set(log[-1]["layers"]) == set(straight.sparsity.names)
+    assert sum(log[-1]["histogram"]["counts"]) == sum(g.numel() for g in
+                                                     straight.sparsity.gammas)
+    for png in ("gamma_distribution.png", "layer_sparsity.png"):
+        assert (tmp_path / "b" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -33,6 +33,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from graphprune.errors import CheckpointError, GraphpruneError
+from graphprune.sparsity import SparsityRegularizer
 from graphprune.export import FORMAT, VERSION, atomic_path, build_structure, load, read_checkpoint
 
 from .anchors import fit_anchors
@@ -70,6 +71,10 @@ class TrainConfig:
     cls: float = 0.5
     val_every: int = 1
     cache: bool = False
+    sparsity: str | None = None         # l1rr | dsm | ns: sparse training of BatchNorm γ
+    theta: float = 1e-3
+    phase_epochs: int = 40
+    max_phases: int = 10
 
     def augmentation(self) -> dict[str, float]:
         from graphprune.data.augment import DEFAULT_HYP
@@ -167,6 +172,7 @@ class EpochRecord:
 
 class Trainer:
     """One training run.  ``callbacks`` may define ``on_train_start(trainer)``,
+    ``on_epoch_start(trainer, epoch)``,
     ``before_optimizer_step(trainer)`` (gradients unscaled, once per optimizer step),
     ``on_epoch_end(trainer, record)``, and ``state_dict()``/``load_state_dict(state)`` to be
     saved with the checkpoint."""
@@ -209,6 +215,14 @@ class Trainer:
                                   f"{len(self.names)}", hint="train a model built for this "
                                                              "dataset")
         self.model = model.to(self.device).train()
+        self.sparsity = None
+        if config.sparsity:
+            example = torch.zeros(1, 3, config.imgsz, config.imgsz, device=self.device)
+            self.sparsity = SparsityRegularizer(self.model, example, mode=config.sparsity,
+                                                theta=config.theta,
+                                                phase_epochs=config.phase_epochs,
+                                                max_phases=config.max_phases)
+            self.callbacks.insert(0, self.sparsity)
         self.recipe = model_recipe(model, config.imgsz)
         self.loss = YOLOv5Loss(self.model, LossGains(config.box, config.obj, config.cls),
                                config.imgsz)
@@ -295,6 +309,9 @@ class Trainer:
         for epoch in range(self.start_epoch, last):
             start = time.perf_counter()
             loader.set_epoch(epoch)           # shuffle order and augmentations of this epoch
+            for cb in self.callbacks:
+                if hasattr(cb, "on_epoch_start"):
+                    cb.on_epoch_start(self, epoch)
             sums = torch.zeros(3)
             self.model.train()
             self.optimizer.zero_grad(set_to_none=True)

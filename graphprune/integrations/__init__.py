@@ -1,0 +1,1 @@
+"""Bridges to training loops graphprune does not own (optional extras)."""

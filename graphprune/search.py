@@ -1,0 +1,490 @@
+"""Choosing how far to prune: the LFA-guided threshold search (and FLOPs / params targets).
+
+The candidate prunes are the global |γ| ranking of the compiler (Algorithm 2 at single-channel
+resolution): prune the k least important candidate channels, k = 0 … N.  For each probe the
+:class:`MaskPlanner` computes the masks ``graphprune.compile`` would really apply — pins,
+structural and residual coupling, ``min_channels``, ``exclude`` — by re-running the mask pass on
+one trace, and estimates the parameters and FLOPs those masks leave.  The probe's LFA⁺ is
+measured on the zero-masked model, which the slim model equals exactly (the invariant), so no
+probe compiles anything.
+
+``search`` bisects k for the largest prune whose LFA⁺ ≤ target: one probe at k = 1 (if even
+that loses too much, it says so), one at k = N, then ⌈log₂ N⌉ bisection steps at most.  Probes
+whose applied masks equal an earlier probe's reuse its measurement.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .context import CompileConfig, CompileContext
+from .errors import GraphpruneError, GraphpruneWarning
+from .attention import LFA, AttentionReader, CalibrationSet, FeatureAttention, feature_attention, lfa
+from .masks import global_order, zero_mask
+from .stats import count_flops, count_params
+
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+@dataclass
+class Plan:
+    """One candidate prune: what compile would apply, and what it would leave."""
+
+    count: int                               # candidate channels asked to go
+    threshold: float                         # δ: the |γ| just above the last pruned channel
+    requested: dict[str, np.ndarray]
+    masks: dict[str, np.ndarray]             # as compile applies them
+    pinned: dict[str, str]                   # where they differ from the request, and why
+    params: int                              # estimated parameters after pruning
+    flops: int                               # estimated FLOPs after pruning
+
+    @property
+    def channels_kept(self) -> int:
+        return int(sum(m.sum() for m in self.masks.values()))
+
+    def key(self) -> bytes:
+        return b"".join(np.packbits(m).tobytes() for m in self.masks.values())
+
+
+class MaskPlanner:
+    """Traces and analyses the model once; then plans any number of prunes cheaply."""
+
+    def __init__(self, model: nn.Module, example_inputs: Any, *, residual: str = "reconstruct",
+                 min_channels: int = 1, exclude: Iterable[str] = (),
+                 leaves: Iterable[str] = ()):
+        from . import passes as gp_passes
+        from .pipeline import as_inputs, run_passes
+        from .tracing import trace
+
+        self.inputs = as_inputs(example_inputs)
+        self.config = CompileConfig(residual=residual, min_channels=min_channels,
+                                    exclude=tuple(exclude), leaves=tuple(leaves), verify=False)
+        work = copy.deepcopy(model).eval()
+        traced = trace(work, self.config.leaves)
+        self.ctx = CompileContext(work, self.inputs, self.config,
+                                  leaves={**{n: "requested" for n in self.config.leaves},
+                                          **traced.leaves})
+        self.gm = traced.graph_module
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", GraphpruneWarning)
+            run_passes(self.gm, self.ctx, [gp_passes.propagate_shapes,
+                                           gp_passes.collect_statistics])
+        self.gammas = {n: s.gamma for n, s in self.ctx.statistics.items()}
+        if not self.gammas:
+            raise GraphpruneError("the model has no prunable BatchNorm layer: nothing to prune",
+                                  hint="graphprune prunes the channels of Conv-BatchNorm layers")
+        self.params_before = count_params(work)
+        self.flops_before = count_flops(work, self.inputs)
+        self._layer_costs()
+        base = self._masks(0)                          # also finds the candidates
+        self.candidates = {n: c.copy() for n, c in self.ctx.candidates.items()}
+        self.ranked, self.names = global_order(self.gammas, self.candidates)
+        self.base = base
+
+    @property
+    def size(self) -> int:
+        """N: the candidate channels (prunable, not pinned, not excluded)."""
+        return len(self.ranked)
+
+    # -- masks -------------------------------------------------------------------------------
+    def _masks(self, count: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        from .passes.mask_channels import mask_channels
+
+        self.config.prune_ratio = None
+        self.config.masks = None
+        if count:
+            requested = {n: np.ones(len(g), dtype=bool) for n, g in self.gammas.items()}
+            for layer, channel in self.ranked[:count]:
+                requested[self.names[layer]][channel] = False
+            self.config.masks = requested
+        mask_channels(self.gm, self.ctx)
+        return ({n: m.copy() for n, m in self.ctx.requested.items()},
+                {n: m.copy() for n, m in self.ctx.masks.items()})
+
+    def pinned(self) -> dict[str, str]:
+        return dict(self.ctx.pinned)
+
+    def threshold(self, count: int) -> float:
+        """δ of a prune of ``count`` channels: |γ| of the first channel kept (∞ for all)."""
+        if count >= self.size:
+            return math.inf
+        layer, channel = self.ranked[count]
+        return float(self.gammas[self.names[layer]][channel])
+
+    def plan(self, count: int) -> Plan:
+        count = int(min(max(count, 0), self.size))
+        requested, masks = self._masks(count)
+        params, flops = self._estimate()
+        return Plan(count, self.threshold(count), requested, masks, self.pinned(), params,
+                    flops)
+
+    # -- cost estimate -----------------------------------------------------------------------
+    def _layer_costs(self) -> None:
+        """Per Conv/Linear/BatchNorm node of the trace, its full parameter and FLOP count; what
+        the estimate scales.  Everything else (kept-whole modules, attention) stays fixed."""
+        from .channels import spec_of
+
+        A = self.ctx.analysis
+        self.layers = []
+        varying_params = varying_flops = 0
+        for node in A.nodes:
+            m = A.module_of(node)
+            if m is None or A.call_count(node) != 1:
+                continue
+            spec = spec_of(node)
+            if isinstance(m, CONV_TYPES) or isinstance(m, nn.Linear):
+                weight = m.weight.numel()
+                bias = m.bias.numel() if m.bias is not None else 0
+                out = spec.shape if spec is not None and hasattr(spec, "shape") else None
+                if out is None:
+                    continue
+                per_out = weight // m.weight.shape[0]
+                flops = 2 * int(np.prod(out)) * per_out
+                self.layers.append(("conv", node, m, weight, bias, flops))
+                varying_params += weight + bias
+                varying_flops += flops
+            elif node.target in self.gammas:
+                self.layers.append(("bn", node, m, 2 * m.num_features, 0, 0))
+                varying_params += 2 * m.num_features
+        # the Conv/Linear layers inside kept-whole modules lose the pruned input columns too
+        from .channels import LEAF_USAGE
+        inner = []
+        for node in A.nodes:
+            usage = node.meta.get(LEAF_USAGE)
+            if usage is None or A.call_count(node) != 1:
+                continue
+            leaf = A.module_of(node)
+            for source, names in usage.consumers.items():
+                if usage.others.get(source):
+                    continue
+                for name in names:
+                    inner.append((node, source, leaf.get_submodule(name)))
+        outputs = {}
+        hooks = [m.register_forward_hook(
+            lambda mod, _i, out: outputs.__setitem__(id(mod), out.numel()))
+            for _, _, m in inner]
+        try:
+            with torch.no_grad():
+                self.ctx.model(*self.inputs)
+        finally:
+            for h in hooks:
+                h.remove()
+        for node, source, m in inner:
+            if id(m) not in outputs:
+                continue
+            weight = m.weight.numel()
+            flops = 2 * outputs[id(m)] * (weight // m.weight.shape[0])
+            self.layers.append(("inner", source, m, weight, 0, flops))
+            varying_params += weight
+            varying_flops += flops
+        self.fixed_params = self.params_before - varying_params
+        self.fixed_flops = self.flops_before - varying_flops
+
+    def _estimate(self) -> tuple[int, int]:
+        A = self.ctx.analysis
+        A.compute_lives()
+        producer_bn = {conv: bn.target for conv, bn in A.producers.items()}
+        params, flops = self.fixed_params, self.fixed_flops
+        for kind, node, m, weight, bias, full_flops in self.layers:
+            if kind == "bn":
+                params += 2 * int(self.ctx.masks[node.target].sum())
+                continue
+            rows = m.weight.shape[0]
+            keep_out = int(self.ctx.masks[producer_bn[node]].sum()) if node in producer_bn \
+                else rows
+            if kind == "inner":                    # node: the leaf's input feeding this layer
+                live_in = A.lives.get(node)
+            else:
+                live_in = A.lives.get(node.args[0]) if node.args else None
+            in_full = m.weight.shape[1] * getattr(m, "groups", 1)
+            if isinstance(live_in, np.ndarray) and len(live_in) == in_full:
+                in_frac = live_in.sum() / in_full
+            else:
+                in_frac = 1.0
+            if getattr(m, "groups", 1) > 1:        # grouped: per-group inputs stay, rows go
+                in_frac = 1.0
+            scale = keep_out / rows * in_frac
+            params += int(round(weight * scale)) + (keep_out if bias else 0)
+            flops += int(round(full_flops * scale))
+        return params, flops
+
+
+def _small_inputs(model: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Bias folding finds its constants with circular padding, where they do not depend on the
+    image size: a 64-px copy of an image input is enough, and much faster."""
+    x = inputs[0] if len(inputs) == 1 else None
+    if not (isinstance(x, torch.Tensor) and x.ndim == 4 and x.shape[-1] > 64 and
+            x.shape[-2] > 64):
+        return inputs
+    small = (torch.rand(1, x.shape[1], 64, 64, dtype=x.dtype,
+                        generator=torch.Generator().manual_seed(0)).to(x.device),)
+    try:
+        with torch.no_grad():
+            was = model.training
+            model.eval()
+            model(*small)
+            model.train(was)
+    except Exception:                    # a model tied to its input size: fold at full size
+        return inputs
+    return small
+
+
+# -- the search ------------------------------------------------------------------------------
+@dataclass
+class Probe:
+    count: int
+    threshold: float
+    prune_ratio: float                       # share of the prunable channels removed
+    params: int
+    flops: int
+    lfa_plus: float | None
+    lfa_signed: float | None
+    per_level: list[float | None] | None
+    reused: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"count": self.count,
+                "threshold": None if math.isinf(self.threshold) else self.threshold,
+                "prune_ratio": self.prune_ratio, "params": self.params, "flops": self.flops,
+                "lfa_plus": self.lfa_plus, "lfa_signed": self.lfa_signed,
+                "lfa_per_level": self.per_level, "reused": self.reused}
+
+
+@dataclass
+class SearchResult:
+    goal: str                                # "lfa", "flops" or "params"
+    target: float
+    plan: Plan
+    probes: list[Probe]
+    evaluations: int                         # LFA measurements made (the sparse FA excluded)
+    fa_sparse: FeatureAttention | None
+    lfa: LFA | None
+    channels_total: int                      # prunable BatchNorm channels
+    candidates: int                          # N
+    feasible: bool = True
+    notes: list[str] = field(default_factory=list)
+
+
+class Searcher:
+    """Measures probes: plans masks, zero-masks the model, reads LFA; caches what repeats."""
+
+    def __init__(self, model: nn.Module, planner: MaskPlanner, calibration: CalibrationSet,
+                 reader: AttentionReader | None = None, device: torch.device | None = None,
+                 on_probe: Callable[[Probe], Any] | None = None, fold: bool = False):
+        self.model, self.planner, self.calibration = model, planner, calibration
+        self.fold = fold
+        self.fold_inputs = _small_inputs(model, planner.inputs) if fold else None
+        self.reader = reader or AttentionReader()
+        self.device = device
+        self.on_probe = on_probe
+        self.channels_total = sum(len(g) for g in planner.gammas.values())
+        self.fa_sparse = None
+        if calibration is not None:          # None: FLOPs/params goals without data, no LFA
+            self.fa_sparse = feature_attention(model, calibration, reader=self.reader,
+                                               device=device)
+            lfa(self.fa_sparse, self.fa_sparse)      # fails early if FA = 0 on every level
+        self.probes: list[Probe] = []
+        self.evaluations = 0
+        self._measured: dict[bytes, LFA] = {}
+        self._plans: dict[int, Plan] = {}
+
+    def plan(self, count: int) -> Plan:
+        if count not in self._plans:
+            self._plans[count] = self.planner.plan(count)
+        return self._plans[count]
+
+    def measure(self, count: int, with_lfa: bool = True) -> Probe:
+        plan = self.plan(count)
+        key = plan.key()
+        reused = key in self._measured
+        loss = self._measured.get(key)
+        if loss is None and with_lfa and self.calibration is not None:
+            pruned = self.pruned_model(plan)
+            loss = lfa(feature_attention(pruned, self.calibration, reader=self.reader,
+                                         device=self.device), self.fa_sparse)
+            self._measured[key] = loss
+            self.evaluations += 1
+        probe = Probe(plan.count, plan.threshold,
+                      1 - plan.channels_kept / max(self.channels_total, 1),
+                      plan.params, plan.flops,
+                      loss.plus if loss else None, loss.signed if loss else None,
+                      loss.per_level if loss else None, reused and loss is not None)
+        self.probes.append(probe)
+        if self.on_probe is not None:
+            self.on_probe(probe)
+        return probe
+
+    def pruned_model(self, plan: Plan) -> nn.Module:
+        """What the compiled model will equal: zero-masked, or folded (``fold``)."""
+        if self.fold:
+            from .fold import fold_pruned_bias
+            return fold_pruned_bias(self.model, plan.masks, self.fold_inputs)[0]
+        with torch.no_grad():
+            return zero_mask(self.model, {n: torch.as_tensor(m) for n, m in plan.masks.items()})
+
+    def lfa_of(self, count: int) -> LFA | None:
+        return self._measured.get(self.plan(count).key())
+
+
+def search(searcher: Searcher, *, lfa_target: float | None = None,
+           flops_target: float | None = None, params_target: float | None = None
+           ) -> SearchResult:
+    """The largest prune with LFA⁺ ≤ ``lfa_target``; or the smallest that removes at least
+    ``flops_target`` (``params_target``) of the FLOPs (parameters)."""
+    goals = [(k, v) for k, v in (("lfa", lfa_target), ("flops", flops_target),
+                                 ("params", params_target)) if v is not None]
+    if len(goals) != 1:
+        raise GraphpruneError("give exactly one of lfa_target, flops_target and params_target")
+    goal, target = goals[0]
+    planner, n = searcher.planner, searcher.planner.size
+    notes: list[str] = []
+    if n == 0:
+        raise GraphpruneError("every prunable channel is pinned or excluded: nothing to search",
+                              hint="see `graphprune inspect MODEL` for the pins")
+    if goal == "lfa":
+        if searcher.calibration is None:
+            raise GraphpruneError("an LFA target needs calibration images with boxes",
+                                  hint="pass --data D.yaml")
+        if not target > 0:
+            raise GraphpruneError(f"the LFA target must be > 0, got {target}",
+                                  hint="0.01 allows a 1 % loss of target feature attention")
+        feasible = True
+        first = searcher.measure(1)
+        if first.lfa_plus > target:
+            feasible, best = False, 0
+            notes.append(f"even the smallest prune (1 channel, δ = {first.threshold:.4g}) "
+                         f"loses LFA⁺ = {first.lfa_plus:.4f} > target {target}")
+        elif searcher.measure(n).lfa_plus <= target:
+            best = n
+        else:
+            lo, hi = 1, n                # LFA⁺(lo) ≤ target < LFA⁺(hi)
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if searcher.measure(mid).lfa_plus <= target:
+                    lo = mid
+                else:
+                    hi = mid
+            best = lo
+        plan = searcher.plan(best)
+        if best:
+            loss = searcher.lfa_of(best)
+        else:
+            loss = lfa(searcher.fa_sparse, searcher.fa_sparse)
+        return SearchResult(goal, target, plan, list(searcher.probes), searcher.evaluations,
+                            searcher.fa_sparse, loss, searcher.channels_total, n, feasible,
+                            notes)
+
+    if not 0 < target < 1:
+        raise GraphpruneError(f"the {goal} target must be in (0, 1), got {target}",
+                              hint=f"0.5 removes at least half of the {goal}")
+    before = planner.flops_before if goal == "flops" else planner.params_before
+
+    def removed(count: int) -> float:
+        p = searcher.plan(count)
+        return 1 - (p.flops if goal == "flops" else p.params) / max(before, 1)
+
+    feasible = True
+    if removed(n) < target:
+        feasible, best = False, n
+        notes.append(f"pruning every candidate channel removes only {removed(n):.1%} of the "
+                     f"{goal}, short of {target:.1%}")
+    else:
+        lo, hi = 0, n                    # removed(lo) < target ≤ removed(hi)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if removed(mid) >= target:
+                hi = mid
+            else:
+                lo = mid
+        best = hi
+    searcher.measure(best)
+    return SearchResult(goal, target, searcher.plan(best), list(searcher.probes),
+                        searcher.evaluations, searcher.fa_sparse, searcher.lfa_of(best),
+                        searcher.channels_total, n, feasible, notes)
+
+
+@dataclass
+class TargetResult:
+    """What :func:`prune_to_target` returns."""
+
+    compiled: Any                            # graphprune.CompileResult
+    search: SearchResult
+    fa_slim: FeatureAttention | None         # None without calibration data
+    lfa_slim: LFA | None                     # the chosen point, re-measured on the slim model
+
+
+def prune_to_target(model: nn.Module, example_inputs: Any, calibration: CalibrationSet | None,
+                    *,
+                    lfa_target: float | None = None, flops_target: float | None = None,
+                    params_target: float | None = None, mode: str = "confidence",
+                    layers: Sequence[str] | None = None, residual: str = "reconstruct",
+                    min_channels: int = 1, exclude: Iterable[str] = (),
+                    leaves: Iterable[str] = (), device: torch.device | str | None = None,
+                    on_probe: Callable[[Probe], Any] | None = None,
+                    keep_maps: int = 0, fold_pruned_bias: bool = False) -> TargetResult:
+    """Search the prune (:func:`search`), compile it once, and re-measure its LFA on the slim
+    model.  ``calibration``: images with ground-truth boxes (:class:`CalibrationSet`), or None
+    for a FLOPs/params goal without LFA.  ``fold_pruned_bias``: every probe and the emitted
+    model keep the pruned channels' constants (``graphprune.fold``)."""
+    from .pipeline import compile as gp_compile
+
+    reader = AttentionReader(mode, layers)
+    planner = MaskPlanner(model, example_inputs, residual=residual, min_channels=min_channels,
+                          exclude=exclude, leaves=leaves)
+    searcher = Searcher(model, planner, calibration, reader, device, on_probe,
+                        fold=fold_pruned_bias)
+    found = search(searcher, lfa_target=lfa_target, flops_target=flops_target,
+                   params_target=params_target)
+    if not found.feasible and found.goal == "lfa":
+        raise GraphpruneError(found.notes[0], hint="raise --lfa-target, or sparse-train longer "
+                                                   "(or with a larger θ) so that channels reach "
+                                                   "|γ| ≈ 0")
+    plan = found.plan
+    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    source = model if on_cpu else copy.deepcopy(model).cpu()
+    fold_info = None
+    if fold_pruned_bias:        # compile the folded model, with the masks already applied
+        from .fold import border_deviation, fold_pruned_bias as fold, gamma_zeroed
+        source, fold_report = fold(source, plan.masks, searcher.fold_inputs)
+        chosen = plan.masks
+    else:
+        chosen = plan.requested
+    compiled = gp_compile(source, example_inputs,
+                          masks={n: torch.as_tensor(m) for n, m in chosen.items()},
+                          residual=residual, min_channels=min_channels, exclude=exclude,
+                          leaves=leaves)
+    if fold_pruned_bias:
+        inputs = compiled.example_inputs
+        with torch.no_grad():
+            deviation = border_deviation(
+                compiled.module(*inputs),
+                gamma_zeroed(model.cpu() if on_cpu else copy.deepcopy(model).cpu(),
+                             plan.masks).eval()(*inputs))
+        compiled.fold = {**fold_report.as_dict(), "deviation_from_gamma_zeroed": deviation}
+        compiled.pinned = dict(plan.pinned)
+    for name, mask in plan.masks.items():
+        if not np.array_equal(compiled.masks[name].numpy(), mask):
+            raise GraphpruneError(f"internal error: the searched masks of {name!r} differ from "
+                                  "the compiled ones", hint="please report this model")
+    if calibration is None:
+        return TargetResult(compiled, found, None, None)
+    slim = compiled.module
+    if device is not None:
+        slim = slim.to(device)
+    fa_slim = feature_attention(slim, calibration, reader=reader, device=device,
+                                keep_maps=keep_maps)
+    found.fa_sparse = feature_attention(model, calibration, reader=reader, device=device,
+                                        keep_maps=keep_maps) if keep_maps else found.fa_sparse
+    return TargetResult(compiled, found, fa_slim, lfa(fa_slim, found.fa_sparse))
+
+
+__all__ = ["MaskPlanner", "Plan", "Probe", "SearchResult", "Searcher", "TargetResult",
+           "prune_to_target", "search"]

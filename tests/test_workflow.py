@@ -1,0 +1,132 @@
+"""``graphprune compile --lfa-target`` and ``graphprune demo``, end to end on tiny data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils._pytree import tree_flatten
+
+import graphprune as gp
+from graphprune import data as gpdata
+from graphprune.cli import main
+from graphprune.detect.train import model_recipe
+from graphprune.export import decode_masks, onnx_parity, save_checkpoint
+from graphprune.models import randomize_batchnorm, yolov5n
+
+from conftest import assert_close
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return gpdata.make_synthetic_dataset(tmp_path_factory.mktemp("syn") / "d", 8, 8, seed=3, size=64)
+
+
+def test_lfa_target_compile_writes_a_verified_model_a_report_and_plots(tiny_data, tmp_path,
+                                                                        capsys):
+    out = tmp_path / "run"
+    model = yolov5n(num_classes=3)
+    randomize_batchnorm(model, 0)
+    ckpt = save_checkpoint(model, model_recipe(model, 64), tmp_path / "sparse.pt")
+    before = ckpt.read_bytes()
+    code = main(["compile", str(ckpt),
+                 "--data", str(tiny_data), "--lfa-target", "0.05", "--imgsz", "64",
+                 "--calib-images", "8", "--eval", "--out", str(out)])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    for key in ("params_before", "params_after", "flops_before", "flops_after", "threshold",
+                "prune_ratio", "lfa", "lfa_target", "probes", "map50_before", "map50_after"):
+        assert key in report, key
+    assert report["lfa"] <= 0.05 and report["lfa_target"] == 0.05
+    assert report["params_after"] < report["params_before"]
+    n = report["candidates"]
+    assert 0 < report["evaluations"] <= int(np.ceil(np.log2(n))) + 2
+    assert sum(not p["reused"] for p in report["probes"]) == report["evaluations"]
+    # the chosen probe's LFA is what the slim model measured again
+    assert report["lfa"] == pytest.approx(report["lfa_probe"], abs=1e-5)
+    # report.md shows the plots, and they are images
+    md = (out / "report.md").read_text()
+    for png in ("lfa_vs_prune.png", "attention.png"):
+        assert f"]({png})" in md
+        with Image.open(out / png) as im:
+            assert im.format == "PNG" and im.size[0] > 100
+    # slim == zero-masked reference == onnxruntime
+    slim = gp.load(out / "slim.graphprune.pt")
+    masks = decode_masks(slim.graphprune_recipe)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        want = gp.zero_mask(model, masks).eval()(x)
+        got = slim.eval()(x)
+    assert_close(got, want)
+    assert onnx_parity(out / "slim.onnx", (x,), tree_flatten(got)[0]) is None
+    assert "LFA⁺" in capsys.readouterr().out
+    assert ckpt.read_bytes() == before                    # the input is never modified
+
+
+def test_flops_target_without_data(tmp_path):
+    out = tmp_path / "run"
+    assert main(["compile", "yolov5n", "--num-classes", "3", "--random-bn", "1",
+                 "--flops-target", "0.5", "--imgsz", "64", "--no-onnx", "--no-pt2",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["flops_after"] <= 0.5 * report["flops_before"]
+    assert report["lfa"] is None and report["goal"] == "flops"
+    assert (out / "report.md").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lfa-target", "0.01"], "need --data"),
+    (["--prune-ratio", "0.5", "--eval"], "target-guided"),
+])
+def test_target_compile_refusals(argv, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["compile", "yolov5n", "--imgsz", "64", "--out", str(out), *argv])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-0.1", "nan"])
+def test_lfa_target_must_be_positive(value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["compile", "yolov5n", "--lfa-target", value, "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2
+    assert "LFA target" in capsys.readouterr().err or value == "nan"
+
+
+def test_quick_demo_runs_every_step(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    for path in ("data/data.yaml", "baseline/last.pt", "sparse/last.pt", "sparse/sparsity.jsonl",
+                 "sparse/gamma_distribution.png", "compile/report.md", "compile/slim.onnx",
+                 "compile/slim.graphprune.pt"):
+        assert (out / path).exists(), path
+    assert summary["alpha_updates"] >= 1
+    assert summary["verified_max_error"] <= 1e-3
+    assert summary["lfa"] <= 0.01
+    assert "graphprune demo" in capsys.readouterr().out
+    # a second run refuses to overwrite without --overwrite
+    assert main(["demo", "--quick", "--out", str(out)]) == 1
+
+
+def test_finetune_and_fold_after_a_target_compile(tiny_data, tmp_path):
+    model = yolov5n(num_classes=3)
+    randomize_batchnorm(model, 1)
+    ckpt = save_checkpoint(model, model_recipe(model, 64), tmp_path / "sparse.pt")
+    out = tmp_path / "run"
+    assert main(["compile", str(ckpt), "--data", str(tiny_data), "--params-target", "0.5",
+                 "--imgsz", "64", "--calib-images", "4", "--fold-pruned-bias",
+                 "--finetune-epochs", "1", "--no-onnx", "--no-pt2", "--heatmaps", "0",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["params_after"] <= 0.5 * report["params_before"]
+    assert report["fold_pruned_bias"]["folded"]
+    assert report["finetune_epochs"] == 1 and report["map50_finetuned"] is not None
+    tuned = gp.load(out / "finetune" / "last.pt")
+    assert sum(p.numel() for p in tuned.parameters()) == report["params_after"]
+    assert "bias folding" in (out / "report.md").read_text()
