@@ -29,9 +29,12 @@ demo: install
 bench: install
 	$(BIN)/python benchmarks/compile_yolov5.py
 	$(BIN)/python benchmarks/residual_ops.py
+	$(BIN)/python benchmarks/latency.py --round-to 8 --profile
 	$(BIN)/python benchmarks/sparsity_overhead.py
 	$(BIN)/python benchmarks/synthetic.py
 	$(BIN)/python benchmarks/ablation.py
+	test -f $(DEMO_OUT)/sparse/last.pt || $(BIN)/graphprune demo --out $(DEMO_OUT) --overwrite
+	$(BIN)/python benchmarks/fold.py --weights $(DEMO_OUT)/sparse/last.pt --data $(DEMO_OUT)/data/data.yaml
 	$(BIN)/python benchmarks/nwpu.py
 
 clean:

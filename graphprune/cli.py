@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "couple: one shared mask per residual group (conventional)")
     c.add_argument("--min-channels", type=int, default=1, metavar="K",
                    help="keep at least K channels in every layer (default 1)")
+    c.add_argument("--round-to", type=int, default=1, metavar="K",
+                   help="keep a multiple of K channels in every layer, the extra ones by |γ| "
+                        "(default 1: no rounding)")
     c.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                    help="leave BatchNorms matching this name pattern or module prefix whole "
                         "(repeatable)")
@@ -274,6 +277,8 @@ def cmd_compile(args) -> int:
 
     if args.min_channels < 1:
         raise GraphpruneError(f"--min-channels must be >= 1, got {args.min_channels}")
+    if args.round_to < 1:
+        raise GraphpruneError(f"--round-to must be >= 1, got {args.round_to}")
     if args.lfa_target is not None or args.flops_target is not None or \
             args.params_target is not None:
         return cmd_compile_target(args)
@@ -293,7 +298,8 @@ def cmd_compile(args) -> int:
         result = gp.compile(model, inputs, masks=masks, threshold=args.threshold,
                             prune_ratio=args.prune_ratio, residual=args.residual,
                             min_channels=args.min_channels, exclude=args.exclude,
-                            leaves=args.leaf, fold_pruned_bias=args.fold_pruned_bias)
+                            leaves=args.leaf, fold_pruned_bias=args.fold_pruned_bias,
+                            round_to=args.round_to)
     compile_s = time.perf_counter() - start
     written = []
     with atomic_directory(args.out, overwrite=args.overwrite) as tmp:
@@ -313,6 +319,7 @@ def cmd_compile(args) -> int:
                       request={"prune_ratio": args.prune_ratio, "threshold": args.threshold,
                                "masks": str(args.masks) if args.masks else None,
                                "residual": args.residual, "min_channels": args.min_channels,
+                               "round_to": args.round_to,
                                "exclude": args.exclude},
                       compile_seconds=round(compile_s, 3),
                       total_seconds=round(time.perf_counter() - start, 3),
@@ -342,7 +349,8 @@ def cmd_compile_target(args) -> int:
         lfa_mode=args.lfa_mode,
         lfa_layers=[x for x in args.lfa_layers.split(",") if x] if args.lfa_layers else None,
         evaluate=args.eval, finetune_epochs=args.finetune_epochs, device=args.device,
-        residual=args.residual, min_channels=args.min_channels, exclude=tuple(args.exclude),
+        residual=args.residual, min_channels=args.min_channels, round_to=args.round_to,
+        exclude=tuple(args.exclude),
         leaves=tuple(args.leaf), onnx=not args.no_onnx, pt2=not args.no_pt2,
         heatmaps=args.heatmaps, model_name=str(args.model),
         fold_pruned_bias=args.fold_pruned_bias, console=err_console)

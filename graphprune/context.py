@@ -32,6 +32,7 @@ class CompileConfig:
     prune_ratio: float | None = None
     residual: str = "reconstruct"
     min_channels: int = 1
+    round_to: int = 1                     # kept channels per layer: a multiple of this
     exclude: Sequence[str] = ()
     leaves: Sequence[str] = ()
     verify: bool = True

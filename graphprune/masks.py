@@ -145,5 +145,24 @@ def enforce_min_channels(masks: dict[str, np.ndarray], gammas: Mapping[str, np.n
     return grown
 
 
+def round_up_channels(masks: dict[str, np.ndarray], gammas: Mapping[str, np.ndarray],
+                      multiple: int) -> dict[str, str]:
+    """Keep a multiple of ``multiple`` channels per layer (or all of them), adding the pruned
+    channels with the largest |γ| first.  Returns the reasons for the layers that grew."""
+    grown = {}
+    if multiple <= 1:
+        return grown
+    for name, mask in masks.items():
+        kept, total = int(mask.sum()), len(mask)
+        want = min(-(-kept // multiple) * multiple, total)
+        if want <= kept:
+            continue
+        g = gammas[name]
+        pruned = np.flatnonzero(~mask)
+        mask[pruned[np.lexsort((pruned, -g[pruned]))][:want - kept]] = True
+        grown[name] = f"round_to={multiple}"
+    return grown
+
+
 __all__ = ["as_mask", "batchnorms", "count_below", "enforce_min_channels", "global_order",
-           "masked_copy", "masks_from_ranking", "matches", "unknown_layer_error", "zero_mask"]
+           "masked_copy", "masks_from_ranking", "matches", "round_up_channels", "unknown_layer_error", "zero_mask"]

@@ -51,6 +51,8 @@ def _validate(config: CompileConfig) -> None:
                         f"got {config.residual!r}")
     if not isinstance(config.min_channels, int) or config.min_channels < 1:
         raise MaskError(f"min_channels must be an integer >= 1, got {config.min_channels!r}")
+    if not isinstance(config.round_to, int) or config.round_to < 1:
+        raise MaskError(f"round_to must be an integer >= 1, got {config.round_to!r}")
     if config.masks is not None and not isinstance(config.masks, Mapping):
         raise MaskError(f"masks must be a mapping of BatchNorm name to keep mask, got "
                         f"{type(config.masks).__name__}")
@@ -135,7 +137,7 @@ def _recipe(model: nn.Module, config: CompileConfig, inputs: tuple[Any, ...],
 
 def compile(model: nn.Module, example_inputs: Any, *, masks: Mapping[str, Any] | None = None,
             threshold: float | None = None, prune_ratio: float | None = None,
-            residual: str = "reconstruct", min_channels: int = 1,
+            residual: str = "reconstruct", min_channels: int = 1, round_to: int = 1,
             exclude: Iterable[str] = (), leaves: Iterable[str] = (), verify: bool = True,
             atol: float = ATOL, rtol: float = RTOL, dependency_groups: bool = True,
             fold_pruned_bias: bool = False) -> CompileResult:
@@ -147,7 +149,9 @@ def compile(model: nn.Module, example_inputs: Any, *, masks: Mapping[str, Any] |
     ``residual="reconstruct"`` lets the branches of residual adds keep different channels
     (L1RR); ``"couple"`` forces the conventional shared mask (it needs torch-pruning's
     dependency groups, which ``dependency_groups=False`` skips when the masks are known to be
-    final, e.g. when a checkpoint is rebuilt).  ``exclude``: name patterns of
+    final, e.g. when a checkpoint is rebuilt).  ``round_to``: keep a multiple of this many
+    channels per layer (the extra ones by |γ|; kernels often run faster on aligned widths;
+    coupling may still add more).  ``exclude``: name patterns of
     BatchNorms (or module prefixes) to leave whole.  ``leaves``: submodules to keep whole in the
     trace (untraceable ones are found automatically).  The caller's model is not modified.
 
@@ -159,11 +163,12 @@ def compile(model: nn.Module, example_inputs: Any, *, masks: Mapping[str, Any] |
     if fold_pruned_bias:
         return _compile_folded(model, example_inputs, masks=masks, threshold=threshold,
                                prune_ratio=prune_ratio, residual=residual,
-                               min_channels=min_channels, exclude=exclude, leaves=leaves,
+                               min_channels=min_channels, round_to=round_to,
+                               exclude=exclude, leaves=leaves,
                                verify=verify, atol=atol, rtol=rtol,
                                dependency_groups=dependency_groups)
     config = CompileConfig(masks=masks, threshold=threshold, prune_ratio=prune_ratio,
-                           residual=residual, min_channels=min_channels,
+                           residual=residual, min_channels=min_channels, round_to=round_to,
                            exclude=tuple(exclude), leaves=tuple(leaves), verify=verify,
                            atol=atol, rtol=rtol, dependency_groups=dependency_groups)
     _validate(config)

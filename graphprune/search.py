@@ -58,7 +58,7 @@ class MaskPlanner:
     """Traces and analyses the model once; then plans any number of prunes cheaply."""
 
     def __init__(self, model: nn.Module, example_inputs: Any, *, residual: str = "reconstruct",
-                 min_channels: int = 1, exclude: Iterable[str] = (),
+                 min_channels: int = 1, round_to: int = 1, exclude: Iterable[str] = (),
                  leaves: Iterable[str] = ()):
         from . import passes as gp_passes
         from .pipeline import as_inputs, run_passes
@@ -66,6 +66,7 @@ class MaskPlanner:
 
         self.inputs = as_inputs(example_inputs)
         self.config = CompileConfig(residual=residual, min_channels=min_channels,
+                                    round_to=round_to,
                                     exclude=tuple(exclude), leaves=tuple(leaves), verify=False)
         work = copy.deepcopy(model).eval()
         traced = trace(work, self.config.leaves)
@@ -426,7 +427,7 @@ def prune_to_target(model: nn.Module, example_inputs: Any, calibration: Calibrat
                     lfa_target: float | None = None, flops_target: float | None = None,
                     params_target: float | None = None, mode: str = "confidence",
                     layers: Sequence[str] | None = None, residual: str = "reconstruct",
-                    min_channels: int = 1, exclude: Iterable[str] = (),
+                    min_channels: int = 1, round_to: int = 1, exclude: Iterable[str] = (),
                     leaves: Iterable[str] = (), device: torch.device | str | None = None,
                     on_probe: Callable[[Probe], Any] | None = None,
                     keep_maps: int = 0, fold_pruned_bias: bool = False) -> TargetResult:
@@ -438,7 +439,7 @@ def prune_to_target(model: nn.Module, example_inputs: Any, calibration: Calibrat
 
     reader = AttentionReader(mode, layers)
     planner = MaskPlanner(model, example_inputs, residual=residual, min_channels=min_channels,
-                          exclude=exclude, leaves=leaves)
+                          round_to=round_to, exclude=exclude, leaves=leaves)
     searcher = Searcher(model, planner, calibration, reader, device, on_probe,
                         fold=fold_pruned_bias)
     found = search(searcher, lfa_target=lfa_target, flops_target=flops_target,
@@ -459,8 +460,8 @@ def prune_to_target(model: nn.Module, example_inputs: Any, calibration: Calibrat
         chosen = plan.requested
     compiled = gp_compile(source, example_inputs,
                           masks={n: torch.as_tensor(m) for n, m in chosen.items()},
-                          residual=residual, min_channels=min_channels, exclude=exclude,
-                          leaves=leaves)
+                          residual=residual, min_channels=min_channels, round_to=round_to,
+                          exclude=exclude, leaves=leaves)
     if fold_pruned_bias:
         inputs = compiled.example_inputs
         with torch.no_grad():

@@ -57,7 +57,7 @@ def target_compile(model: torch.nn.Module, example: torch.Tensor, *, data_yaml: 
                    calib_images: int = 64, lfa_mode: str = "confidence",
                    lfa_layers: list[str] | None = None, evaluate: bool = False,
                    finetune_epochs: int = 0, device: str = "auto", residual: str = "reconstruct",
-                   min_channels: int = 1, exclude: tuple[str, ...] = (),
+                   min_channels: int = 1, round_to: int = 1, exclude: tuple[str, ...] = (),
                    leaves: tuple[str, ...] = (), onnx: bool = True, pt2: bool = True,
                    heatmaps: int = 4, model_name: str = "model",
                    fold_pruned_bias: bool = False,
@@ -107,6 +107,7 @@ def target_compile(model: torch.nn.Module, example: torch.Tensor, *, data_yaml: 
                 model, example, calibration, lfa_target=lfa_target,
                 flops_target=flops_target, params_target=params_target, mode=lfa_mode,
                 layers=lfa_layers, residual=residual, min_channels=min_channels,
+                round_to=round_to,
                 exclude=exclude, leaves=leaves, device=dev, on_probe=on_probe,
                 keep_maps=heatmaps if data is not None else 0,
                 fold_pruned_bias=fold_pruned_bias)

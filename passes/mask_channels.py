@@ -9,7 +9,8 @@
    then layer order, then channel index, over the candidate channels (not pinned, not
    excluded), so ties (an untrained model has every γ = 1) are broken deterministically.
 3. Safety rails and coupling, repeated until nothing changes: ``exclude``d layers keep all;
-   ``min_channels`` per layer; structurally coupled channels (torch-pruning) keep or go
+   ``min_channels`` per layer; ``round_to`` (kept counts rounded up to a multiple, the extra
+   channels taken by |γ|); structurally coupled channels (torch-pruning) keep or go
    together — and so do residual-coupled ones when ``residual="couple"``; every requirement of
    the channel analysis is met (``ChannelAnalysis.solve``).
 
@@ -27,7 +28,8 @@ from graphprune.context import CompileContext
 from graphprune.errors import MaskError
 from graphprune.groups import apply_coupling
 from graphprune.masks import (as_mask, batchnorms, count_below, enforce_min_channels,
-                              masks_from_ranking, matches, unknown_layer_error)
+                              masks_from_ranking, matches, round_up_channels,
+                              unknown_layer_error)
 
 
 def structural_pins(analysis) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -95,14 +97,17 @@ def mask_channels(gm: torch.fx.GraphModule, ctx: CompileContext) -> PassResult:
         fixed = set(ctx.unprunable) | excluded
         A.masks = applied
         A.reasons = {}
-        while True:    # coupling and requirements, until neither changes anything
+        while True:    # rounding, coupling and requirements, until none changes anything
+            rounded = round_up_channels(applied, gammas, cfg.round_to)
+            for n, why in rounded.items():
+                reasons.setdefault(n, why)
             for n, why in apply_coupling(applied, coupling, fixed).items():
                 reasons.setdefault(n, why)
             rounds = A.solve()
             for n, whys in A.reasons.items():
                 reasons.setdefault(n, whys[0])
             A.reasons = {}
-            if rounds == 1:
+            if rounds == 1 and not rounded:
                 break
 
         ctx.masks = dict(applied)

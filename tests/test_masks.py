@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -104,3 +106,23 @@ def test_zero_mask_zeroes_exactly_the_pruned_channels():
     assert torch.all(out["bn"][:, [1, 5]] == 0)
     assert torch.all(out["bn"][:, mask].abs().sum((0, 2, 3)) > 0)
     assert model.stem[1].weight[1] != 0            # the original is untouched
+
+
+def test_round_to_keeps_multiples_and_stays_exact():
+    model = yolov5n(num_classes=3)
+    randomize_batchnorm(model, 4)
+    x = torch.rand(1, 3, 64, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = gp.compile(model, x, prune_ratio=0.6)
+        rounded = check_compile(model, x, prune_ratio=0.6, round_to=8)
+    kept = {n: int(m.sum()) for n, m in rounded.masks.items()}
+    total = {n: len(m) for n, m in rounded.masks.items()}
+    assert all(k % 8 == 0 or k == total[n] for n, k in kept.items())
+    # rounding only adds channels, the highest |γ| first, and says so
+    for n, m in rounded.masks.items():
+        assert bool((m | plain.masks[n]).eq(m).all())
+    assert any("round_to=8" in why for why in rounded.pinned.values())
+    assert rounded.stats.params_after > plain.stats.params_after
+    with pytest.raises(gp.MaskError, match="round_to"):
+        gp.compile(model, x, prune_ratio=0.5, round_to=0)

@@ -1,0 +1,36 @@
+"""The benchmark scripts still run (tiny settings; their figures live in benchmarks/results)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_latency_benchmark_reports_every_ratio(tmp_path):
+    out = tmp_path / "latency.json"
+    code = _script("latency").main(["--model", "yolov5n", "--imgsz", "64", "--rounds", "2",
+                                    "--targets", "0.4,0.6", "--round-to", "8", "--threads", "1",
+                                    "--json-out", str(out), "--results", str(tmp_path)])
+    assert code == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["flops_target"], r["round_to"]) for r in rows] == \
+        [(0.4, 1), (0.6, 1), (0.4, 8), (0.6, 8)]
+    for r in rows:
+        assert r["flops_ratio"] <= 1 - r["flops_target"] + 1e-9
+        assert r["ideal_speedup"] == pytest.approx(1 / r["flops_ratio"])
+        assert r["efficiency"] == pytest.approx(r["measured_speedup"] / r["ideal_speedup"])
+        for key in ("prune_ratio", "measured_speedup", "dense_speedup", "slim_vs_dense"):
+            assert r[key] > 0
+    assert (tmp_path / "latency.txt").exists()
