@@ -8,7 +8,7 @@ TORCH_PIN ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench bench-zoo clean
 
 install: $(STAMP)
 
@@ -29,13 +29,26 @@ demo: install
 bench: install
 	$(BIN)/python benchmarks/compile_yolov5.py
 	$(BIN)/python benchmarks/residual_ops.py
+	$(BIN)/python benchmarks/flops.py
 	$(BIN)/python benchmarks/latency.py --round-to 8 --profile
+	$(BIN)/python benchmarks/residual.py --random yolov5s --imgsz 640
+	$(MAKE) bench-zoo
 	$(BIN)/python benchmarks/sparsity_overhead.py
 	$(BIN)/python benchmarks/synthetic.py
 	$(BIN)/python benchmarks/ablation.py
 	test -f $(DEMO_OUT)/sparse/last.pt || $(BIN)/graphprune demo --out $(DEMO_OUT) --overwrite
 	$(BIN)/python benchmarks/fold.py --weights $(DEMO_OUT)/sparse/last.pt --data $(DEMO_OUT)/data/data.yaml
+	$(BIN)/python benchmarks/residual.py --weights $(DEMO_OUT)/sparse/last.pt --data $(DEMO_OUT)/data/data.yaml
 	$(BIN)/python benchmarks/nwpu.py
 
+# the prunability zoo needs torchvision, which needs torch 2.14.1 (a second environment, ~5.5 GB)
+TV_VENV ?= .venv-tv
+bench-zoo:
+	test -x $(TV_VENV)/bin/python || $(PYTHON) -m venv $(TV_VENV)
+	$(TV_VENV)/bin/python -c "import torchvision" 2>/dev/null || \
+		$(TV_VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(TV_VENV)/bin/pip install -q -e ".[dev]"
+	$(TV_VENV)/bin/python benchmarks/zoo.py
+
 clean:
-	rm -rf $(VENV) runs build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(TV_VENV) runs build *.egg-info .pytest_cache

@@ -13,6 +13,7 @@ itself.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -169,7 +170,7 @@ def main(argv=None) -> int:
             "recipe": RECIPE, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
             "torch": torch.__version__, "date": str(date.today()), "rows": rows},
             indent=2) + "\n")
-        record = Console(record=True, width=160)
+        record = Console(record=True, width=160, file=io.StringIO())
         record.print(table)
         (args.results / "ablation.txt").write_text(record.export_text())
     return 0

@@ -11,6 +11,7 @@ to show the effect of folding alone at an identical prune.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -92,7 +93,7 @@ def main(argv=None) -> int:
             "sparse_map50": sparse_map, "machine": f"{platform.machine()}, "
             f"{os.cpu_count()} cores", "date": str(date.today()), "rows": rows},
             indent=2) + "\n")
-        record = Console(record=True, width=150)
+        record = Console(record=True, width=150, file=io.StringIO())
         record.print(table)
         (args.results / "fold.txt").write_text(record.export_text())
     return 0

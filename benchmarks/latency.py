@@ -16,6 +16,7 @@ noise hits them alike.  The untrained baseline gets random BatchNorm γ (log-uni
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -256,7 +257,7 @@ def main(argv=None) -> int:
     if not args.quick:
         args.results.mkdir(parents=True, exist_ok=True)
         (args.results / "latency.json").write_text(json.dumps(payload, indent=2) + "\n")
-        record = Console(record=True, width=170)
+        record = Console(record=True, width=170, file=io.StringIO())
         record.print(table)
         if profile:
             for name, p in profile.items():

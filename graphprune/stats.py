@@ -54,7 +54,9 @@ class ModelStats:
 
     @property
     def channels_pruned(self) -> float:
-        return 1.0 - self.channels_after / max(self.channels_before, 1)
+        if not self.channels_before:         # nothing prunable: nothing pruned
+            return 0.0
+        return 1.0 - self.channels_after / self.channels_before
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)

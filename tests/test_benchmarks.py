@@ -34,3 +34,18 @@ def test_latency_benchmark_reports_every_ratio(tmp_path):
         for key in ("prune_ratio", "measured_speedup", "dense_speedup", "slim_vs_dense"):
             assert r[key] > 0
     assert (tmp_path / "latency.txt").exists()
+
+
+def test_residual_benchmark_compares_reconstruct_couple_and_torch_pruning(tmp_path):
+    out = tmp_path / "residual.json"
+    code = _script("residual").main(["--random", "yolov5n", "--imgsz", "64",
+                                     "--latency-imgsz", "64", "--rounds", "2",
+                                     "--json-out", str(out), "--no-write"])
+    assert code == 0
+    rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
+    assert {"reconstruct", "couple", "torch-pruning bnscale"} <= set(rows)
+    # the reconstruction never keeps more than the coupled masks
+    assert rows["reconstruct"]["params"] <= rows["couple"]["params"]
+    assert rows["reconstruct"]["flops"] <= rows["couple"]["flops"]
+    for r in rows.values():
+        assert 0 < r["params_ratio"] < 1 and r["ms"] > 0
