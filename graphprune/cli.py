@@ -249,6 +249,18 @@ def _open(args) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
     return model, (example,)
 
 
+def _nothing_to_prune(model, spec) -> bool:
+    """Say so when the model has no BatchNorm at all (graphprune prunes BatchNorm channels)."""
+    from .masks import batchnorms
+
+    if batchnorms(model):
+        return False
+    err_console.print(f"graphprune: nothing to prune: {spec} has no BatchNorm layer (graphprune "
+                      "removes the channels of Conv-BatchNorm layers); nothing was written",
+                      markup=False, soft_wrap=True)
+    return True
+
+
 def _si(n: float) -> str:
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= scale:
@@ -292,6 +304,8 @@ def cmd_compile(args) -> int:
     start = time.perf_counter()
     with err_console.status("loading the model"):
         model, inputs = _open(args)
+    if _nothing_to_prune(model, args.model):
+        return 0
     with err_console.status("compiling (trace, analyse, mask, reconstruct, slim, verify)"), \
             warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
@@ -342,6 +356,8 @@ def cmd_compile_target(args) -> int:
         args.example_shape = (1, 3, args.imgsz, args.imgsz)
     with err_console.status("loading the model"):
         model, inputs = _open(args)
+    if _nothing_to_prune(model, args.model):
+        return 0
     report = target_compile(
         model, inputs[0], data_yaml=args.data, out=args.out, overwrite=args.overwrite,
         lfa_target=args.lfa_target, flops_target=args.flops_target,

@@ -11,6 +11,7 @@ MODEL is one of:
 from __future__ import annotations
 
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -24,7 +25,9 @@ from .export import FORMAT, parse_checkpoint, rebuild
 
 def _pickled_module(path: Path) -> nn.Module:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=False)
     except (ModuleNotFoundError, AttributeError) as exc:
         raise CheckpointError(f"{str(path)!r} pickles classes that cannot be imported here "
                               f"({exc})",
@@ -46,6 +49,15 @@ def _pickled_module(path: Path) -> nn.Module:
     return obj.float().eval()
 
 
+def _looks_pickled(path: Path) -> bool:
+    """A torch zip archive, or a raw pickle (protocol 2+ starts with the PROTO opcode)."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
 def open_model(spec: str, *, trust: bool = False, num_classes: int | None = None) -> nn.Module:
     """The model ``spec`` names (see the module docstring)."""
     path = Path(spec)
@@ -60,8 +72,14 @@ def open_model(spec: str, *, trust: bool = False, num_classes: int | None = None
     if path.stat().st_size == 0:
         raise CheckpointError(f"{spec!r} is empty", hint="is the file complete?")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():      # torch's own notes about pickle protocols
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if not _looks_pickled(path):
+            raise CheckpointError(f"{spec!r} is not a checkpoint: neither a torch archive nor "
+                                  "a pickle", hint="is the file complete, and the right "
+                                                   "file?") from None
         if "weights_only" not in str(exc) and "GLOBAL" not in str(exc):
             raise CheckpointError(f"{spec!r} is not a readable checkpoint "
                                   f"({str(exc).splitlines()[0][:120]})",
@@ -77,7 +95,9 @@ def open_model(spec: str, *, trust: bool = False, num_classes: int | None = None
                               hint="is the file complete?") from None
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
         return rebuild(*parse_checkpoint(payload, path), path)
-    raise CheckpointError(f"{spec!r} holds only tensors (a state_dict?), not a model",
+    what = "only tensors (a state_dict?)" if isinstance(payload, dict) else \
+        f"a {type(payload).__name__} of plain data"
+    raise CheckpointError(f"{spec!r} holds {what}, not a model",
                           hint="build the architecture in Python and call graphprune.compile, "
                                "or save a graphprune checkpoint")
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch.fx
 from torch.fx.passes.infra.pass_base import PassResult
 
+from graphprune import channels as ch
 from graphprune.context import CompileContext
 from graphprune.errors import MaskError
 from graphprune.groups import apply_coupling
@@ -110,6 +111,14 @@ def mask_channels(gm: torch.fx.GraphModule, ctx: CompileContext) -> PassResult:
             if rounds == 1 and not rounded:
                 break
 
+        unknown = [n for n in A.nodes if A.rules[n].name == "unknown"
+                   and any(isinstance(a, torch.fx.Node) and ch.is_tensor(a)
+                           for a in ch.flat_tensor_args(n))]
+        if unknown:
+            shown = ", ".join(ch.describe(n, A.module_of(n)) for n in unknown[:8])
+            more = f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""
+            ctx.warnings.append(f"{len(unknown)} op(s) without a channel rule keep every channel "
+                                f"flowing into them (pinned): {shown}{more}")
         ctx.masks = dict(applied)
         # BatchNorms the user named but the compiler cannot prune stay whole, and say so.
         for n, request in ctx.requested.items():

@@ -68,7 +68,10 @@ def _parse_yolo_line(line: str, num_classes: int) -> tuple[list[float] | None, s
     if corners.min() < -TOLERANCE or corners.max() > 1 + TOLERANCE:
         return None, f"box reaches outside the image: {line[:60]!r}"
     x1, y1, x2, y2 = np.clip(corners, 0.0, 1.0)
-    return [cls, (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], None
+    box = np.array([cls, (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], dtype=np.float32)
+    if not (box[3] > 0 and box[4] > 0):       # as stored: float32, after clipping
+        return None, f"box has no area inside the image: {line[:60]!r}"
+    return box.tolist(), None
 
 
 def read_yolo_labels(path: str | Path, num_classes: int) -> tuple[np.ndarray, list[str]]:
