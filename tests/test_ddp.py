@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -46,10 +45,11 @@ def train(model, step_fn, shard: slice, eval_bn: bool) -> list[list[torch.Tensor
     return history
 
 
-def worker(rank: int, world: int, port: int, out: str, eval_bn: bool) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def worker(rank: int, world: int, out: str, eval_bn: bool) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a file rendezvous: no TCP port to pick and lose to a parallel test
+    dist.init_process_group("gloo", init_method=f"file://{os.path.join(out, 'rendezvous')}",
+                            rank=rank, world_size=world)
     try:
         model = nn.parallel.DistributedDataParallel(make_model())
         per = GLOBAL_BATCH // world
@@ -60,14 +60,8 @@ def worker(rank: int, world: int, port: int, out: str, eval_bn: bool) -> None:
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_two(tmp_path, eval_bn: bool):
-    mp.spawn(worker, args=(2, free_port(), str(tmp_path), eval_bn), nprocs=2, join=True)
+    mp.spawn(worker, args=(2, str(tmp_path), eval_bn), nprocs=2, join=True)
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
 
 
