@@ -514,3 +514,11 @@ def test_cli_converts_and_summarises(tmp_path, capsys):
     assert data_cli(["data", "synthetic", str(tmp_path / "syn"), "--train", "2", "--val", "1",
                      "--overwrite"]) == 0
     assert yaml.safe_load((tmp_path / "syn" / "data.yaml").read_text())["nc"] == 3
+
+
+def test_non_finite_corners_are_skipped():
+    from graphprune.data.rsod import parse_voc_xml
+    xml = ("<annotation><object><name>aircraft</name><bndbox><xmin>0</xmin><ymin>0</ymin>"
+           "<xmax>1</xmax><ymax>NAN</ymax></bndbox></object></annotation>")
+    rows, problems = parse_voc_xml(xml, 1, 1)
+    assert len(rows) == 0 and "nan or inf" in problems[0]

@@ -97,6 +97,8 @@ def clip_pixel_box(x1: float, y1: float, x2: float, y2: float, width: float, hei
                    ) -> tuple[list[float] | None, str | None]:
     """``(box, note)``: the corners ordered and clipped to the ``width`` × ``height`` image, or
     ``None`` when no area is left; ``note`` says what was changed (``None`` when nothing)."""
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+        return None, "a corner is nan or inf, skipped"
     notes = ["corners reversed, reordered"] if x2 < x1 or y2 < y1 else []
     (x1, x2), (y1, y2) = sorted((x1, x2)), sorted((y1, y2))
     box = [min(max(x1, 0.0), width), min(max(y1, 0.0), height),
