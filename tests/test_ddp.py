@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+import traceback
 
 import pytest
 import torch
@@ -50,14 +52,24 @@ def worker(rank: int, world: int, out: str, eval_bn: bool) -> None:
     # a file rendezvous: no TCP port to pick and lose to a parallel test
     dist.init_process_group("gloo", init_method=f"file://{os.path.join(out, 'rendezvous')}",
                             rank=rank, world_size=world)
+    code = 1
     try:
         model = nn.parallel.DistributedDataParallel(make_model())
         per = GLOBAL_BATCH // world
         history = train(model, lambda reg: reg.apply(), slice(rank * per, (rank + 1) * per),
                         eval_bn)
         torch.save(history, os.path.join(out, f"rank{rank}.pt"))
+        dist.barrier()              # neither rank tears gloo down while the other still talks
+        code = 0
+    except Exception:
+        traceback.print_exc()
     finally:
         dist.destroy_process_group()
+    # Leave without the interpreter's shutdown: gloo's background threads can abort the
+    # process there ("terminate called without an active exception") after all work is done.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def run_two(tmp_path, eval_bn: bool):
