@@ -13,8 +13,6 @@ itself.
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import os
 import platform
 import shutil
@@ -36,6 +34,8 @@ from graphprune.detect.train import TrainConfig, train  # noqa: E402
 from graphprune.detect.val import resolve_device, validate  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import write_results  # noqa: E402
 # the recipe benchmarks/synthetic.py measured to learn fastest on 2 CPU cores
 RECIPE = dict(batch=8, nominal_batch=8, lr0=0.02, warmup_epochs=1, cls=2.0)
 
@@ -172,8 +172,7 @@ def main(argv=None) -> int:
                       "–" if r["train_minutes"] is None else f"{r['train_minutes']:.1f}")
     console.print(table)
     if not args.quick:
-        args.results.mkdir(parents=True, exist_ok=True)
-        (args.results / "ablation.json").write_text(json.dumps({
+        write_results(args.results, "ablation", {
             "data": "synthetic" if args.data is None else args.data, "model": args.model,
             "imgsz": args.imgsz, "base_epochs": args.base_epochs, "epochs": args.epochs,
             "theta": args.theta, "phase_epochs": args.phase_epochs,
@@ -181,10 +180,7 @@ def main(argv=None) -> int:
             "lfa_target": args.lfa_target, "calib_images": args.calib_images,
             "recipe": RECIPE, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
             "torch": torch.__version__, "date": str(date.today()), "rows": rows},
-            indent=2) + "\n")
-        record = Console(record=True, width=160, file=io.StringIO())
-        record.print(table)
-        (args.results / "ablation.txt").write_text(record.export_text())
+            [table], 160)
     return 0
 
 

@@ -11,8 +11,6 @@ to show the effect of folding alone at an identical prune.
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import os
 import platform
 import sys
@@ -31,6 +29,8 @@ from graphprune.detect.val import resolve_device  # noqa: E402
 from graphprune.workflow import evaluate_map  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import write_results  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -87,15 +87,11 @@ def main(argv=None) -> int:
                       f"{r['lfa_signed']:+.2%}", f"{r['map50']:.3f}", dev)
     Console().print(table)
     if not args.no_write:
-        args.results.mkdir(parents=True, exist_ok=True)
-        (args.results / "fold.json").write_text(json.dumps({
+        write_results(args.results, "fold", {
             "weights": str(args.weights), "imgsz": args.imgsz, "lfa_target": args.lfa_target,
             "sparse_map50": sparse_map, "machine": f"{platform.machine()}, "
             f"{os.cpu_count()} cores", "date": str(date.today()), "rows": rows},
-            indent=2) + "\n")
-        record = Console(record=True, width=150, file=io.StringIO())
-        record.print(table)
-        (args.results / "fold.txt").write_text(record.export_text())
+            [table], 150)
     return 0
 
 

@@ -16,7 +16,6 @@ noise hits them alike.  The untrained baseline gets random BatchNorm γ (log-uni
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -30,7 +29,6 @@ from collections import defaultdict
 from datetime import date
 from pathlib import Path
 
-import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
@@ -43,6 +41,8 @@ from graphprune.models.yolov5 import SCALES  # noqa: E402
 from graphprune.stats import count_flops, count_params  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import write_results  # noqa: E402
 RESIDUAL_OPS = ("Slice", "Gather", "Concat", "Add", "Split")
 
 
@@ -238,12 +238,12 @@ def main(argv=None) -> int:
                       f"{r['slim_vs_dense']:.3f}",
                       "–" if r["torch_speedup"] is None else
                       f"{r['torch_speedup']:.2f}× · {r['torch_dense_speedup']:.2f}×")
-    Console().print(table)
-    if profile:
-        for name, p in profile.items():
-            top = ", ".join(f"{k} {v:.1f}" for k, v in list(p["ms_per_run"].items())[:8])
-            Console().print(f"ORT profile {name} (ms/run): {top}; Slice/Gather/Concat/Add/Split "
-                            f"{p['residual_share']:.1%} of kernel time")
+    lines = [f"ORT profile {name} (ms/run): "
+             + ", ".join(f"{k} {v:.1f}" for k, v in list(p["ms_per_run"].items())[:8])
+             + f"; Slice/Gather/Concat/Add/Split {p['residual_share']:.1%} of kernel time"
+             for name, p in (profile or {}).items()]
+    for item in (table, *lines):
+        Console().print(item)
     payload = {"model": args.model, "num_classes": args.num_classes, "imgsz": args.imgsz,
                "threads": args.threads, "rounds": args.rounds, "round_to": args.round_to,
                "weights": str(args.weights) if args.weights else "random γ (seed "
@@ -255,16 +255,7 @@ def main(argv=None) -> int:
     if args.json_out is not None:
         args.json_out.write_text(json.dumps(payload, indent=2) + "\n")
     if not args.quick:
-        args.results.mkdir(parents=True, exist_ok=True)
-        (args.results / "latency.json").write_text(json.dumps(payload, indent=2) + "\n")
-        record = Console(record=True, width=170, file=io.StringIO())
-        record.print(table)
-        if profile:
-            for name, p in profile.items():
-                top = ", ".join(f"{k} {v:.1f}" for k, v in list(p["ms_per_run"].items())[:8])
-                record.print(f"ORT profile {name} (ms/run): {top}; Slice/Gather/Concat/Add/Split"
-                             f" {p['residual_share']:.1%} of kernel time")
-        (args.results / "latency.txt").write_text(record.export_text())
+        write_results(args.results, "latency", payload, [table, *lines], 170)
     return 0
 
 

@@ -17,7 +17,6 @@ zero-masking); torch-pruning removes the channels together with their β.
 from __future__ import annotations
 
 import argparse
-import io
 import copy
 import json
 import os
@@ -45,6 +44,7 @@ from graphprune.workflow import evaluate_map  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from common import write_results  # noqa: E402
 from latency import ort_session, time_interleaved  # noqa: E402
 
 
@@ -176,12 +176,8 @@ def main(argv=None) -> int:
     if args.json_out is not None:
         args.json_out.write_text(json.dumps(payload, indent=2) + "\n")
     if not args.no_write:
-        args.results.mkdir(parents=True, exist_ok=True)
-        stem = "residual_random" if args.random else "residual"
-        (args.results / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
-        record = Console(record=True, width=150, file=io.StringIO())
-        record.print(table)
-        (args.results / f"{stem}.txt").write_text(record.export_text())
+        write_results(args.results, "residual_random" if args.random else "residual",
+                      payload, [table], 150)
     return 0
 
 

@@ -135,6 +135,17 @@ def _recipe(model: nn.Module, config: CompileConfig, inputs: tuple[Any, ...],
     }
 
 
+def prepare(model: nn.Module, example_inputs: Any, config: CompileConfig):
+    """Trace a private eval-mode copy of ``model``: (traced, a fresh CompileContext)."""
+    inputs = as_inputs(example_inputs)
+    work = copy.deepcopy(model).eval()
+    traced = trace(work, config.leaves)
+    ctx = CompileContext(work, inputs, config,
+                         leaves={**{name: "requested" for name in config.leaves},
+                                 **traced.leaves})
+    return traced, ctx
+
+
 def compile(model: nn.Module, example_inputs: Any, *, masks: Mapping[str, Any] | None = None,
             threshold: float | None = None, prune_ratio: float | None = None,
             residual: str = "reconstruct", min_channels: int = 1, round_to: int = 1,
@@ -172,12 +183,8 @@ def compile(model: nn.Module, example_inputs: Any, *, masks: Mapping[str, Any] |
                            exclude=tuple(exclude), leaves=tuple(leaves), verify=verify,
                            atol=atol, rtol=rtol, dependency_groups=dependency_groups)
     _validate(config)
-    inputs = as_inputs(example_inputs)
-    work = copy.deepcopy(model).eval()
-    traced = trace(work, config.leaves)
-    ctx = CompileContext(work, inputs, config,
-                         leaves={**{name: "requested" for name in config.leaves},
-                                 **traced.leaves})
+    traced, ctx = prepare(model, example_inputs, config)
+    work, inputs = ctx.model, ctx.example_inputs
     for name, why in traced.leaves.items():
         ctx.warnings.append(f"{name!r} cannot be traced ({why}); kept whole, its inner "
                             "convolutions still lose pruned input columns")
@@ -208,7 +215,7 @@ def compile(model: nn.Module, example_inputs: Any, *, masks: Mapping[str, Any] |
 
 def _compile_folded(model: nn.Module, example_inputs: Any, **options) -> CompileResult:
     """Find the applied masks, fold the pruned channels' constants, compile the folded model."""
-    from .fold import border_deviation, fold_pruned_bias, gamma_zeroed
+    from .fold import fold_pruned_bias
 
     inputs = as_inputs(example_inputs)
     with warnings.catch_warnings():
@@ -218,12 +225,22 @@ def _compile_folded(model: nn.Module, example_inputs: Any, **options) -> Compile
     folded, report = fold_pruned_bias(model, applied, inputs)
     keep = {k: v for k, v in options.items() if k not in ("masks", "threshold", "prune_ratio")}
     result = compile(folded, inputs, masks=applied, **keep)
+    attach_fold(result, model, applied, report)
+    result.requested, result.pinned, result.layers = first.requested, first.pinned, first.layers
+    return result
+
+
+def attach_fold(result: CompileResult, model: nn.Module, applied: Mapping[str, Any],
+                report) -> None:
+    """Record bias folding on ``result``: the folds, and how far the slim model is from the
+    γ-zeroed reference on the example inputs (only at padded borders, where folding is exact)."""
+    from .fold import border_deviation, gamma_zeroed
+
+    inputs = result.example_inputs
     with torch.no_grad():
         deviation = border_deviation(result.module(*inputs),
                                      gamma_zeroed(model, applied).eval()(*inputs))
     result.fold = {**report.as_dict(), "deviation_from_gamma_zeroed": deviation}
-    result.requested, result.pinned, result.layers = first.requested, first.pinned, first.layers
-    return result
 
 
 @dataclass
@@ -263,4 +280,5 @@ def analyze(model: nn.Module, example_inputs: Any, *, leaves: Iterable[str] = ()
                        warnings=list(ctx.warnings))
 
 
-__all__ = ["CompileResult", "ModelReport", "analyze", "as_inputs", "compile", "run_passes"]
+__all__ = ["CompileResult", "ModelReport", "analyze", "as_inputs", "attach_fold", "compile",
+           "prepare", "run_passes"]

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .context import CompileConfig, CompileContext
+from .context import CompileConfig
 from .errors import GraphpruneError, GraphpruneWarning
 from .attention import LFA, AttentionReader, CalibrationSet, FeatureAttention, feature_attention, lfa
-from .masks import global_order, zero_mask
+from .masks import global_order, masks_from_ranking, zero_mask
 from .stats import count_flops, count_params
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -61,18 +61,13 @@ class MaskPlanner:
                  min_channels: int = 1, round_to: int = 1, exclude: Iterable[str] = (),
                  leaves: Iterable[str] = ()):
         from . import passes as gp_passes
-        from .pipeline import as_inputs, run_passes
-        from .tracing import trace
+        from .pipeline import prepare, run_passes
 
-        self.inputs = as_inputs(example_inputs)
         self.config = CompileConfig(residual=residual, min_channels=min_channels,
                                     round_to=round_to,
                                     exclude=tuple(exclude), leaves=tuple(leaves), verify=False)
-        work = copy.deepcopy(model).eval()
-        traced = trace(work, self.config.leaves)
-        self.ctx = CompileContext(work, self.inputs, self.config,
-                                  leaves={**{n: "requested" for n in self.config.leaves},
-                                          **traced.leaves})
+        traced, self.ctx = prepare(model, example_inputs, self.config)
+        self.inputs, work = self.ctx.example_inputs, self.ctx.model
         self.gm = traced.graph_module
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", GraphpruneWarning)
@@ -85,10 +80,9 @@ class MaskPlanner:
         self.params_before = count_params(work)
         self.flops_before = count_flops(work, self.inputs)
         self._layer_costs()
-        base = self._masks(0)                          # also finds the candidates
+        self._masks(0)                                 # finds the candidates
         self.candidates = {n: c.copy() for n, c in self.ctx.candidates.items()}
         self.ranked, self.names = global_order(self.gammas, self.candidates)
-        self.base = base
 
     @property
     def size(self) -> int:
@@ -102,10 +96,7 @@ class MaskPlanner:
         self.config.prune_ratio = None
         self.config.masks = None
         if count:
-            requested = {n: np.ones(len(g), dtype=bool) for n, g in self.gammas.items()}
-            for layer, channel in self.ranked[:count]:
-                requested[self.names[layer]][channel] = False
-            self.config.masks = requested
+            self.config.masks = masks_from_ranking(self.gammas, self.candidates, count)
         mask_channels(self.gm, self.ctx)
         return ({n: m.copy() for n, m in self.ctx.requested.items()},
                 {n: m.copy() for n, m in self.ctx.masks.items()})
@@ -279,7 +270,8 @@ class Searcher:
 
     def __init__(self, model: nn.Module, planner: MaskPlanner, calibration: CalibrationSet,
                  reader: AttentionReader | None = None, device: torch.device | None = None,
-                 on_probe: Callable[[Probe], Any] | None = None, fold: bool = False):
+                 on_probe: Callable[[Probe], Any] | None = None, fold: bool = False,
+                 keep_maps: int = 0):
         self.model, self.planner, self.calibration = model, planner, calibration
         self.fold = fold
         self.fold_inputs = _small_inputs(model, planner.inputs) if fold else None
@@ -290,7 +282,7 @@ class Searcher:
         self.fa_sparse = None
         if calibration is not None:          # None: FLOPs/params goals without data, no LFA
             self.fa_sparse = feature_attention(model, calibration, reader=self.reader,
-                                               device=device)
+                                               device=device, keep_maps=keep_maps)
             lfa(self.fa_sparse, self.fa_sparse)      # fails early if FA = 0 on every level
         self.probes: list[Probe] = []
         self.evaluations = 0
@@ -435,13 +427,13 @@ def prune_to_target(model: nn.Module, example_inputs: Any, calibration: Calibrat
     model.  ``calibration``: images with ground-truth boxes (:class:`CalibrationSet`), or None
     for a FLOPs/params goal without LFA.  ``fold_pruned_bias``: every probe and the emitted
     model keep the pruned channels' constants (``graphprune.fold``)."""
-    from .pipeline import compile as gp_compile
+    from .pipeline import attach_fold, compile as gp_compile
 
     reader = AttentionReader(mode, layers)
     planner = MaskPlanner(model, example_inputs, residual=residual, min_channels=min_channels,
                           round_to=round_to, exclude=exclude, leaves=leaves)
     searcher = Searcher(model, planner, calibration, reader, device, on_probe,
-                        fold=fold_pruned_bias)
+                        fold=fold_pruned_bias, keep_maps=keep_maps)
     found = search(searcher, lfa_target=lfa_target, flops_target=flops_target,
                    params_target=params_target)
     if not found.feasible and found.goal == "lfa":
@@ -450,11 +442,10 @@ def prune_to_target(model: nn.Module, example_inputs: Any, calibration: Calibrat
                                                    "|γ| ≈ 0")
     plan = found.plan
     on_cpu = all(p.device.type == "cpu" for p in model.parameters())
-    source = model if on_cpu else copy.deepcopy(model).cpu()
-    fold_info = None
+    cpu_model = source = model if on_cpu else copy.deepcopy(model).cpu()
     if fold_pruned_bias:        # compile the folded model, with the masks already applied
-        from .fold import border_deviation, fold_pruned_bias as fold, gamma_zeroed
-        source, fold_report = fold(source, plan.masks, searcher.fold_inputs)
+        from .fold import fold_pruned_bias as fold
+        source, fold_report = fold(cpu_model, plan.masks, searcher.fold_inputs)
         chosen = plan.masks
     else:
         chosen = plan.requested
@@ -463,13 +454,7 @@ def prune_to_target(model: nn.Module, example_inputs: Any, calibration: Calibrat
                           residual=residual, min_channels=min_channels, round_to=round_to,
                           exclude=exclude, leaves=leaves)
     if fold_pruned_bias:
-        inputs = compiled.example_inputs
-        with torch.no_grad():
-            deviation = border_deviation(
-                compiled.module(*inputs),
-                gamma_zeroed(model.cpu() if on_cpu else copy.deepcopy(model).cpu(),
-                             plan.masks).eval()(*inputs))
-        compiled.fold = {**fold_report.as_dict(), "deviation_from_gamma_zeroed": deviation}
+        attach_fold(compiled, cpu_model, plan.masks, fold_report)
         compiled.pinned = dict(plan.pinned)
     for name, mask in plan.masks.items():
         if not np.array_equal(compiled.masks[name].numpy(), mask):
@@ -482,8 +467,6 @@ def prune_to_target(model: nn.Module, example_inputs: Any, calibration: Calibrat
         slim = slim.to(device)
     fa_slim = feature_attention(slim, calibration, reader=reader, device=device,
                                 keep_maps=keep_maps)
-    found.fa_sparse = feature_attention(model, calibration, reader=reader, device=device,
-                                        keep_maps=keep_maps) if keep_maps else found.fa_sparse
     return TargetResult(compiled, found, fa_slim, lfa(fa_slim, found.fa_sparse))
 
 

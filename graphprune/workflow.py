@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from contextlib import contextmanager
 import warnings
 from pathlib import Path
 from typing import Any
@@ -182,7 +183,6 @@ def target_compile(model: torch.nn.Module, example: torch.Tensor, *, data_yaml: 
         report["seconds"] = round(time.perf_counter() - start, 2)
         (tmp / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
         (tmp / "report.md").write_text(markdown(report, plots))
-    report["result"] = result
     return report
 
 
@@ -241,40 +241,44 @@ def run_demo(out: Path, quick: bool = False, overwrite: bool = False, lfa_target
     start = time.perf_counter()
     timings: dict[str, float] = {}
 
+    @contextmanager
     def step(name: str, message: str):
         console.rule(f"[bold]{message}")
-        timings[name] = time.perf_counter()
+        began = time.perf_counter()
+        yield
+        timings[name] = time.perf_counter() - began
 
-    step("data", f"1/4 synthetic dataset: {s['n_train']} training + {s['n_val']} validation "
-                 f"images of {s['imgsz']} px")
-    data_yaml = gpdata.make_synthetic_dataset(out / "data", s["n_train"], s["n_val"], seed=0,
-                                              size=max(s["imgsz"], 64))
-    timings["data"] = time.perf_counter() - timings["data"]
-    step("baseline", f"2/4 baseline: {s['model']} from scratch, {s['base_epochs']} epochs")
+    with step("data", f"1/4 synthetic dataset: {s['n_train']} training + {s['n_val']} "
+                      f"validation images of {s['imgsz']} px"):
+        data_yaml = gpdata.make_synthetic_dataset(out / "data", s["n_train"], s["n_val"],
+                                                  seed=0, size=max(s["imgsz"], 64))
     common = dict(data=str(data_yaml), imgsz=s["imgsz"], device=device, workers=0,
                   **DEMO_RECIPE)
-    base = train(TrainConfig(model=s["model"], epochs=s["base_epochs"], out=str(out / "baseline"),
-                             val_every=s["base_epochs"], **common), console=console)
-    timings["baseline"] = time.perf_counter() - timings["baseline"]
-    step("sparse", f"3/4 L1RR sparse training from the baseline: {s['sparse_epochs']} epochs, "
-                   f"θ = {s['theta']}, α/λ updated every {s['phase_epochs']} epochs "
-                   f"(at most {s['max_phases']} times)")
-    sparse = train(TrainConfig(weights=str(out / "baseline" / "last.pt"),
-                               epochs=s["sparse_epochs"], out=str(out / "sparse"),
-                               val_every=s["sparse_epochs"], sparsity="l1rr", theta=s["theta"],
-                               phase_epochs=s["phase_epochs"], max_phases=s["max_phases"],
-                               **{**common, "warmup_epochs": 0, "lr0": s["sparse_lr0"]}),
-                   console=console)
-    timings["sparse"] = time.perf_counter() - timings["sparse"]
-    step("compile", f"4/4 compile at LFA⁺ <= {lfa_target:g} with bias folding, mAP before "
-                    "and after")
-    model = load(out / "sparse" / "last.pt")
-    example = torch.rand(1, 3, s["imgsz"], s["imgsz"], generator=torch.Generator().manual_seed(0))
-    report = target_compile(model, example, data_yaml=str(data_yaml), out=out / "compile",
-                            lfa_target=lfa_target, calib_images=s["calib_images"],
-                            evaluate=True, device=device, model_name="demo sparse yolov5n",
-                            fold_pruned_bias=True, console=console)
-    timings["compile"] = time.perf_counter() - timings["compile"]
+    with step("baseline", f"2/4 baseline: {s['model']} from scratch, {s['base_epochs']} "
+                          "epochs"):
+        base = train(TrainConfig(model=s["model"], epochs=s["base_epochs"],
+                                 out=str(out / "baseline"), val_every=s["base_epochs"],
+                                 **common), console=console)
+    with step("sparse", f"3/4 L1RR sparse training from the baseline: {s['sparse_epochs']} "
+                        f"epochs, θ = {s['theta']}, α/λ updated every {s['phase_epochs']} "
+                        f"epochs (at most {s['max_phases']} times)"):
+        sparse = train(TrainConfig(weights=str(out / "baseline" / "last.pt"),
+                                   epochs=s["sparse_epochs"], out=str(out / "sparse"),
+                                   val_every=s["sparse_epochs"], sparsity="l1rr",
+                                   theta=s["theta"], phase_epochs=s["phase_epochs"],
+                                   max_phases=s["max_phases"],
+                                   **{**common, "warmup_epochs": 0, "lr0": s["sparse_lr0"]}),
+                       console=console)
+    with step("compile", f"4/4 compile at LFA⁺ <= {lfa_target:g} with bias folding, mAP "
+                         "before and after"):
+        model = load(out / "sparse" / "last.pt")
+        example = torch.rand(1, 3, s["imgsz"], s["imgsz"],
+                             generator=torch.Generator().manual_seed(0))
+        report = target_compile(model, example, data_yaml=str(data_yaml),
+                                out=out / "compile", lfa_target=lfa_target,
+                                calib_images=s["calib_images"], evaluate=True, device=device,
+                                model_name="demo sparse yolov5n", fold_pruned_bias=True,
+                                console=console)
     summary = {
         "settings": s, "recipe": DEMO_RECIPE, "lfa_target": lfa_target,
         "baseline_map50": _last_map50(base), "sparse_map50": _last_map50(sparse),

@@ -80,10 +80,13 @@ def nwpu_text(draw):
 @PARSER_EXAMPLES
 @given(text=nwpu_text(), width=st.integers(1, 640), height=st.integers(1, 640))
 def test_nwpu_parser_never_raises_and_never_accepts_an_invalid_box(text, width, height):
-    rows, problems = parse_nwpu_labels(text, width, height)
+    assert_valid_pixel_boxes(*parse_nwpu_labels(text, width, height), width, height, 10)
+
+
+def assert_valid_pixel_boxes(rows, problems, width, height, classes):
     assert rows.shape[1:] == (5,) and isinstance(problems, list)
     for c, x1, y1, x2, y2 in rows.tolist():
-        assert c == int(c) and 0 <= c <= 9
+        assert c == int(c) and 0 <= c < classes
         assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height
 
 
@@ -105,11 +108,8 @@ def voc_xml(draw):
 @PARSER_EXAMPLES
 @given(text=voc_xml(), width=st.integers(1, 640), height=st.integers(1, 640))
 def test_rsod_parser_never_raises_and_never_accepts_an_invalid_box(text, width, height):
-    rows, problems = parse_voc_xml(text, width, height)
-    assert rows.shape[1:] == (5,) and isinstance(problems, list)
-    for c, x1, y1, x2, y2 in rows.tolist():
-        assert c == int(c) and 0 <= c < len(RSOD_NAMES)
-        assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height
+    assert_valid_pixel_boxes(*parse_voc_xml(text, width, height), width, height,
+                             len(RSOD_NAMES))
 
 
 # -- random graphs ----------------------------------------------------------------------------
