@@ -59,8 +59,16 @@ def prune_and_measure(weights: Path, data, imgsz: int, lfa_target: float, calib,
     for key, fold in (("folded", True), ("zero_mask", False)):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", gp.GraphpruneWarning)
-            found = gp.prune_to_target(model, example, calib, lfa_target=lfa_target,
-                                       fold_pruned_bias=fold)
+            try:
+                found = gp.prune_to_target(model, example, calib, lfa_target=lfa_target,
+                                           fold_pruned_bias=fold, device=device)
+            except gp.GraphpruneError as error:     # even one channel costs too much LFA
+                row[key] = {"threshold": None, "channels_pruned": 0.0, "params_pruned": 0.0,
+                            "flops_pruned": 0.0, "params_after": None,
+                            "lfa_plus": float("nan"), "lfa_signed": float("nan"),
+                            "evaluations": None, "map50_pruned": before.map50,
+                            "map_pruned": before.map, "note": str(error)}
+                continue
         after = evaluate(found.compiled.module, data, imgsz, device)
         s = found.compiled.stats
         delta = found.search.plan.threshold

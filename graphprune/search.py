@@ -212,6 +212,9 @@ class MaskPlanner:
 def _small_inputs(model: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, ...]:
     """Bias folding finds its constants with circular padding, where they do not depend on the
     image size: a 64-px copy of an image input is enough, and much faster."""
+    device = next((p.device for p in model.parameters()), None)
+    inputs = tuple(t.to(device) if isinstance(t, torch.Tensor) and device is not None else t
+                   for t in inputs)
     x = inputs[0] if len(inputs) == 1 else None
     if not (isinstance(x, torch.Tensor) and x.ndim == 4 and x.shape[-1] > 64 and
             x.shape[-2] > 64):
@@ -445,7 +448,9 @@ def prune_to_target(model: nn.Module, example_inputs: Any, calibration: Calibrat
     cpu_model = source = model if on_cpu else copy.deepcopy(model).cpu()
     if fold_pruned_bias:        # compile the folded model, with the masks already applied
         from .fold import fold_pruned_bias as fold
-        source, fold_report = fold(cpu_model, plan.masks, searcher.fold_inputs)
+        source, fold_report = fold(cpu_model, plan.masks,
+                                   tuple(t.cpu() if isinstance(t, torch.Tensor) else t
+                                         for t in searcher.fold_inputs))
         chosen = plan.masks
     else:
         chosen = plan.requested

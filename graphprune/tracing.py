@@ -8,6 +8,7 @@
   a *leaf*: the trace is repeated with that module as a ``call_module`` node, innermost failing
   module first.  The channel analysis later looks inside leaves to slim the convolutions that
   consume pruned tensors.  Only the root itself failing is an error.
+* A root ``forward(self, x, *args, **kwargs)`` is traced with its required arguments only.
 * ``chunk``/``split``/``unbind`` with a number of pieces known at trace time return Proxies that
   can be iterated (``list(x.chunk(2, 1))``, ``for y in x.split(...)``), so blocks such as C2f
   stay traceable and their residuals can be reconstructed instead of pinned.
@@ -15,6 +16,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -74,6 +76,24 @@ class GraphpruneTracer(torch.fx.Tracer):
                 self.failure = exc
                 self.failed_module = self.path_of_module(m)
             raise
+
+    def create_args_for_root(self, root_fn, is_module, concrete_args=None):
+        """A root ``forward(self, x, *args, **kwargs)`` (ultralytics' models) is traced through
+        a shim that passes only the required named arguments, so that fx does not hand the
+        body a ``*args`` Proxy it would try to unpack."""
+        fn = inspect.unwrap(root_fn)
+        flags = fn.__code__.co_flags
+        if is_module and concrete_args is None and flags & (inspect.CO_VARARGS |
+                                                            inspect.CO_VARKEYWORDS):
+            named = [p.name for p in inspect.signature(fn).parameters.values()
+                     if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                     and p.default is p.empty]
+            if named and all(n.isidentifier() and n != "_traced_fn" for n in named):
+                scope = {"_traced_fn": root_fn}
+                arguments = ", ".join(named)
+                exec(f"def forward({arguments}):\n    return _traced_fn({arguments})\n", scope)
+                root_fn = scope["forward"]
+        return super().create_args_for_root(root_fn, is_module, concrete_args)
 
     def proxy(self, node: torch.fx.Node) -> Proxy:
         if _known_length(node) is not None:
