@@ -104,7 +104,7 @@ TV_DETECTORS = {
     "ssdlite320_mobilenet_v3_large": {},
     "fcos_resnet50_fpn": {"min_size": 320, "max_size": 320},
 }
-ULTRALYTICS = ("yolov8n", "yolov5nu", "yolov8s")
+ULTRALYTICS = ("yolov8n", "yolov5nu", "yolov8s", "yolo11n")
 QUICK = ("yolov5n", "tiny_resnet", "resnet18", "mobilenet_v3_small")
 
 

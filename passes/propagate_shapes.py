@@ -73,7 +73,8 @@ class _WatchedSize(tuple):
         return tuple.__eq__(self, tuple(other) if isinstance(other, tuple) else other)
 
     def __ne__(self, other):
-        return not self.__eq__(other)
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
 
     __hash__ = tuple.__hash__
 
@@ -207,6 +208,12 @@ class _ShapeInterpreter(Interpreter):
                     raise
             finally:
                 recorder.close()
+        # An input handed back unchanged (ultralytics' Detect returns its input maps as
+        # "feats") leaves through the output without any torch call: it must stay whole.
+        for value in tree_flatten(out)[0]:
+            source = inputs.get(id(value)) if isinstance(value, torch.Tensor) else None
+            if source is not None:
+                recorder.usage.others.setdefault(source, []).append("returned in its output")
         node.meta[LEAF_USAGE] = recorder.usage
         return out
 

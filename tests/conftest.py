@@ -82,6 +82,20 @@ __all__ = ["assert_close", "check_compile", "graph_targets", "outputs", "random_
            "slim_layer"]
 
 
+# ultralytics tests (marked ``ultralytics``) run in the second environment of ``make test``;
+# where ultralytics is not installed they are not collected, unless GP_REQUIRE_ULTRALYTICS says
+# they must run (then the import error fails the run instead of hiding the tests).
+import importlib.util  # noqa: E402
+
+if importlib.util.find_spec("ultralytics") is None and not os.environ.get("GP_REQUIRE_ULTRALYTICS"):
+    collect_ignore_glob = ["test_ultralytics*.py"]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "ultralytics: needs the ultralytics package "
+                                       "(make test runs these in its second environment)")
+
+
 # Property tests: a fixed example sequence in CI (a landing gate must not depend on luck);
 # HYPOTHESIS_PROFILE=explore draws new examples on every run.
 from hypothesis import settings as _hypothesis_settings  # noqa: E402

@@ -1,0 +1,92 @@
+"""gp.compile on ultralytics detection models built from their yaml (no weights), untouched.
+
+Random masks p = 0.5; every compile is checked three ways by ``check_compile`` (slim ==
+zero-masked original == onnxruntime).  Runs in the ultralytics environment (``make test``'s
+second pass, ``-m ultralytics``).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+import torch
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+from ultralytics import YOLO  # noqa: E402
+
+import graphprune as gp  # noqa: E402
+from graphprune.masks import batchnorms  # noqa: E402
+
+from conftest import check_compile, random_masks  # noqa: E402
+
+pytestmark = pytest.mark.ultralytics
+SIZE = 160
+
+
+def build(name: str) -> torch.nn.Module:
+    return YOLO(f"{name}.yaml").model.eval()
+
+
+def head_of(module: torch.nn.Module, name: str) -> torch.nn.Module:
+    return module.get_submodule(name)
+
+
+@pytest.mark.parametrize("name", ["yolov5nu", "yolov8n", "yolov8s"])
+def test_random_masks_compile_verify_and_onnx(name, tmp_path):
+    model = build(name)
+    x = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    masks = random_masks(model, 0.5, seed=1)
+    result = check_compile(model, x, tmp_path, masks=masks)
+    # most channels are really removed, not pinned
+    assert result.stats.channels_pruned >= 0.3
+    assert result.stats.params_after < 0.7 * result.stats.params_before
+    # the detection head is kept whole: its per-level output layers keep every channel
+    head_name = f"model.{len(model.model) - 1}"
+    original, slim = head_of(model, head_name), head_of(result.module, head_name)
+    for i in range(original.nl):
+        assert slim.cv2[i][2].out_channels == original.cv2[i][2].out_channels == 4 * original.reg_max
+        assert slim.cv3[i][2].out_channels == original.cv3[i][2].out_channels == original.nc
+    # C2f's chunk is remapped to the slim widths (not pinned): its pieces are now unequal
+    if name.startswith("yolov8"):
+        splits = [n for n in result.module.graph.nodes
+                  if n.op in ("call_function", "call_method") and "split" in str(n.target)]
+        assert splits
+        assert any(isinstance(n.args[1], (list, tuple)) and len(set(n.args[1])) > 1
+                   for n in splits)
+
+
+def test_c2f_residual_branches_keep_different_channels():
+    """model.2 is a C2f whose bottleneck adds the second chunk of cv1 to m.0.cv2: compiled,
+    both branches keep exactly what was asked, although the two masks differ."""
+    model = build("yolov8n")
+    x = torch.rand(1, 3, SIZE, SIZE)
+    masks = random_masks(model, 0.5, seed=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gp.GraphpruneWarning)
+        rebuilt = gp.compile(model, x, masks=masks)
+    half = model.get_submodule("model.2.cv1.bn").num_features // 2
+    branch = rebuilt.masks["model.2.m.0.cv2.bn"]
+    shortcut = rebuilt.masks["model.2.cv1.bn"][half:]
+    assert bool((branch == torch.as_tensor(masks["model.2.m.0.cv2.bn"])).all())
+    assert bool((shortcut == torch.as_tensor(masks["model.2.cv1.bn"][half:])).all())
+    assert not bool((branch == shortcut).all())
+    slim = rebuilt.module.get_submodule("model.2.m.0.cv2.conv")
+    assert slim.out_channels == int(branch.sum())
+
+
+def test_attention_channels_are_pinned_not_broken(tmp_path):
+    """yolo11n's C2PSA attention reshapes its qkv channels into heads: those stay whole, the
+    rest of the block is still pruned, and the numbers hold."""
+    model = build("yolo11n")
+    x = torch.rand(1, 3, SIZE, SIZE)
+    masks = random_masks(model, 0.5, seed=3)
+    result = check_compile(model, x, tmp_path, masks=masks)
+    qkv = [n for n in batchnorms(model) if n.endswith("attn.qkv.bn")]
+    assert qkv
+    for name in qkv:
+        assert bool(result.masks[name].all())
+        assert "view" in result.pinned[name]
+    ffn = [n for n in batchnorms(model) if ".ffn." in n]
+    assert any(not bool(result.masks[n].all()) for n in ffn)
