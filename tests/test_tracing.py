@@ -37,6 +37,37 @@ def test_chunk_pieces_are_iterable_proxies():
     assert torch.equal(traced.graph_module(x), model(x))
 
 
+class VarargsRoot(nn.Module):
+    """ultralytics' DetectionModel.forward(self, x, *args, **kwargs), which passes the varargs
+    on: fx alone would hand the body a ``*args`` Proxy and fail to unpack it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.out = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x, *args, **kwargs):
+        return self.predict(x, *args, **kwargs)
+
+    def predict(self, x, profile=False, visualize=False):
+        assert not profile and not visualize
+        return self.out(torch.relu(self.bn(self.conv(x))))
+
+
+def test_a_varargs_root_is_traced_with_its_required_arguments(tmp_path):
+    from conftest import check_compile
+    model = VarargsRoot().eval()
+    gm = gp.trace(model).graph_module
+    placeholders = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
+    assert placeholders == ["x"]
+    x = torch.randn(1, 3, 8, 8)
+    assert torch.equal(gm(x), model(x))
+    keep = torch.tensor([True, False, True, True, False, True, False, True])
+    result = check_compile(model, x, tmp_path, masks={"bn": keep})
+    assert result.module.get_submodule("conv").out_channels == 5
+
+
 def test_untraceable_head_becomes_a_leaf_and_the_trace_matches():
     model = yolov5n(num_classes=2).eval()
     traced = gp.trace(model)
