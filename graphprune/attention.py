@@ -8,9 +8,12 @@
   target confidence, sigmoid(objectness) × max over classes of sigmoid(class), summed over
   anchors; an anchor-free head (one with ``reg_max``) gives the max class score.  The box
   channels are left out: they sit near 0.5 whatever the image holds and would dilute the
-  signal.  ``mode="features"`` uses the feature maps entering the detection head instead,
-  summed over channels.  ``layers`` names the modules whose outputs are read, one per level
-  (their outputs are raw head maps in confidence mode, any feature maps in features mode).
+  signal.  ultralytics' Detect returns its class logits flattened over the levels
+  (``{"boxes", "scores", "feats"}``, ``feats`` being the maps that entered the head); they are
+  split back into the levels' grids.  ``mode="features"`` uses the feature maps entering the
+  detection head instead, summed over channels.  ``layers`` names the modules whose outputs are
+  read, one per level (their outputs are raw head maps in confidence mode, any feature maps in
+  features mode).
 * **M**: a cell is 1 when its centre lies inside a ground-truth box (letterboxed pixels), and
   the cell holding each box centre is always 1, so a target smaller than the stride still
   counts.
@@ -193,9 +196,57 @@ def confidence_map(raw: torch.Tensor, head: nn.Module | None = None) -> torch.Te
     return conf.sum(1)
 
 
-def _head_maps_from_outputs(output: Any) -> list[torch.Tensor]:
-    """The per-level raw maps in a detector's eval output: YOLOv5-style ``(pred, [maps])``
-    or ultralytics-style ``(pred, [maps])``; the first list of ≥ 4-D tensors found."""
+def _first_dict(output: Any, keys: tuple[str, ...]) -> dict | None:
+    """The first dict in ``output`` (depth first) that has every one of ``keys``."""
+    if isinstance(output, dict):
+        if all(k in output for k in keys):
+            return output
+        items = list(output.values())
+    elif isinstance(output, (list, tuple)):
+        items = list(output)
+    else:
+        return None
+    for item in items:
+        found = _first_dict(item, keys)
+        if found is not None:
+            return found
+    return None
+
+
+def _flattened_levels(output: Any, head: nn.Module | None) -> list[torch.Tensor]:
+    """Per-level class logits ``[B, nc, H, W]`` from an ultralytics Detect output: ``(y,
+    {"boxes": [B, 4·reg_max, N], "scores": [B, nc, N], "feats": [maps]})``, or for a head with
+    a one-to-one branch ``(y, {"one2many": {...}, "one2one": {...}})``, read from the branch the
+    head infers with.  The levels are ``scores`` split by the grids of ``feats``."""
+    if head is None or not hasattr(head, "reg_max"):
+        return []
+    branches = _first_dict(output, ("one2many", "one2one"))
+    if branches is not None:
+        output = branches["one2one" if getattr(head, "end2end", False) else "one2many"]
+    preds = _first_dict(output, ("scores", "feats"))
+    if preds is None:
+        return []
+    scores, feats = preds["scores"], preds["feats"]
+    if not (isinstance(scores, torch.Tensor) and scores.ndim == 3
+            and isinstance(feats, (list, tuple))
+            and all(isinstance(f, torch.Tensor) and f.ndim == 4 for f in feats)):
+        return []
+    sizes = [f.shape[-2] * f.shape[-1] for f in feats]
+    if sum(sizes) != scores.shape[-1]:
+        raise GraphpruneError(f"the head's scores cover {scores.shape[-1]} cells but its "
+                              f"levels {[tuple(f.shape[-2:]) for f in feats]} hold {sum(sizes)}",
+                              hint="use --lfa-mode features")
+    return [s.reshape(s.shape[0], s.shape[1], *f.shape[-2:])
+            for s, f in zip(scores.split(sizes, dim=-1), feats)]
+
+
+def _head_maps_from_outputs(output: Any, head: nn.Module | None = None) -> list[torch.Tensor]:
+    """The per-level raw maps in a detector's eval output: ultralytics' flattened scores (see
+    :func:`_flattened_levels`), else YOLOv5-style ``(pred, [maps])`` (older ultralytics heads
+    return the same); the first list of ≥ 4-D tensors found."""
+    levels = _flattened_levels(output, head)
+    if levels:
+        return levels
     if isinstance(output, (list, tuple)):
         if output and all(isinstance(t, torch.Tensor) and t.ndim >= 4 for t in output):
             return list(output)
@@ -259,7 +310,7 @@ class AttentionReader:
         elif self.mode == "features":
             maps = list(captured[0]) if isinstance(captured[0], (list, tuple)) else [captured[0]]
         else:
-            maps = _head_maps_from_outputs(output)
+            maps = _head_maps_from_outputs(output, head_module)
             if not maps:
                 raise GraphpruneError("the model's outputs hold no per-level detection maps",
                                       hint="name the head's output layers with --lfa-layers, "

@@ -143,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                    help="leave BatchNorms matching this name pattern or module prefix whole "
                         "(repeatable)")
+    c.add_argument("--ultralytics-checkpoint", type=Path, default=None, metavar="PATH",
+                   help="also write the slim model as an ultralytics checkpoint (MODEL must be "
+                        "an ultralytics DetectionModel): YOLO(PATH).val() and predict load it; "
+                        "it is a pickled module, so loading it needs graphprune installed")
     c.add_argument("--no-onnx", action="store_true", help="do not write slim.onnx")
     c.add_argument("--no-pt2", action="store_true", help="do not write slim.pt2")
     c.set_defaults(func=cmd_compile)
@@ -242,6 +246,10 @@ def _open(args) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
     recipe = getattr(model, "graphprune_recipe", None)
     if shape is None and recipe and recipe.get("inputs"):
         shape = tuple(recipe["inputs"][0]["shape"])
+    train_args = getattr(model, "args", None)          # an ultralytics model's training settings
+    imgsz = train_args.get("imgsz") if isinstance(train_args, dict) else None
+    if shape is None and isinstance(imgsz, int) and imgsz >= 32 and imgsz % 32 == 0:
+        shape = (1, 3, imgsz, imgsz)
     shape = shape or (1, 3, 640, 640)
     # The invariant is checked on this input: random pixels in [0, 1), not zeros, so that every
     # channel carries a distinct, non-constant signal.
@@ -291,6 +299,16 @@ def cmd_compile(args) -> int:
         raise GraphpruneError(f"--min-channels must be >= 1, got {args.min_channels}")
     if args.round_to < 1:
         raise GraphpruneError(f"--round-to must be >= 1, got {args.round_to}")
+    if args.ultralytics_checkpoint is not None:
+        if args.ultralytics_checkpoint.suffix != ".pt":
+            raise GraphpruneError(f"--ultralytics-checkpoint {str(args.ultralytics_checkpoint)!r}"
+                                  " must end in .pt", hint="ultralytics loads PyTorch "
+                                                           "checkpoints by their .pt suffix")
+        if args.finetune_epochs:
+            raise GraphpruneError("--finetune-epochs cannot be combined with "
+                                  "--ultralytics-checkpoint",
+                                  hint="fine-tune the written checkpoint with ultralytics' own "
+                                       "tools instead")
     if args.lfa_target is not None or args.flops_target is not None or \
             args.params_target is not None:
         return cmd_compile_target(args)
@@ -306,6 +324,7 @@ def cmd_compile(args) -> int:
         model, inputs = _open(args)
     if _nothing_to_prune(model, args.model):
         return 0
+    _check_ultralytics_model(args, model)
     with err_console.status("compiling (trace, analyse, mask, reconstruct, slim, verify)"), \
             warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
@@ -328,6 +347,11 @@ def cmd_compile(args) -> int:
             with err_console.status("exporting slim.onnx and checking it in onnxruntime"):
                 result.export_onnx(tmp / "slim.onnx")
                 written.append("slim.onnx")
+        if args.ultralytics_checkpoint is not None:
+            from .integrations.ultralytics import save_ultralytics_checkpoint
+            with err_console.status("writing the ultralytics checkpoint"):
+                save_ultralytics_checkpoint(result, model, args.ultralytics_checkpoint,
+                                            extra={"model": str(args.model)})
         report = result.summary()
         report.update(model=args.model, example_shape=list(inputs[0].shape),
                       request={"prune_ratio": args.prune_ratio, "threshold": args.threshold,
@@ -335,6 +359,8 @@ def cmd_compile(args) -> int:
                                "residual": args.residual, "min_channels": args.min_channels,
                                "round_to": args.round_to,
                                "exclude": args.exclude},
+                      ultralytics_checkpoint=str(args.ultralytics_checkpoint)
+                      if args.ultralytics_checkpoint is not None else None,
                       compile_seconds=round(compile_s, 3),
                       total_seconds=round(time.perf_counter() - start, 3),
                       artifacts=written + ["report.json"])
@@ -358,6 +384,7 @@ def cmd_compile_target(args) -> int:
         model, inputs = _open(args)
     if _nothing_to_prune(model, args.model):
         return 0
+    _check_ultralytics_model(args, model)
     report = target_compile(
         model, inputs[0], data_yaml=args.data, out=args.out, overwrite=args.overwrite,
         lfa_target=args.lfa_target, flops_target=args.flops_target,
@@ -369,9 +396,29 @@ def cmd_compile_target(args) -> int:
         exclude=tuple(args.exclude),
         leaves=tuple(args.leaf), onnx=not args.no_onnx, pt2=not args.no_pt2,
         heatmaps=args.heatmaps, model_name=str(args.model),
-        fold_pruned_bias=args.fold_pruned_bias, console=err_console)
+        fold_pruned_bias=args.fold_pruned_bias,
+        ultralytics_checkpoint=args.ultralytics_checkpoint, console=err_console)
     print_target_summary(report, args.out)
     return 0
+
+
+def _check_ultralytics_model(args, model) -> None:
+    """--ultralytics-checkpoint needs an ultralytics DetectionModel, and --eval (graphprune's
+    YOLOv5 evaluator) cannot read one: say so before any work."""
+    from .integrations.ultralytics import is_detection_model
+
+    if getattr(args, "eval", False) and is_detection_model(model):
+        raise GraphpruneError("--eval measures mAP with graphprune's YOLOv5 evaluator, which "
+                              "cannot read an ultralytics model's outputs",
+                              hint="drop --eval, write --ultralytics-checkpoint slim.pt and run "
+                                   "YOLO('slim.pt').val(data=...) in ultralytics")
+    if args.ultralytics_checkpoint is None:
+        return
+    if not is_detection_model(model):
+        raise GraphpruneError(f"--ultralytics-checkpoint needs an ultralytics DetectionModel, "
+                              f"but {args.model} is a {type(model).__name__}",
+                              hint="drop --ultralytics-checkpoint, or give an ultralytics .pt "
+                                   "with --trust-checkpoint")
 
 
 def print_target_summary(report: dict[str, Any], out: Path) -> None:
@@ -404,6 +451,9 @@ def print_target_summary(report: dict[str, Any], out: Path) -> None:
         console.print(fold_sentence(r["fold_pruned_bias"]), markup=False)
     console.print(f"verified: slim == zero-masked (max |diff| {r['max_error']:.2e}); "
                   f"{r['seconds']:.1f} s → {out}/ ({', '.join(r['artifacts'])})")
+    if r.get("ultralytics_checkpoint"):
+        console.print(f"ultralytics checkpoint: {r['ultralytics_checkpoint']} (YOLO(path) loads "
+                      "it; needs graphprune installed)", markup=False)
 
 
 def print_compile_summary(result, args, inputs, report: dict[str, Any]) -> None:
@@ -441,6 +491,9 @@ def print_compile_summary(result, args, inputs, report: dict[str, Any]) -> None:
                   f"{pieces.get('slices', 0)} slices, {pieces.get('gathers', 0)} gathers")
     console.print(f"compile {report['compile_seconds']:.2f} s, total {report['total_seconds']:.2f} s"
                   f" → {args.out}/ ({', '.join(report['artifacts'])})")
+    if report.get("ultralytics_checkpoint"):
+        console.print(f"ultralytics checkpoint: {report['ultralytics_checkpoint']} (YOLO(path) "
+                      "loads it; needs graphprune installed)", markup=False)
 
 
 # -- inspect --------------------------------------------------------------------------------

@@ -61,9 +61,10 @@ def target_compile(model: torch.nn.Module, example: torch.Tensor, *, data_yaml: 
                    min_channels: int = 1, round_to: int = 1, exclude: tuple[str, ...] = (),
                    leaves: tuple[str, ...] = (), onnx: bool = True, pt2: bool = True,
                    heatmaps: int = 4, model_name: str = "model",
-                   fold_pruned_bias: bool = False,
+                   fold_pruned_bias: bool = False, ultralytics_checkpoint: Path | None = None,
                    console: Console | None = None) -> dict[str, Any]:
-    """Search → compile → (evaluate, fine-tune) → write ``out``.  Returns report.json's data."""
+    """Search → compile → (evaluate, fine-tune) → write ``out`` (and, for an ultralytics
+    model, ``ultralytics_checkpoint``).  Returns report.json's data."""
     from . import data as gpdata
     from .detect.val import resolve_device
     from .export import atomic_directory
@@ -165,6 +166,14 @@ def target_compile(model: torch.nn.Module, example: torch.Tensor, *, data_yaml: 
             if onnx:
                 compiled.export_onnx(tmp / "slim.onnx")
                 written.append("slim.onnx")
+        if ultralytics_checkpoint is not None:
+            from .integrations.ultralytics import save_ultralytics_checkpoint
+            with console.status("writing the ultralytics checkpoint"):
+                save_ultralytics_checkpoint(compiled, model, ultralytics_checkpoint,
+                                            extra={"model": model_name, "data": data_yaml,
+                                                   "lfa": report["lfa"],
+                                                   "lfa_target": lfa_target})
+            report["ultralytics_checkpoint"] = str(ultralytics_checkpoint)
         plots = []
         if with_lfa:
             chosen = {"prune_ratio": s.channels_pruned, "lfa_plus": report["lfa"]}

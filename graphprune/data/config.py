@@ -4,9 +4,10 @@ The layout follows the ultralytics convention:
 
 * ``data.yaml`` has ``train``, ``val`` (optional ``test``) and ``names`` (a list, or a
   ``{index: name}`` mapping), optional ``nc`` and optional ``path``, the dataset root.  A
-  relative ``path`` is taken relative to the yaml's folder; without ``path`` the yaml's folder is
-  the root.  Each split is a folder of images, a ``.txt`` list of image paths, a single image,
-  or a list of those, relative to the root.
+  relative ``path`` is taken relative to the yaml's folder, or where that does not exist, as
+  ultralytics takes it (the working directory, then its ``datasets_dir``); without ``path`` the
+  yaml's folder is the root.  Each split is a folder of images, a ``.txt`` list of image paths,
+  a single image, or a list of those, relative to the root.
 * An image's labels live at the same path with the last ``images`` folder replaced by
   ``labels`` and the suffix by ``.txt``: ``d/images/train/a.jpg`` → ``d/labels/train/a.txt``.
 
@@ -82,10 +83,28 @@ def load_data_config(path: str | Path) -> DataConfig:
         path = path / "data.yaml"
     data = _read_yaml(path)
     names = _names(data, path)
-    root = path.parent / data["path"] if data.get("path") else path.parent
+    root = _root(data.get("path"), path)
     splits = {key: _split_images(data[key], root, key, path) for key in ("train", "val")}
     test = _split_images(data["test"], root, "test", path) if data.get("test") else []
     return DataConfig(root=root, names=names, test=test, **splits)
+
+
+def _root(entry: Any, path: Path) -> Path:
+    """The dataset root: ``path`` relative to the yaml's folder; failing that, as ultralytics
+    reads it, relative to the working directory or to ultralytics' ``datasets_dir``."""
+    if not entry:
+        return path.parent
+    root = path.parent / str(entry)
+    if root.exists() or Path(str(entry)).is_absolute():
+        return root
+    if Path(str(entry)).exists():
+        return Path(str(entry))
+    try:                                   # only when ultralytics is installed
+        from ultralytics.utils import SETTINGS
+        shared = Path(SETTINGS["datasets_dir"]) / str(entry)
+    except Exception:
+        return root
+    return shared if shared.exists() else root
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

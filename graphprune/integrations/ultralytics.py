@@ -14,18 +14,32 @@ same as adding it after unscaling.  ultralytics already keeps BatchNorm weights 
 decay.  The regulariser's state is saved beside the weights (``weights/sparsity.pt``, tensors
 and plain data only) and restored when ultralytics resumes; each epoch appends to
 ``sparsity.jsonl`` and redraws the plots in the run directory.
+
+After pruning, :func:`save_ultralytics_checkpoint` writes the slim model as a checkpoint that
+ultralytics itself loads (``graphprune compile ... --ultralytics-checkpoint slim.pt``):
+
+    YOLO("slim.pt").val(data="data.yaml")        # or predict, or .info()
+
+ultralytics checkpoints are pickled modules, so the file holds a :class:`SlimDetectionModel`
+(a ``DetectionModel`` whose forward runs the compiled graph); loading it needs graphprune
+importable.  It is stored in float32 and unfused; ultralytics' ``fuse()`` (which val and
+predict call) folds each BatchNorm into its convolution.
 """
 
 from __future__ import annotations
 
+import copy
 import warnings
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.fx
 import torch.nn as nn
+from torch.utils._pytree import tree_flatten
 
-from ..errors import GraphpruneError, GraphpruneWarning
+from ..errors import GraphpruneError, GraphpruneWarning, VerificationError
 from ..sparsity import SparsityRegularizer, prunable_batchnorms
 
 STATE_FILE = "sparsity.pt"
@@ -109,4 +123,230 @@ def add_sparsity(model, **options: Any) -> SparsityCallbacks:
     return callbacks
 
 
-__all__ = ["STATE_FILE", "SparsityCallbacks", "add_sparsity"]
+# -- the slim model as an ultralytics checkpoint ------------------------------------------------
+# Attributes of the DetectionModel that ultralytics' loaders, validators and predictors read.
+_COPIED = ("yaml", "names", "nc", "stride", "args", "task", "save", "inplace")
+_SLIM_CLASS: type | None = None
+
+
+def is_detection_model(model: nn.Module) -> bool:
+    """Whether ``model`` is an ultralytics ``DetectionModel`` (False when ultralytics is not
+    installed)."""
+    try:
+        from ultralytics.nn.tasks import DetectionModel
+    except ImportError:
+        return False
+    return isinstance(model, DetectionModel)
+
+
+def _head_name(net: nn.Module) -> str:
+    from ..attention import find_head
+
+    found = find_head(net)
+    if found is None or not found[0]:
+        raise GraphpruneError("the slim model has no detection head (no module with nc and "
+                              "reg_max)", hint="--ultralytics-checkpoint writes detection "
+                                               "models only")
+    return found[0]
+
+
+def fold_batchnorms(gm: torch.fx.GraphModule) -> int:
+    """Fold every BatchNorm2d that follows a Conv2d into it, in place, where both are called
+    once and the convolution feeds only the BatchNorm; returns how many were folded."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    calls: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    folded = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+            continue
+        bn, src = gm.get_submodule(node.target), node.args[0]
+        if type(bn) is not nn.BatchNorm2d or not isinstance(src, torch.fx.Node) or \
+                src.op != "call_module" or len(src.users) != 1:
+            continue
+        conv = gm.get_submodule(src.target)
+        if type(conv) is not nn.Conv2d or calls[src.target] != 1 or calls[node.target] != 1:
+            continue
+        parent, _, name = src.target.rpartition(".")
+        setattr(gm.get_submodule(parent) if parent else gm, name,
+                fuse_conv_bn_eval(conv.eval(), bn.eval()))
+        node.replace_all_uses_with(src)
+        gm.graph.erase_node(node)
+        gm.delete_submodule(node.target)
+        folded += 1
+    if folded:
+        gm.graph.lint()
+        gm.recompile()
+    return folded
+
+
+def _fuse_kept_modules(net: nn.Module) -> None:
+    """ultralytics' own fusing, for its modules the compile kept whole (the head)."""
+    from ultralytics.nn.modules import Conv, Conv2, Detect, RepConv
+    from ultralytics.utils.torch_utils import fuse_conv_and_bn
+
+    for m in net.modules():
+        if isinstance(m, Conv) and hasattr(m, "bn"):
+            if isinstance(m, Conv2):
+                m.fuse_convs()
+            m.conv = fuse_conv_and_bn(m.conv, m.bn)
+            delattr(m, "bn")
+            m.forward = m.forward_fuse
+        elif isinstance(m, RepConv) and hasattr(m, "conv1"):
+            m.fuse_convs()
+            m.forward = m.forward_fuse
+        elif isinstance(m, Detect):
+            m.fuse()
+
+
+def _slim_class() -> type:
+    """``SlimDetectionModel``, defined on first use so that this module imports without
+    ultralytics (pickle finds it through the module's ``__getattr__``)."""
+    global _SLIM_CLASS
+    if _SLIM_CLASS is not None:
+        return _SLIM_CLASS
+    from ultralytics.nn.tasks import DetectionModel
+
+    class SlimDetectionModel(DetectionModel):
+        """An ultralytics ``DetectionModel`` whose forward is graphprune's compiled slim graph.
+
+        Built from the original model's attributes (names, stride, yaml, args, ...) without
+        running ``DetectionModel.__init__``, which would build the unpruned network from the
+        yaml.  ``net`` is the compiled ``GraphModule``; ``model[-1]`` is its detection head, as
+        ultralytics expects.  ``embed`` (per-layer embeddings) and ``profile`` are not
+        available: the graph has no ultralytics layer list."""
+
+        def __init__(self, net: nn.Module, source: nn.Module | None = None):
+            nn.Module.__init__(self)
+            for key in _COPIED:
+                if source is not None and hasattr(source, key):
+                    setattr(self, key, copy.deepcopy(getattr(source, key)))
+            if not hasattr(self, "task"):
+                self.task = "detect"
+            self.net = net
+            self.head_name = _head_name(net)
+            self.fused = False
+            self.criterion = None
+
+        @property
+        def model(self) -> tuple[nn.Module, ...]:
+            """What ultralytics reads of a model's layer list: its last entry, the head."""
+            return (self.net.get_submodule(self.head_name),)
+
+        def _predict_once(self, x, profile=False, embed=None):
+            if embed:
+                raise NotImplementedError("embed is not available on a graphprune slim model "
+                                          "(the compiled graph has no ultralytics layer list)")
+            return self.net(x)
+
+        def is_fused(self) -> bool:
+            return self.fused
+
+        def fuse(self, verbose=True, imgsz=640):
+            """Fold the BatchNorms into their convolutions (the compiled graph's and those in
+            the modules it kept whole) and drop the head's unused branch, like ultralytics."""
+            if not self.fused:
+                if isinstance(self.net, torch.fx.GraphModule):
+                    fold_batchnorms(self.net)
+                _fuse_kept_modules(self.net)
+                self.fused = True
+                self.info(verbose=verbose, imgsz=imgsz)
+            return self
+
+    SlimDetectionModel.__module__ = __name__
+    SlimDetectionModel.__qualname__ = "SlimDetectionModel"
+    _SLIM_CLASS = SlimDetectionModel
+    return SlimDetectionModel
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SlimDetectionModel":
+        return _slim_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _plain_args(args: Any) -> dict[str, Any]:
+    if args is None:
+        return {}
+    return dict(args) if isinstance(args, dict) else dict(vars(args))
+
+
+def _flat(out: Any) -> list[torch.Tensor]:
+    return [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+
+
+def slim_detection_model(module: nn.Module, source: nn.Module) -> nn.Module:
+    """A :class:`SlimDetectionModel` running ``module`` (the compiled slim graph of
+    ``source``, an ultralytics ``DetectionModel``), on the CPU in float32 and eval mode; the
+    compiled module itself is left untouched."""
+    if not is_detection_model(source):
+        raise GraphpruneError(f"an ultralytics checkpoint needs an ultralytics DetectionModel, "
+                              f"got {type(source).__name__}",
+                              hint="drop --ultralytics-checkpoint for other models")
+    # moved as a whole, so that DetectionModel._apply also moves the head's cached anchors
+    return _slim_class()(copy.deepcopy(module), source).cpu().float().eval()
+
+
+def save_ultralytics_checkpoint(result, source: nn.Module, path: str | Path,
+                                extra: dict[str, Any] | None = None) -> Path:
+    """Write ``result`` (a :class:`~graphprune.CompileResult` of ``source``, an ultralytics
+    ``DetectionModel``) as an ultralytics checkpoint at ``path`` (atomically).
+
+    The layout follows ultralytics' own (``model``, ``train_args``, ``date``, ``version``, ...)
+    plus a ``graphprune`` entry (plain data: the compile's statistics and ``extra``).  Before
+    the file is moved into place it is read back and its model's outputs are checked to be
+    exactly the compiled module's on the compile's example input."""
+    import ultralytics
+
+    from ..export import atomic_path
+
+    path = Path(path)
+    if path.suffix != ".pt":
+        raise GraphpruneError(f"--ultralytics-checkpoint {str(path)!r} must end in .pt",
+                              hint="ultralytics loads PyTorch checkpoints by their .pt suffix")
+    slim = slim_detection_model(result.module, source)
+    args = _plain_args(getattr(source, "args", None))
+    checkpoint = {
+        "date": datetime.now(timezone.utc).isoformat(),
+        "version": ultralytics.__version__,
+        "epoch": -1,
+        "best_fitness": None,
+        "model": slim,
+        "ema": None,
+        "updates": None,
+        "optimizer": None,
+        "train_args": args,
+        "train_metrics": {},
+        "graphprune": {"version": _graphprune_version(), "stats": result.stats.as_dict(),
+                       **(extra or {})},
+    }
+    inputs = tuple(x.detach().cpu().float() if isinstance(x, torch.Tensor) else x
+                   for x in result.example_inputs)
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+        with torch.no_grad():
+            expected = _flat(slim(*inputs))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            loaded = torch.load(tmp, map_location="cpu", weights_only=False)["model"]
+        with torch.no_grad():
+            got = _flat(loaded.eval()(*inputs))
+        if len(got) != len(expected) or not all(
+                g.shape == e.shape and torch.equal(g, e) for g, e in zip(got, expected)):
+            raise VerificationError(f"the ultralytics checkpoint {str(path)!r} read back does "
+                                    "not compute what the compiled module computes",
+                                    hint="please report this model")
+    return path
+
+
+def _graphprune_version() -> str:
+    from .. import __version__
+    return __version__
+
+
+# SlimDetectionModel is importable too (it needs ultralytics, so it is not in __all__)
+__all__ = ["STATE_FILE", "SparsityCallbacks", "add_sparsity", "fold_batchnorms",
+           "is_detection_model", "save_ultralytics_checkpoint", "slim_detection_model"]

@@ -1,0 +1,190 @@
+"""End to end with ultralytics: sparse training in its trainer, compile of its checkpoint, and
+a slim checkpoint that ultralytics itself loads, validates and predicts with.
+
+One tiny run is shared by the tests: yolov8n on a 16 + 8-image synthetic set at 96 px, one
+epoch through the ultralytics trainer with ``add_sparsity``, then ``graphprune compile best.pt
+--trust-checkpoint --data ... --lfa-target 0.01 --ultralytics-checkpoint slim.pt``.  Runs in
+the ultralytics environment (``-m ultralytics``); nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="graphprune-yolo-"))
+from ultralytics import YOLO  # noqa: E402
+from ultralytics.nn.tasks import load_checkpoint  # noqa: E402
+
+import graphprune as gp  # noqa: E402
+from graphprune.attention import AttentionReader  # noqa: E402
+from graphprune.cli import main  # noqa: E402
+from graphprune.data import load_data_config, make_synthetic_dataset  # noqa: E402
+from graphprune.integrations.ultralytics import (SlimDetectionModel, add_sparsity,  # noqa: E402
+                                                 save_ultralytics_checkpoint)
+from graphprune.loading import open_model  # noqa: E402
+
+pytestmark = pytest.mark.ultralytics
+IMGSZ = 96
+ULTRALYTICS = dict(device="cpu", workers=0, amp=False, plots=False, verbose=False)
+
+
+def _ultralytics_yaml(root: Path) -> Path:
+    """data.yaml as ultralytics writes them: an absolute ``path``, split folders relative to
+    it, and names as an {index: name} mapping."""
+    names = load_data_config(root / "data.yaml").names
+    path = root / "ultralytics.yaml"
+    path.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n" +
+                    "".join(f"  {i}: {n}\n" for i, n in enumerate(names)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Sparse-train one epoch with ultralytics, then compile its best.pt through the CLI."""
+    tmp = tmp_path_factory.mktemp("ultralytics-e2e")
+    make_synthetic_dataset(tmp / "data", n_train=16, n_val=8, size=IMGSZ)
+    data = _ultralytics_yaml(tmp / "data")
+    model = YOLO("yolov8n.yaml")
+    add_sparsity(model, mode="l1rr", theta=1e-2, phase_steps=1)
+    model.train(data=str(data), epochs=1, imgsz=IMGSZ, batch=8, project=str(tmp / "runs"),
+                name="sparse", seed=0, val=False, **ULTRALYTICS)
+    best = tmp / "runs" / "sparse" / "weights" / "best.pt"
+    slim, out = tmp / "slim.pt", tmp / "compile"
+    with warnings.catch_warnings():       # torch.export on the head's cached anchor grid
+        warnings.filterwarnings("ignore", "The tensor attributes", UserWarning)
+        code = main(["compile", str(best), "--trust-checkpoint", "--data", str(data),
+                     "--lfa-target", "0.01", "--calib-images", "8", "--heatmaps", "0",
+                     "--out", str(out), "--ultralytics-checkpoint", str(slim)])
+    assert code == 0
+    return {"tmp": tmp, "data": data, "best": best, "slim": slim, "out": out,
+            "report": json.loads((out / "report.json").read_text())}
+
+
+def test_compile_of_an_ultralytics_checkpoint_gives_one_ultralytics_validates(run):
+    # the trainer's checkpoint: a half-precision DetectionModel with the sparsity state beside
+    ckpt = torch.load(run["best"], map_location="cpu", weights_only=False)
+    assert next(ckpt["model"].parameters()).dtype == torch.float16
+    assert (run["best"].parent / "sparsity.pt").exists()
+    report = run["report"]
+    assert report["imgsz"] == IMGSZ                      # the training size, from train_args
+    assert report["lfa"] <= 0.01 and len(report["fa_sparse"]) == 3
+    assert report["ultralytics_checkpoint"] == str(run["slim"])
+    assert {"slim.graphprune.pt", "slim.onnx", "slim.pt2"} <= set(report["artifacts"])
+
+    slim = YOLO(str(run["slim"]))
+    assert isinstance(slim.model, SlimDetectionModel) and slim.task == "detect"
+    assert slim.model.names == ckpt["model"].names
+    original = sum(p.numel() for p in ckpt["model"].parameters())
+    assert sum(p.numel() for p in slim.model.parameters()) < original
+    metrics = slim.val(data=str(run["data"]), imgsz=IMGSZ, batch=8, project=str(run["tmp"]),
+                       name="val", **ULTRALYTICS)
+    values = metrics.results_dict
+    for key in ("metrics/precision(B)", "metrics/recall(B)", "metrics/mAP50(B)",
+                "metrics/mAP50-95(B)"):
+        assert 0.0 <= values[key] <= 1.0
+
+    image = sorted((run["tmp"] / "data" / "images" / "val").iterdir())[0]
+    results = slim(str(image), imgsz=IMGSZ, conf=0.0001, device="cpu", verbose=False)
+    assert len(results) == 1 and results[0].boxes.data.shape[1] == 6
+    assert results[0].names == ckpt["model"].names
+
+
+def test_the_written_model_computes_exactly_the_compiled_module(run, tmp_path):
+    source = open_model(str(run["best"]), trust=True)
+    x = torch.rand(2, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gp.GraphpruneWarning)       # the head is kept whole
+        result = gp.compile(source, x[:1], prune_ratio=0.5)
+    path = save_ultralytics_checkpoint(result, source, tmp_path / "slim.pt")
+    with torch.no_grad():
+        expected = result.module(x)
+        for loaded in (torch.load(path, map_location="cpu", weights_only=False)["model"],
+                       load_checkpoint(path)[0], YOLO(str(path)).model):
+            got = loaded.eval()(x)
+            assert torch.equal(got[0], expected[0])
+            for key in ("boxes", "scores"):
+                assert torch.equal(got[1][key], expected[1][key])
+        fused = load_checkpoint(path)[0].fuse(verbose=False)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+        assert torch.allclose(fused(x)[0], expected[0], atol=1e-3, rtol=1e-4)
+
+
+def test_a_ratio_compile_writes_one_too(run, tmp_path):
+    path = tmp_path / "slim.pt"
+    assert main(["compile", str(run["best"]), "--trust-checkpoint", "--prune-ratio", "0.3",
+                 "--no-onnx", "--no-pt2", "--out", str(tmp_path / "out"),
+                 "--ultralytics-checkpoint", str(path)]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["example_shape"] == [1, 3, IMGSZ, IMGSZ]
+    assert report["ultralytics_checkpoint"] == str(path)
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    original = torch.load(run["best"], map_location="cpu", weights_only=False)
+    assert original["train_args"].items() <= ckpt["train_args"].items()
+    assert ckpt["epoch"] == -1
+    assert ckpt["version"] == original["version"] and ckpt["ema"] is None
+    assert ckpt["graphprune"]["stats"]["params_after"] == \
+        sum(p.numel() for p in ckpt["model"].parameters())
+
+
+def test_lfa_reads_the_class_scores_of_each_level(run):
+    """F on a v8 head: the max class probability per cell, split back into the levels."""
+    model = open_model(str(run["best"]), trust=True)
+    x = torch.rand(2, 3, IMGSZ, IMGSZ)
+    maps = AttentionReader()(model, x)
+    assert [tuple(f.shape) for f in maps] == [(2, IMGSZ // s, IMGSZ // s) for s in (8, 16, 32)]
+    with torch.no_grad():
+        decoded = model(x)[0]                     # [B, 4 + nc, cells], classes as probabilities
+    assert torch.allclose(torch.cat([f.flatten(1) for f in maps], 1), decoded[:, 4:].amax(1))
+
+
+def test_an_ultralytics_checkpoint_is_not_unpickled_without_trust(run, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["compile", str(run["best"]), "--data", str(run["data"]), "--lfa-target",
+                 "0.01", "--out", str(out), "--ultralytics-checkpoint",
+                 str(tmp_path / "slim.pt")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "arbitrary code" in err and "--trust-checkpoint" in err
+    assert not out.exists() and not (tmp_path / "slim.pt").exists()
+
+
+def test_ultralytics_checkpoint_refuses_other_models(tmp_path, capsys):
+    assert main(["compile", "yolov5n", "--num-classes", "2", "--prune-ratio", "0.5",
+                 "--example-shape", "1,3,64,64", "--no-onnx", "--no-pt2",
+                 "--out", str(tmp_path / "out"),
+                 "--ultralytics-checkpoint", str(tmp_path / "slim.pt")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "ultralytics DetectionModel" in err
+    assert main(["compile", "yolov5n", "--prune-ratio", "0.5", "--out", str(tmp_path / "o"),
+                 "--ultralytics-checkpoint", str(tmp_path / "slim.onnx")]) == 1
+    assert "must end in .pt" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "slim.pt").exists()
+
+
+def test_a_dataset_path_relative_to_the_working_directory(run, tmp_path, monkeypatch):
+    """ultralytics reads a relative ``path`` from the working directory; so does graphprune
+    when it is not relative to the yaml's folder."""
+    monkeypatch.chdir(run["tmp"])
+    config = tmp_path / "data.yaml"
+    config.write_text("path: data\ntrain: images/train\nval: images/val\n"
+                      "names: {0: a, 1: b, 2: c}\n")
+    loaded = load_data_config(config)
+    assert len(loaded.train) == 16 and len(loaded.val) == 8 and loaded.names == ["a", "b", "c"]
+
+
+def test_eval_on_an_ultralytics_model_is_refused_in_one_line(run, tmp_path, capsys):
+    """graphprune's evaluator reads YOLOv5 outputs only: --eval says so and points to
+    ultralytics' own validation, before any work and without writing anything."""
+    out = tmp_path / "out"
+    assert main(["compile", str(run["best"]), "--trust-checkpoint", "--data", str(run["data"]),
+                 "--lfa-target", "0.01", "--eval", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--eval" in err and ".val(" in err
+    assert not out.exists()
