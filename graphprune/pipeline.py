@@ -135,13 +135,18 @@ def _recipe(model: nn.Module, config: CompileConfig, inputs: tuple[Any, ...],
     }
 
 
+def working_copy(model: nn.Module, inputs: tuple[Any, ...]) -> nn.Module:
+    """A private eval-mode copy of ``model`` on the device of the example inputs (a CUDA
+    model with CPU inputs is compiled on the CPU; the caller's model stays where it is)."""
+    work = copy.deepcopy(model).eval()
+    device = next((t.device for t in inputs if isinstance(t, torch.Tensor)), None)
+    return work if device is None else work.to(device)
+
+
 def prepare(model: nn.Module, example_inputs: Any, config: CompileConfig):
     """Trace a private eval-mode copy of ``model``: (traced, a fresh CompileContext)."""
     inputs = as_inputs(example_inputs)
-    work = copy.deepcopy(model).eval()
-    device = next((t.device for t in inputs if isinstance(t, torch.Tensor)), None)
-    if device is not None:          # the copy follows the example inputs (a CUDA model, CPU
-        work = work.to(device)      # inputs: compiled on the CPU; the caller's model stays)
+    work = working_copy(model, inputs)
     traced = trace(work, config.leaves)
     ctx = CompileContext(work, inputs, config,
                          leaves={**{name: "requested" for name in config.leaves},
@@ -269,10 +274,7 @@ def analyze(model: nn.Module, example_inputs: Any, *, leaves: Iterable[str] = ()
 
     config = CompileConfig(leaves=tuple(leaves))
     inputs = as_inputs(example_inputs)
-    work = copy.deepcopy(model).eval()
-    device = next((t.device for t in inputs if isinstance(t, torch.Tensor)), None)
-    if device is not None:          # the copy follows the example inputs (a CUDA model, CPU
-        work = work.to(device)      # inputs: compiled on the CPU; the caller's model stays)
+    work = working_copy(model, inputs)
     traced = trace(work, config.leaves)
     ctx = CompileContext(work, inputs, config, leaves=dict(traced.leaves))
     run_passes(traced.graph_module, ctx, [gp_passes.propagate_shapes,

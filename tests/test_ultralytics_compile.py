@@ -29,10 +29,6 @@ def build(name: str) -> torch.nn.Module:
     return YOLO(f"{name}.yaml").model.eval()
 
 
-def head_of(module: torch.nn.Module, name: str) -> torch.nn.Module:
-    return module.get_submodule(name)
-
-
 @pytest.mark.parametrize("name", ["yolov5nu", "yolov8n", "yolov8s"])
 def test_random_masks_compile_verify_and_onnx(name, tmp_path):
     model = build(name)
@@ -44,7 +40,7 @@ def test_random_masks_compile_verify_and_onnx(name, tmp_path):
     assert result.stats.params_after < 0.7 * result.stats.params_before
     # the detection head is kept whole: its per-level output layers keep every channel
     head_name = f"model.{len(model.model) - 1}"
-    original, slim = head_of(model, head_name), head_of(result.module, head_name)
+    original, slim = model.get_submodule(head_name), result.module.get_submodule(head_name)
     for i in range(original.nl):
         assert slim.cv2[i][2].out_channels == original.cv2[i][2].out_channels == 4 * original.reg_max
         assert slim.cv3[i][2].out_channels == original.cv3[i][2].out_channels == original.nc
