@@ -47,6 +47,7 @@ demo: install
 bench: install
 	$(BIN)/python benchmarks/compile_yolov5.py
 	$(BIN)/python benchmarks/residual_ops.py
+	$(BIN)/python benchmarks/node_cost.py
 	$(BIN)/python benchmarks/flops.py
 	$(BIN)/python benchmarks/latency.py --round-to 8 --profile
 	$(BIN)/python benchmarks/residual.py --random yolov5s --imgsz 640

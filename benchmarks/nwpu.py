@@ -66,6 +66,12 @@ def main(argv=None) -> int:
     parser.add_argument("--sparse-epochs", type=int, default=None,
                         help="--protocol: epochs of sparse training (default: --epochs)")
     parser.add_argument("--modes", default="none,ns,l1rr", help="--protocol: sparsity modes")
+    parser.add_argument("--theta", type=float, default=1e-2,
+                        help="--protocol: sparsity strength θ of the sparse runs")
+    parser.add_argument("--phase-epochs", type=int, default=3,
+                        help="--protocol: epochs between α/λ updates")
+    parser.add_argument("--max-phases", type=int, default=3,
+                        help="--protocol: at most this many α/λ updates")
     parser.add_argument("--reuse", action="store_true",
                         help="--protocol: reuse finished runs found in --out")
     parser.add_argument("--results", type=Path, default=HERE / "results")
@@ -139,7 +145,9 @@ def protocol(args, data_yaml: Path) -> int:
         argv = ["--data", str(data_yaml), "--model", args.model, "--imgsz", str(args.imgsz),
                 "--base-epochs", str(args.epochs), "--epochs", str(sparse_epochs),
                 "--modes", args.modes, "--out", str(args.out / "protocol"),
-                "--device", args.device, "--results", tmp]
+                "--theta", str(args.theta), "--phase-epochs", str(args.phase_epochs),
+                "--max-phases", str(args.max_phases), "--device", args.device,
+                "--results", tmp]
         if args.reuse:
             argv.append("--reuse")
         if args.quick:
@@ -155,10 +163,13 @@ def protocol(args, data_yaml: Path) -> int:
              f"{result['phase_epochs']} epochs, at most {result['max_phases']} updates, lr0 "
              f"{result['sparse_lr0']}); each model compiled at LFA⁺ <= {result['lfa_target']} "
              f"with bias folding on {result['calib_images']} validation images, no fine-tuning; "
-             f"{result['machine']}, torch {result['torch']}, {result['date']}.", "",
+             f"latency: onnxruntime on the CPU, batch 1, {args.imgsz} px, median of 30 "
+             f"interleaved runs; {result['machine']}, torch {result['torch']}, "
+             f"{result['date']}.", "",
              "| method | mAP50 sparse | mAP50 pruned | params pruned | FLOPs pruned | LFA⁺ | δ "
-             "| params pruned at δ: reconstruct / couple | train min |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| params pruned at δ: reconstruct / couple | ORT CPU ms, sparse → pruned "
+             "| train min |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         f, rc = r["folded"], r.get("residual_at_threshold")
         pair = "–" if rc is None else (f"{rc['reconstruct_params_pruned']:.1%} / "
@@ -167,7 +178,17 @@ def protocol(args, data_yaml: Path) -> int:
         minutes = "–" if r["train_minutes"] is None else f"{r['train_minutes']:.1f}"
         lines.append(f"| {r['mode']} | {r['map50_sparse']:.3f} | {f['map50_pruned']:.3f} | "
                      f"{f['params_pruned']:.1%} | {f['flops_pruned']:.1%} | "
-                     f"{f['lfa_plus']:.2%} | {delta} | {pair} | {minutes} |")
+                     f"{f['lfa_plus']:.2%} | {delta} | {pair} | {ablation.latency_cell(r)} "
+                     f"| {minutes} |")
+    lines += ["", "Reconstruct vs couple at other global thresholds δ (the share of the prunable "
+              "layers' |γ| below δ; params pruned):", "",
+              "| method | " + " | ".join(f"{q:.0%} of |γ| below δ" for q in (0.3, 0.5, 0.7))
+              + " |", "|---|---|---|---|"]
+    for r in result["rows"]:
+        cells = [f"δ = {p['threshold']:.3g}: {p['reconstruct_params_pruned']:.1%} / "
+                 f"{p['couple_params_pruned']:.1%}" for p in r.get("residual_sweep", [])]
+        if cells:
+            lines.append(f"| {r['mode']} | " + " | ".join(cells) + " |")
     args.results.mkdir(parents=True, exist_ok=True)
     stem = args.results / f"nwpu_protocol_{args.model}_{args.imgsz}px"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")

@@ -1,8 +1,9 @@
 """The paper's residual-reconstruction claim, measured: for one sparse model and one global
 threshold on |γ|, graphprune's reconstruction (the branches of a residual add keep different
-channels) against the conventional coupling (one shared mask per residual group) and against
-torch-pruning's own pruners (``BNScalePruner`` and ``GroupNormPruner``, global ranking over
-their dependency groups, asked for the share of channels the threshold selects).
+channels) against the conventional coupling (one shared mask per residual group), against
+``residual="auto"`` (reconstruct a group only where the FLOPs saved outweigh its extra nodes)
+and against torch-pruning's own pruners (``BNScalePruner`` and ``GroupNormPruner``, global
+ranking over their dependency groups, asked for the share of channels the threshold selects).
 
 Columns: parameters and FLOPs left, onnxruntime latency (interleaved, median), and — when the
 model comes with data — the feature attention loss LFA⁺ and mAP@0.5, all without fine-tuning.
@@ -108,9 +109,11 @@ def main(argv=None) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         variants = {}
-        for mode in ("reconstruct", "couple"):
+        for mode in ("reconstruct", "couple", "auto"):
+            # auto weighs FLOPs against nodes at the size it will run at: the latency size
             with console.status(f"compiling at δ = {delta} ({mode})"):
-                variants[mode] = gp.compile(model, x, threshold=delta, residual=mode,
+                variants[mode] = gp.compile(model, xl if mode == "auto" else x,
+                                            threshold=delta, residual=mode,
                                             fold_pruned_bias=not args.no_fold).module
         report = gp.analyze(model, x)
         gammas = np.concatenate([s.gamma for s in report.statistics.values()])

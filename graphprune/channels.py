@@ -484,7 +484,7 @@ class Concat(Rule):
         return E.call(torch.cat, parts, 1)
 
 
-def _segments(node) -> list[tuple[int, int]]:
+def split_segments(node) -> list[tuple[int, int]]:
     """(start, size) of each output of a chunk/split along channels."""
     out, start = [], 0
     for s in spec_of(node):
@@ -512,13 +512,13 @@ class Split(Rule):
 
     def live(self, node, A):
         live = A.live(node.args[0])
-        return tuple(live[s:s + n] for s, n in _segments(node))
+        return tuple(live[s:s + n] for s, n in split_segments(node))
 
     def backward(self, node, A) -> None:
         x = node.args[0]
         reqs = A.required_elements(node)
         live = A.live(x)
-        for (s, n), req in zip(_segments(node), reqs):
+        for (s, n), req in zip(split_segments(node), reqs):
             if req is not None:
                 full = np.zeros(channels(x), dtype=bool)
                 full[s:s + n] = req[0]
@@ -532,7 +532,7 @@ class Split(Rule):
         have = A.order(node.args[0])
         if have is None:
             return None
-        return tuple(have[(have >= s) & (have < s + n)] - s for s, n in _segments(node))
+        return tuple(have[(have >= s) & (have < s + n)] - s for s, n in split_segments(node))
 
     def emit(self, node, E, A):
         x = node.args[0]
@@ -540,7 +540,7 @@ class Split(Rule):
         if have is None:
             return E.copy_node(node)
         sizes, contiguous, pos = [], True, 0
-        for s, n in _segments(node):
+        for s, n in split_segments(node):
             where = np.flatnonzero((have >= s) & (have < s + n))
             sizes.append(len(where))
             contiguous &= bool(np.array_equal(where, np.arange(pos, pos + len(where))))
@@ -548,7 +548,7 @@ class Split(Rule):
         if contiguous and all(sizes):
             return E.call(torch.split, E.env[x], sizes, 1)
         pieces = []
-        for s, n in _segments(node):
+        for s, n in split_segments(node):
             where = np.flatnonzero((have >= s) & (have < s + n))
             pieces.append(E.take(E.env[x], where, len(have)))
         return tuple(pieces)
@@ -559,7 +559,7 @@ class GetItem(Rule):
 
     name = "getitem"
 
-    def _channel_slice(self, node) -> tuple[int, int] | None:
+    def channel_slice(self, node) -> tuple[int, int] | None:
         x, idx = node.args
         if not is_tensor(x) or channels(x) is None or not isinstance(idx, tuple) or len(idx) < 2:
             return None
@@ -576,13 +576,13 @@ class GetItem(Rule):
         x, idx = node.args
         if isinstance(spec_of(x), tuple):
             return isinstance(idx, int)
-        return self._channel_slice(node) is not None
+        return self.channel_slice(node) is not None
 
     def live(self, node, A):
         x, idx = node.args
         if isinstance(spec_of(x), tuple):
             return A.live(x)[idx]
-        s, n = self._channel_slice(node)
+        s, n = self.channel_slice(node)
         return A.live(x)[s:s + n]
 
     def backward(self, node, A) -> None:
@@ -593,7 +593,7 @@ class GetItem(Rule):
         if isinstance(spec_of(x), tuple):
             A.need(x, req[0], req[1], element=idx)
             return
-        s, n = self._channel_slice(node)
+        s, n = self.channel_slice(node)
         full = np.zeros(channels(x), dtype=bool)
         full[s:s + n] = req[0]
         A.need(x, full, req[1])
@@ -605,7 +605,7 @@ class GetItem(Rule):
             return None if have is None else have[idx]
         if have is None:
             return None
-        s, n = self._channel_slice(node)
+        s, n = self.channel_slice(node)
         return have[(have >= s) & (have < s + n)] - s
 
     def emit(self, node, E, A):
@@ -616,7 +616,7 @@ class GetItem(Rule):
         if isinstance(spec_of(x), tuple) or A.order(x) is None:
             return E.copy_node(node)
         have = A.order(x)
-        s, n = self._channel_slice(node)
+        s, n = self.channel_slice(node)
         where = np.flatnonzero((have >= s) & (have < s + n))
         picked = E.take(value, where, len(have))
         rest = idx[2:]
@@ -757,6 +757,16 @@ class AddPlan:
     @property
     def strategy(self) -> str:
         return "gather" if self.a_take is not None or self.b_take is not None else "slices"
+
+    def nodes(self, na: int, nb: int) -> int:
+        """Nodes ``Add.emit`` writes for this plan (operands of ``na``, ``nb`` physical
+        channels): gathers, slices, partial adds and the concatenation."""
+        count = (self.a_take is not None) + (self.b_take is not None)
+        for kind, i, j, n in self.pieces:
+            count += kind != "b" and (i, n) != (0, na)
+            count += kind != "a" and (j, n) != (0, nb)
+            count += kind == "ab"
+        return count + (len(self.pieces) > 1)
 
 
 def _merge_pieces(oa: np.ndarray, ob: np.ndarray, rank: np.ndarray | None):
@@ -994,6 +1004,6 @@ def rule_names() -> dict[str, list[str]]:
     }
 
 
-__all__ = ["AddPlan", "LeafUsage", "Rule", "TensorSpec", "channels", "plan_add",
+__all__ = ["AddPlan", "LeafUsage", "Rule", "TensorSpec", "channels", "plan_add", "split_segments",
            "register_function_rule", "register_method_rule", "register_module_rule",
            "rule_for", "spec_of", "Sequence"]

@@ -132,9 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", type=Path, required=True, metavar="DIR",
                    help="output directory (refused if it exists, unless --overwrite)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    c.add_argument("--residual", choices=("reconstruct", "couple"), default="reconstruct",
+    c.add_argument("--residual", choices=("reconstruct", "couple", "auto"), default="reconstruct",
                    help="reconstruct: residual branches keep different channels (L1RR); "
-                        "couple: one shared mask per residual group (conventional)")
+                        "couple: one shared mask per residual group (conventional); auto: "
+                        "reconstruct a group only where the FLOPs it saves outweigh the "
+                        "extra nodes it takes")
     c.add_argument("--min-channels", type=int, default=1, metavar="K",
                    help="keep at least K channels in every layer (default 1)")
     c.add_argument("--round-to", type=int, default=1, metavar="K",
@@ -489,6 +491,11 @@ def print_compile_summary(result, args, inputs, report: dict[str, Any]) -> None:
     pieces = result.emit_stats
     console.print(f"residual reconstruction: {pieces.get('residual_pieces', 0)} add pieces, "
                   f"{pieces.get('slices', 0)} slices, {pieces.get('gathers', 0)} gathers")
+    if result.residual_choice:
+        coupled = [c for c in result.residual_choice.values() if c["coupled"]]
+        console.print(f"residual auto: {len(result.residual_choice) - len(coupled)} residual "
+                      f"group(s) reconstructed, {len(coupled)} coupled (their extra nodes would "
+                      f"cost more than the FLOPs they save)")
     console.print(f"compile {report['compile_seconds']:.2f} s, total {report['total_seconds']:.2f} s"
                   f" → {args.out}/ ({', '.join(report['artifacts'])})")
     if report.get("ultralytics_checkpoint"):

@@ -16,7 +16,7 @@ import torch
 import torch.fx
 import torch.nn as nn
 
-RESIDUAL_MODES = ("reconstruct", "couple")
+RESIDUAL_MODES = ("reconstruct", "couple", "auto")
 
 # The invariant's tolerance (DESIGN.md): |slim - ref| <= ATOL + RTOL * |ref|, float32.
 ATOL = 1e-4
@@ -71,6 +71,7 @@ class CompileContext:
     slim: torch.fx.GraphModule | None = None
     slim_env: dict[torch.fx.Node, Any] = field(default_factory=dict)
     emit_stats: dict[str, int] = field(default_factory=dict)
+    residual_choice: dict[str, dict] = field(default_factory=dict)   # residual="auto": per set
     max_error: float | None = None                                # verify: worst |slim - ref|
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)

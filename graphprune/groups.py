@@ -4,8 +4,10 @@ torch-pruning's ``DependencyGraph`` knows which layers' channels are tied togeth
 convolution ties its input and output channels, flatten -> Linear ties a channel to a block of
 columns, a residual add ties the channels of its two operands, and so on.  graphprune keeps the
 structural ties (the layers must keep the same channels) and drops the ties that come only from
-elementwise residual adds, which the residual reconstruction handles (paper §3.2).  The full
-groups are the conventional "couple" behaviour, kept as the baseline.
+elementwise residual adds, which the residual reconstruction handles (paper §3.2).  The residual
+ties are described by ``graphprune inspect``; the coupling ``residual="couple"`` applies is
+taken from the channel analysis instead (``passes.reconstruct_residuals.residual_sets``), which
+also follows shortcuts through chunk pieces (C2f) where torch-pruning's graph has no edge.
 
 We build one graph of torch-pruning's nodes (networkx) with an edge per dependency; the
 BatchNorms that stay connected once the add nodes are removed are structurally coupled, those
@@ -65,9 +67,6 @@ class DependencyGroups:
     seconds: float = 0.0
     error: str | None = None
 
-    def coupling(self, residual: str) -> list[CouplingSet]:
-        """The sets a compile must respect: structural ones, plus whole groups when coupling."""
-        return self.structural + (self.residual if residual == "couple" else [])
 
 
 class _TimeLimit(Exception):

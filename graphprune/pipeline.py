@@ -86,6 +86,7 @@ class CompileResult:
     timings: dict[str, float] = field(default_factory=dict)
     max_error: float | None = None
     emit_stats: dict[str, int] = field(default_factory=dict)
+    residual_choice: dict[str, dict] = field(default_factory=dict)   # residual="auto": per set
     layers: list[dict[str, Any]] = field(default_factory=list)
     fold: dict[str, Any] | None = None        # bias folding: folds and deviation from γ-zeroed
 
@@ -113,6 +114,7 @@ class CompileResult:
             "warnings": list(self.warnings),
             "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
             "residual": dict(self.emit_stats),
+            "residual_choice": dict(self.residual_choice),
             "layers": self.layers,
             "fold_pruned_bias": self.fold,
         }
@@ -166,10 +168,12 @@ def compile(model: nn.Module, example_inputs: Any, *, masks: Mapping[str, Any] |
     ``threshold`` (global δ: channels with |γ| < δ go) and ``prune_ratio`` (share of prunable
     BatchNorm channels to prune) chooses the channels; none of them compiles without pruning.
     ``residual="reconstruct"`` lets the branches of residual adds keep different channels
-    (L1RR); ``"couple"`` forces the conventional shared mask (it needs torch-pruning's
-    dependency groups, which ``dependency_groups=False`` skips when the masks are known to be
-    final, e.g. when a checkpoint is rebuilt).  ``round_to``: keep a multiple of this many
-    channels per layer (the extra ones by |γ|; kernels often run faster on aligned widths;
+    (L1RR); ``"couple"`` forces the conventional shared mask (one OR-ed mask for every
+    BatchNorm feeding a residual group); ``"auto"`` reconstructs each residual group only where
+    the FLOPs it saves outweigh the extra nodes the rebuilt adds take (``graphprune.costs``; the
+    numbers per group are in ``result.residual_choice``).  ``dependency_groups=False`` skips
+    torch-pruning's structural ties when the masks are known to be final (a checkpoint being
+    rebuilt).  ``round_to``: keep a multiple of this many channels per layer (the extra ones by |γ|; kernels often run faster on aligned widths;
     coupling may still add more).  ``exclude``: name patterns of
     BatchNorms (or module prefixes) to leave whole.  ``leaves``: submodules to keep whole in the
     trace (untraceable ones are found automatically).  The caller's model is not modified.
@@ -218,6 +222,7 @@ def compile(model: nn.Module, example_inputs: Any, *, masks: Mapping[str, Any] |
         recipe=slim.graphprune_recipe, leaves=dict(ctx.leaves),
         unprunable=dict(ctx.unprunable), warnings=list(ctx.warnings),
         timings=dict(ctx.timings), max_error=ctx.max_error, emit_stats=dict(ctx.emit_stats),
+        residual_choice=dict(ctx.residual_choice),
         layers=layers)
 
 

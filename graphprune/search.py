@@ -29,9 +29,8 @@ from .context import CompileConfig
 from .errors import GraphpruneError, GraphpruneWarning
 from .attention import LFA, AttentionReader, CalibrationSet, FeatureAttention, feature_attention, lfa
 from .masks import global_order, masks_from_ranking, zero_mask
+from .costs import LayerCost, estimate, layer_costs
 from .stats import count_flops, count_params
-
-CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 @dataclass
@@ -122,32 +121,11 @@ class MaskPlanner:
     def _layer_costs(self) -> None:
         """Per Conv/Linear/BatchNorm node of the trace, its full parameter and FLOP count; what
         the estimate scales.  Everything else (kept-whole modules, attention) stays fixed."""
-        from .channels import spec_of
+        from .channels import LEAF_USAGE
 
         A = self.ctx.analysis
-        self.layers = []
-        varying_params = varying_flops = 0
-        for node in A.nodes:
-            m = A.module_of(node)
-            if m is None or A.call_count(node) != 1:
-                continue
-            spec = spec_of(node)
-            if isinstance(m, CONV_TYPES) or isinstance(m, nn.Linear):
-                weight = m.weight.numel()
-                bias = m.bias.numel() if m.bias is not None else 0
-                out = spec.shape if spec is not None and hasattr(spec, "shape") else None
-                if out is None:
-                    continue
-                per_out = weight // m.weight.shape[0]
-                flops = 2 * int(np.prod(out)) * per_out
-                self.layers.append(("conv", node, m, weight, bias, flops))
-                varying_params += weight + bias
-                varying_flops += flops
-            elif node.target in self.gammas:
-                self.layers.append(("bn", node, m, 2 * m.num_features, 0, 0))
-                varying_params += 2 * m.num_features
+        self.layers = layer_costs(A, self.gammas)
         # the Conv/Linear layers inside kept-whole modules lose the pruned input columns too
-        from .channels import LEAF_USAGE
         inner = []
         for node in A.nodes:
             usage = node.meta.get(LEAF_USAGE)
@@ -174,39 +152,15 @@ class MaskPlanner:
                 continue
             weight = m.weight.numel()
             flops = 2 * outputs[id(m)] * (weight // m.weight.shape[0])
-            self.layers.append(("inner", source, m, weight, 0, flops))
-            varying_params += weight
-            varying_flops += flops
-        self.fixed_params = self.params_before - varying_params
-        self.fixed_flops = self.flops_before - varying_flops
+            self.layers.append(LayerCost("inner", source, m, weight, 0, flops))
+        self.fixed_params = self.params_before - sum(c.params + c.bias for c in self.layers)
+        self.fixed_flops = self.flops_before - sum(c.flops for c in self.layers)
 
     def _estimate(self) -> tuple[int, int]:
         A = self.ctx.analysis
         A.compute_lives()
-        producer_bn = {conv: bn.target for conv, bn in A.producers.items()}
-        params, flops = self.fixed_params, self.fixed_flops
-        for kind, node, m, weight, bias, full_flops in self.layers:
-            if kind == "bn":
-                params += 2 * int(self.ctx.masks[node.target].sum())
-                continue
-            rows = m.weight.shape[0]
-            keep_out = int(self.ctx.masks[producer_bn[node]].sum()) if node in producer_bn \
-                else rows
-            if kind == "inner":                    # node: the leaf's input feeding this layer
-                live_in = A.lives.get(node)
-            else:
-                live_in = A.lives.get(node.args[0]) if node.args else None
-            in_full = m.weight.shape[1] * getattr(m, "groups", 1)
-            if isinstance(live_in, np.ndarray) and len(live_in) == in_full:
-                in_frac = live_in.sum() / in_full
-            else:
-                in_frac = 1.0
-            if getattr(m, "groups", 1) > 1:        # grouped: per-group inputs stay, rows go
-                in_frac = 1.0
-            scale = keep_out / rows * in_frac
-            params += int(round(weight * scale)) + (keep_out if bias else 0)
-            flops += int(round(full_flops * scale))
-        return params, flops
+        params, flops = estimate(A, self.ctx.masks, self.layers)
+        return self.fixed_params + params, self.fixed_flops + flops
 
 
 def _small_inputs(model: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, ...]:

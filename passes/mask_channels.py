@@ -11,8 +11,10 @@
 3. Safety rails and coupling, repeated until nothing changes: ``exclude``d layers keep all;
    ``min_channels`` per layer; ``round_to`` (kept counts rounded up to a multiple, the extra
    channels taken by |γ|); structurally coupled channels (torch-pruning) keep or go
-   together — and so do residual-coupled ones when ``residual="couple"``; every requirement of
-   the channel analysis is met (``ChannelAnalysis.solve``).
+   together — and so do the channels tied by residual adds (``residual_sets``: every
+   BatchNorm feeding a residual group, through chunk pieces too) when ``residual="couple"``,
+   or in the groups ``residual="auto"`` finds not worth reconstructing (``choose_coupling``);
+   every requirement of the channel analysis is met (``ChannelAnalysis.solve``).
 
 ``ctx.requested`` holds the request, ``ctx.masks`` the applied masks and ``ctx.pinned`` the
 reason for every layer where they differ.
@@ -25,12 +27,14 @@ import torch.fx
 from torch.fx.passes.infra.pass_base import PassResult
 
 from graphprune import channels as ch
+from graphprune import costs
 from graphprune.context import CompileContext
-from graphprune.errors import MaskError
-from graphprune.groups import apply_coupling
+from graphprune.groups import CouplingSet, apply_coupling
 from graphprune.masks import (as_mask, batchnorms, count_below, enforce_min_channels,
                               masks_from_ranking, matches, round_up_channels,
                               unknown_layer_error)
+
+from .reconstruct_residuals import plan_orders, residual_sets
 
 
 def structural_pins(analysis) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -68,6 +72,70 @@ def _request(ctx: CompileContext, candidates: dict[str, np.ndarray]) -> dict[str
     return {n: np.ones(len(g), dtype=bool) for n, g in gammas.items()}
 
 
+def settle(A, applied: dict[str, np.ndarray], coupling: list[CouplingSet], fixed: set[str],
+           gammas: dict[str, np.ndarray], round_to: int, reasons: dict[str, str]) -> None:
+    """Rounding, coupling and the channel requirements, until none changes anything; grows
+    ``applied`` in place (it becomes ``A.masks``) and records why in ``reasons``."""
+    A.masks = applied
+    A.reasons = {}
+    while True:
+        rounded = round_up_channels(applied, gammas, round_to)
+        for n, why in rounded.items():
+            reasons.setdefault(n, why)
+        for n, why in apply_coupling(applied, coupling, fixed).items():
+            reasons.setdefault(n, why)
+        rounds = A.solve()
+        for n, whys in A.reasons.items():
+            reasons.setdefault(n, whys[0])
+        A.reasons = {}
+        if rounds == 1 and not rounded:
+            break
+
+
+def choose_coupling(ctx: CompileContext, residual: list[CouplingSet],
+                    settled: dict[str, np.ndarray], fixed: set[str]
+                    ) -> tuple[list[CouplingSet], dict[str, dict]]:
+    """``residual="auto"``: the residual sets worth coupling, given the reconstructed masks.
+
+    For each set of BatchNorms tied by residual adds, reconstructing it saves the FLOPs its
+    coupled masks would add (``graphprune.costs``) and costs the extra nodes the rebuilt adds
+    take (``AddPlan.nodes`` minus one plain add each), priced at ``costs.NODE_FLOPS``.  A set is
+    coupled when the nodes cost more than the FLOPs saved.  Returns the sets to couple and, per
+    set (keyed by its first BatchNorm), the numbers the choice was made on."""
+    A = ctx.analysis
+    layers = costs.layer_costs(A, settled)
+    groups = plan_orders(A)
+    _, base_flops = costs.estimate(A, settled, layers)
+    extra: dict[str, int] = {}             # BatchNorm -> extra nodes of its residual group
+    for adds, sources in groups:
+        nodes = 0
+        for add in adds:
+            plan = A.plans.get(add)
+            if plan is not None:
+                nodes += plan.nodes(A.physical(add.args[0]), A.physical(add.args[1])) - 1
+        for src in sources:
+            if A.rules[src].name == "batchnorm":
+                extra[src.target] = max(extra.get(src.target, 0), nodes)
+    chosen, report = [], {}
+    for cs in residual:
+        nodes = max((extra.get(n, 0) for n in cs.names), default=0)
+        trial = {n: m.copy() for n, m in settled.items()}
+        apply_coupling(trial, [cs], fixed)
+        A.masks, A.reasons = trial, {}
+        A.solve()
+        A.compute_lives()
+        saved = costs.estimate(A, trial, layers)[1] - base_flops
+        couple = nodes > 0 and saved < nodes * costs.NODE_FLOPS
+        layers_of = [n for n in cs.names if n in settled]
+        report[(layers_of or cs.names)[0]] = {"layers": layers_of, "extra_nodes": nodes, "flops_saved": saved,
+                               "coupled": couple}
+        if couple:
+            chosen.append(cs)
+    A.masks, A.reasons = settled, {}
+    A.compute_lives()
+    return chosen, report
+
+
 def mask_channels(gm: torch.fx.GraphModule, ctx: CompileContext) -> PassResult:
     with ctx.timed("mask_channels"):
         A = ctx.analysis
@@ -90,26 +158,19 @@ def mask_channels(gm: torch.fx.GraphModule, ctx: CompileContext) -> PassResult:
         for n, why in enforce_min_channels(applied, gammas, cfg.min_channels).items():
             reasons.setdefault(n, why)
 
-        coupling = ctx.groups.coupling(cfg.residual) if ctx.groups is not None else []
-        if cfg.residual == "couple" and ctx.groups is not None and ctx.groups.error:
-            raise MaskError(f"residual='couple' needs torch-pruning's dependency groups, which "
-                            f"are unavailable: {ctx.groups.error}",
-                            hint="use residual='reconstruct'")
+        coupling = list(ctx.groups.structural) if ctx.groups is not None else []
+        residual = residual_sets(A) if cfg.residual != "reconstruct" else []
         fixed = set(ctx.unprunable) | excluded
-        A.masks = applied
-        A.reasons = {}
-        while True:    # rounding, coupling and requirements, until none changes anything
-            rounded = round_up_channels(applied, gammas, cfg.round_to)
-            for n, why in rounded.items():
-                reasons.setdefault(n, why)
-            for n, why in apply_coupling(applied, coupling, fixed).items():
-                reasons.setdefault(n, why)
-            rounds = A.solve()
-            for n, whys in A.reasons.items():
-                reasons.setdefault(n, whys[0])
-            A.reasons = {}
-            if rounds == 1 and not rounded:
-                break
+        ctx.residual_choice = {}
+        if cfg.residual == "couple":
+            coupling += residual
+        elif cfg.residual == "auto" and residual:
+            asked = {n: m.copy() for n, m in applied.items()}
+            settle(A, applied, coupling, fixed, gammas, cfg.round_to, {})
+            chosen, ctx.residual_choice = choose_coupling(ctx, residual, applied, fixed)
+            applied = asked
+            coupling += chosen
+        settle(A, applied, coupling, fixed, gammas, cfg.round_to, reasons)
 
         unknown = [n for n in A.nodes if A.rules[n].name == "unknown"
                    and any(isinstance(a, torch.fx.Node) and ch.is_tensor(a)

@@ -26,8 +26,10 @@ import numpy as np
 import torch.fx
 from torch.fx.passes.infra.pass_base import PassResult
 
+from graphprune import channels as ch
 from graphprune.context import CompileContext
 from graphprune.errors import GraphpruneError
+from graphprune.groups import CouplingSet
 
 # Rules a residual operand is walked back through: one tensor in, same channels out.
 _TRANSPARENT = {"passthrough", "scale"}
@@ -81,6 +83,53 @@ def residual_groups(A) -> list[tuple[list[torch.fx.Node], list[torch.fx.Node]]]:
     return groups
 
 
+def _source_channels(A, operand: torch.fx.Node) -> tuple[torch.fx.Node, int]:
+    """(value, offset): channel c of ``operand`` is channel offset + c of ``value``, walking
+    back through activations, scalings, chunk/split pieces and channel slices."""
+    offset = 0
+    while True:
+        rule = A.rules[operand]
+        if rule.name in _TRANSPARENT:
+            operand = rule.tensor_input(operand)
+        elif rule.name == "getitem" and A.rules[operand.args[0]].name == "split":
+            split, piece = operand.args
+            offset += ch.split_segments(split)[piece][0]
+            operand = split.args[0]
+        elif rule.name == "getitem" and not isinstance(ch.spec_of(operand.args[0]), tuple):
+            offset += rule.channel_slice(operand)[0]
+            operand = operand.args[0]
+        else:
+            return operand, offset
+
+
+def residual_sets(A) -> list[CouplingSet]:
+    """The conventional coupling of residual adds, from the channel analysis: per residual
+    group, every BatchNorm whose channels reach one of its adds, mapped channel by channel
+    (through chunk pieces and slices too, as in C2f blocks).  A value that is not a BatchNorm
+    (an input, an op without a rule) joins as a member that keeps every channel."""
+    uf = _UnionFind()
+    adds = [n for n in A.nodes if A.rules[n].name == "add"]
+    feeds: dict[torch.fx.Node, list[tuple[torch.fx.Node, int]]] = {}
+    for add in adds:
+        uf.find(add)
+        feeds[add] = []
+        for operand in add.args:
+            src, offset = _source_channels(A, operand)
+            if A.rules[src].name == "add":
+                uf.union(add, src)
+            else:
+                feeds[add].append((src, offset))
+    members: dict = {}
+    for add in adds:
+        width = ch.channels(add)
+        root = np.arange(width)
+        for src, offset in feeds[add]:
+            name = src.target if A.rules[src].name == "batchnorm" else f"<{src.name}>"
+            members.setdefault(uf.find(add), []).append((name, offset + root, root))
+    return [CouplingSet("residual", m) for m in members.values()
+            if len({name for name, _, _ in m}) >= 2]
+
+
 def free_source_conv(A, source: torch.fx.Node) -> torch.fx.Node | None:
     """The convolution whose rows may be permuted to order ``source``, if any."""
     if A.rules[source].name != "batchnorm":
@@ -101,34 +150,42 @@ def group_rank(A, sources: list[torch.fx.Node], channels: int) -> np.ndarray:
     return rank
 
 
+def plan_orders(A) -> list[tuple[list[torch.fx.Node], list[torch.fx.Node]]]:
+    """Channel orders of every value and plans of every add for the current masks; returns
+    the residual groups."""
+    A.compute_lives()
+    A.producer_orders, A.ranks, A.producer_partners = {}, {}, {}
+    for conv, bn in A.producers.items():
+        keep = A.mask(bn.target)
+        if not keep.all():
+            A.producer_orders[conv] = np.flatnonzero(keep)
+    groups = residual_groups(A)
+    for adds, sources in groups:
+        channels = len(A.live(adds[0]))
+        rank = group_rank(A, sources, channels)
+        for add in adds:
+            A.ranks[add] = rank
+        for add in adds:
+            for src, other in ((_source(A, add.args[0]), add.args[1]),
+                               (_source(A, add.args[1]), add.args[0])):
+                conv = free_source_conv(A, src)
+                if conv is not None and conv not in A.producer_partners:
+                    A.producer_partners[conv] = (rank, other)
+        for src in sources:
+            conv = free_source_conv(A, src)
+            if conv is not None:
+                kept = np.flatnonzero(A.mask(src.target))
+                order = kept[np.argsort(rank[kept], kind="stable")]
+                if len(order) < channels or not np.array_equal(order, kept):
+                    A.producer_orders[conv] = order
+    A.compute_orders()
+    return groups
+
+
 def reconstruct_residuals(gm: torch.fx.GraphModule, ctx: CompileContext) -> PassResult:
     with ctx.timed("reconstruct_residuals"):
         A = ctx.analysis
-        A.compute_lives()
-        A.producer_orders, A.ranks, A.producer_partners = {}, {}, {}
-        for conv, bn in A.producers.items():
-            keep = A.mask(bn.target)
-            if not keep.all():
-                A.producer_orders[conv] = np.flatnonzero(keep)
-        for adds, sources in residual_groups(A):
-            channels = len(A.live(adds[0]))
-            rank = group_rank(A, sources, channels)
-            for add in adds:
-                A.ranks[add] = rank
-            for add in adds:
-                for src, other in ((_source(A, add.args[0]), add.args[1]),
-                                   (_source(A, add.args[1]), add.args[0])):
-                    conv = free_source_conv(A, src)
-                    if conv is not None and conv not in A.producer_partners:
-                        A.producer_partners[conv] = (rank, other)
-            for src in sources:
-                conv = free_source_conv(A, src)
-                if conv is not None:
-                    kept = np.flatnonzero(A.mask(src.target))
-                    order = kept[np.argsort(rank[kept], kind="stable")]
-                    if len(order) < channels or not np.array_equal(order, kept):
-                        A.producer_orders[conv] = order
-        A.compute_orders()
+        plan_orders(A)
         bad = A.check_consistency()
         if bad:
             raise GraphpruneError(f"internal error: channel orders disagree with liveness at "
@@ -138,4 +195,5 @@ def reconstruct_residuals(gm: torch.fx.GraphModule, ctx: CompileContext) -> Pass
     return PassResult(gm, False)
 
 
-__all__ = ["free_source_conv", "group_rank", "reconstruct_residuals", "residual_groups"]
+__all__ = ["free_source_conv", "group_rank", "plan_orders", "reconstruct_residuals",
+           "residual_groups", "residual_sets"]

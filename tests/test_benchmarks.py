@@ -43,9 +43,19 @@ def test_residual_benchmark_compares_reconstruct_couple_and_torch_pruning(tmp_pa
                                      "--json-out", str(out), "--no-write"])
     assert code == 0
     rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
-    assert {"reconstruct", "couple", "torch-pruning bnscale"} <= set(rows)
-    # the reconstruction never keeps more than the coupled masks
-    assert rows["reconstruct"]["params"] <= rows["couple"]["params"]
-    assert rows["reconstruct"]["flops"] <= rows["couple"]["flops"]
+    assert {"reconstruct", "couple", "auto", "torch-pruning bnscale"} <= set(rows)
+    # the reconstruction never keeps more than the coupled masks; auto lies between them
+    assert rows["reconstruct"]["params"] <= rows["auto"]["params"] <= rows["couple"]["params"]
+    assert rows["reconstruct"]["flops"] <= rows["auto"]["flops"] <= rows["couple"]["flops"]
     for r in rows.values():
         assert 0 < r["params_ratio"] < 1 and r["ms"] > 0
+
+
+def test_node_cost_benchmark_prices_a_node_in_flops(tmp_path):
+    code = _script("node_cost").main(["--quick", "--threads", "1", "--results", str(tmp_path)])
+    assert code == 0
+    rows = json.loads((tmp_path / "node_cost.json").read_text())["rows"]
+    assert len(rows) == 1
+    r = rows[0]
+    assert r["extra_nodes"] > 0 and r["plain_ms"] > 0 and r["gflops_per_s"] > 0
+    assert r["node_mflops"] == pytest.approx(r["node_us"] * 1e-6 * r["gflops_per_s"] * 1e3)

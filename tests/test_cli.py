@@ -45,6 +45,19 @@ def test_compile_with_a_mask_file_and_couple(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["report.json", "slim.graphprune.pt"]
 
 
+def test_compile_with_residual_auto_reports_its_choice_and_rebuilds(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["compile", "tiny_resnet", "--prune-ratio", "0.5", "--random-bn", "1", *SMALL,
+                 "--residual", "auto", "--no-onnx", "--no-pt2", "--out", str(out)]) == 0
+    assert "residual auto:" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    choice = report["residual_choice"]
+    assert choice and all({"layers", "extra_nodes", "flops_saved", "coupled"} <= set(c)
+                          for c in choice.values())
+    slim = gp.load(out / "slim.graphprune.pt")
+    assert sum(p.numel() for p in slim.parameters()) == report["stats"]["params_after"]
+
+
 def test_existing_output_is_refused_unless_overwrite(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()

@@ -72,6 +72,23 @@ def test_c2f_residual_branches_keep_different_channels():
     assert slim.out_channels == int(branch.sum())
 
 
+def test_couple_ties_c2f_shortcuts_through_the_chunk(tmp_path):
+    """The conventional baseline must give the chunked shortcut (cv1's second half) and the
+    bottleneck's cv2 one mask: the OR of what was asked of both."""
+    model = build("yolov8n")
+    x = torch.rand(1, 3, SIZE, SIZE)
+    masks = random_masks(model, 0.5, seed=2)
+    coupled = check_compile(model, x, tmp_path, masks=masks, residual="couple")
+    half = model.get_submodule("model.2.cv1.bn").num_features // 2
+    union = masks["model.2.cv1.bn"][half:] | masks["model.2.m.0.cv2.bn"]
+    assert bool((coupled.masks["model.2.m.0.cv2.bn"] == torch.as_tensor(union)).all())
+    assert bool((coupled.masks["model.2.cv1.bn"][half:] == torch.as_tensor(union)).all())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gp.GraphpruneWarning)
+        rebuilt = gp.compile(model, x, masks=masks)
+    assert rebuilt.stats.params_after < coupled.stats.params_after
+
+
 def test_attention_channels_are_pinned_not_broken(tmp_path):
     """yolo11n's C2PSA attention reshapes its qkv channels into heads: those stay whole, the
     rest of the block is still pruned, and the numbers hold."""
