@@ -127,8 +127,8 @@ def choose_coupling(ctx: CompileContext, residual: list[CouplingSet],
         saved = costs.estimate(A, trial, layers)[1] - base_flops
         couple = nodes > 0 and saved < nodes * costs.NODE_FLOPS
         layers_of = [n for n in cs.names if n in settled]
-        report[(layers_of or cs.names)[0]] = {"layers": layers_of, "extra_nodes": nodes, "flops_saved": saved,
-                               "coupled": couple}
+        report[(layers_of or cs.names)[0]] = {"layers": layers_of, "extra_nodes": nodes,
+                                              "flops_saved": saved, "coupled": couple}
         if couple:
             chosen.append(cs)
     A.masks, A.reasons = settled, {}
