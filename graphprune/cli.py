@@ -525,7 +525,8 @@ def cmd_inspect(args) -> int:
     console.print(f"[bold]graphprune inspect[/bold] {args.model}  input {tuple(inputs[0].shape)}:"
                   f" {report.params:,} parameters, {report.flops / 1e9:.3f} GFLOPs")
     for name, why in report.leaves.items():
-        console.print(f"kept whole (untraceable): {name} — {why}")
+        what = "as requested" if why == "requested" else "untraceable"
+        console.print(f"kept whole ({what}): {name}" + ("" if why == "requested" else f" — {why}"))
     groups = report.groups
     if groups.error:
         console.print(f"[yellow]dependency groups unavailable[/yellow]: {groups.error}")

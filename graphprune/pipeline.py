@@ -173,10 +173,11 @@ def compile(model: nn.Module, example_inputs: Any, *, masks: Mapping[str, Any] |
     the FLOPs it saves outweigh the extra nodes the rebuilt adds take (``graphprune.costs``; the
     numbers per group are in ``result.residual_choice``).  ``dependency_groups=False`` skips
     torch-pruning's structural ties when the masks are known to be final (a checkpoint being
-    rebuilt).  ``round_to``: keep a multiple of this many channels per layer (the extra ones by |γ|; kernels often run faster on aligned widths;
-    coupling may still add more).  ``exclude``: name patterns of
-    BatchNorms (or module prefixes) to leave whole.  ``leaves``: submodules to keep whole in the
-    trace (untraceable ones are found automatically).  The caller's model is not modified.
+    rebuilt).  ``round_to``: keep a multiple of this many channels per layer (the extra ones by
+    |γ|; kernels often run faster on aligned widths; coupling may still add more).
+    ``exclude``: name patterns of BatchNorms (or module prefixes) to leave whole.  ``leaves``:
+    submodules to keep whole in the trace (untraceable ones are found automatically).  The
+    caller's model is not modified.
 
     ``fold_pruned_bias=True`` (beyond the paper) keeps the constant act(β) a pruned channel
     still emits by folding it into downstream biases (``graphprune.fold``): the slim model then
@@ -277,16 +278,13 @@ def analyze(model: nn.Module, example_inputs: Any, *, leaves: Iterable[str] = ()
     from . import passes as gp_passes
     from .passes.mask_channels import structural_pins
 
-    config = CompileConfig(leaves=tuple(leaves))
-    inputs = as_inputs(example_inputs)
-    work = working_copy(model, inputs)
-    traced = trace(work, config.leaves)
-    ctx = CompileContext(work, inputs, config, leaves=dict(traced.leaves))
+    traced, ctx = prepare(model, example_inputs, CompileConfig(leaves=tuple(leaves)))
+    work, inputs = ctx.model, ctx.example_inputs
     run_passes(traced.graph_module, ctx, [gp_passes.propagate_shapes,
                                           gp_passes.collect_statistics])
     pins, reasons = structural_pins(ctx.analysis)
     return ModelReport(params=count_params(work), flops=count_flops(work, inputs),
-                       leaves=dict(traced.leaves), statistics=dict(ctx.statistics),
+                       leaves=dict(ctx.leaves), statistics=dict(ctx.statistics),
                        pinned_channels={n: int(m.sum()) for n, m in pins.items()},
                        pin_reasons=reasons,
                        unprunable=dict(ctx.unprunable), groups=ctx.groups,

@@ -126,3 +126,18 @@ def test_round_to_keeps_multiples_and_stays_exact():
     assert rounded.stats.params_after > plain.stats.params_after
     with pytest.raises(gp.MaskError, match="round_to"):
         gp.compile(model, x, prune_ratio=0.5, round_to=0)
+
+
+def test_analyze_and_compile_agree_on_a_requested_leaf():
+    """BatchNorms inside a submodule kept whole on request are not prunable, in ``inspect``'s
+    analysis as in compile."""
+    model = tiny_resnet()
+    x = torch.randn(1, 3, 16, 16)
+    report = gp.analyze(model, x, leaves=["layer1"])
+    result = gp.compile(model, x, prune_ratio=0.3, leaves=["layer1"])
+    inside = [n for n in batchnorms(model) if n.startswith("layer1.")]
+    assert inside and report.leaves["layer1"] == "requested"
+    for name in inside:
+        assert name not in report.statistics and name in report.unprunable
+        assert name not in result.masks or bool(result.masks[name].all())
+    assert set(report.statistics) == {n for n in result.masks if n not in inside}
