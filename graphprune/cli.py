@@ -544,6 +544,21 @@ def cmd_inspect(args) -> int:
                 else "residual only (decoupled by reconstruction)"
             g.add_row(info.root, ", ".join(info.batchnorms), str(info.residual_adds), kind)
         console.print(g)
+    if report.residual:
+        r = Table(title="Residual groups (graphprune's channel analysis: decoupled by "
+                        "reconstruction, one OR-ed mask each with --residual couple)",
+                  show_edge=False)
+        for col in ("BatchNorms feeding the adds", "channels"):
+            r.add_column(col, overflow="fold")
+        for cs in report.residual:
+            width = len(cs.members[0][2])
+            parts = []
+            for name, local, _ in cs.members:
+                whole = name in report.statistics and \
+                    len(local) == report.statistics[name].channels
+                parts.append(name if whole else f"{name}[{local[0]}:{local[-1] + 1}]")
+            r.add_row(", ".join(dict.fromkeys(parts)), str(width))
+        console.print(r)
     t = Table(title="Prunable BatchNorms", show_edge=False)
     for col, justify in (("BatchNorm", "left"), ("channels", "right"), ("|γ|<0.01", "right"),
                          ("pinned channels", "right"), ("why pinned", "left")):

@@ -270,6 +270,7 @@ class ModelReport:
     unprunable: dict[str, str]
     groups: Any                               # groups.DependencyGroups
     warnings: list[str]
+    residual: list = field(default_factory=list)   # groups.CouplingSet per residual group
 
 
 def analyze(model: nn.Module, example_inputs: Any, *, leaves: Iterable[str] = ()
@@ -277,6 +278,7 @@ def analyze(model: nn.Module, example_inputs: Any, *, leaves: Iterable[str] = ()
     """Trace and analyse ``model`` without pruning it (``graphprune inspect``)."""
     from . import passes as gp_passes
     from .passes.mask_channels import structural_pins
+    from .passes.reconstruct_residuals import residual_sets
 
     traced, ctx = prepare(model, example_inputs, CompileConfig(leaves=tuple(leaves)))
     work, inputs = ctx.model, ctx.example_inputs
@@ -288,7 +290,7 @@ def analyze(model: nn.Module, example_inputs: Any, *, leaves: Iterable[str] = ()
                        pinned_channels={n: int(m.sum()) for n, m in pins.items()},
                        pin_reasons=reasons,
                        unprunable=dict(ctx.unprunable), groups=ctx.groups,
-                       warnings=list(ctx.warnings))
+                       warnings=list(ctx.warnings), residual=residual_sets(ctx.analysis))
 
 
 __all__ = ["CompileResult", "ModelReport", "analyze", "as_inputs", "attach_fold", "compile",

@@ -91,6 +91,7 @@ def test_inspect_prints_groups_pins_and_histogram(tmp_path, capsys, monkeypatch)
     assert main(["inspect", "yolov5n", "--example-shape", "1,3,64,64", "--random-bn", "0"]) == 0
     text = capsys.readouterr().out
     assert "Dependency groups" in text and "residual only" in text
+    assert "Residual groups" in text and "model.2.m.0.cv2.bn" in text
     assert "model.2.cv1.bn" in text and "|γ| histogram" in text
     assert "kept whole (untraceable): model.24" in text
     assert list(tmp_path.iterdir()) == []

@@ -95,3 +95,11 @@ def test_couple_ties_a_chunked_shortcut_to_its_source_channels(tmp_path):
     assert np.array_equal(coupled.masks["cv1.bn"].numpy()[:8], masks["cv1.bn"][:8])
     rebuilt = check_compile(model, x, tmp_path, masks=masks)
     assert rebuilt.stats.params_after < coupled.stats.params_after
+
+
+def test_analyze_lists_the_residual_groups_couple_would_tie():
+    report = gp.analyze(ChunkedShortcut(), torch.randn(1, 3, 10, 10))
+    (group,) = report.residual
+    members = {name: local.tolist() for name, local, _ in group.members}
+    assert members == {"cv1.bn": list(range(8, 16)), "m0.1.bn": list(range(8)),
+                       "m1.1.bn": list(range(8))}
