@@ -139,13 +139,15 @@ def ort_latency(models: dict, imgsz: int, rounds: int) -> dict[str, float]:
 
 
 def residual_pair(model, example, delta: float) -> dict:
-    """Params pruned by reconstruct and by couple at one global threshold δ."""
+    """Params and FLOPs pruned by reconstruct and by couple at one global threshold δ."""
+    out = {"threshold": delta}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", gp.GraphpruneWarning)
-        pruned = {mode: 1 - gp.compile(model, example, threshold=delta,
-                                       residual=mode).stats.params_ratio
-                  for mode in ("reconstruct", "couple")}
-    return {"threshold": delta, **{f"{k}_params_pruned": v for k, v in pruned.items()}}
+        for mode in ("reconstruct", "couple"):
+            stats = gp.compile(model, example, threshold=delta, residual=mode).stats
+            out[f"{mode}_params_pruned"] = 1 - stats.params_ratio
+            out[f"{mode}_flops_pruned"] = 1 - stats.flops_ratio
+    return out
 
 
 def main(argv=None) -> int:
