@@ -9,6 +9,15 @@ comparable *relative* results.
     python benchmarks/nwpu.py --model yolov5n --imgsz 320 --epochs 30 \
         --batch 8 --nominal-batch 8 --lr0 0.02 --warmup-epochs 1 --cls-gain 2.0      # CPU budget
 
+The pruning protocol (``--protocol``) as run for benchmarks/results/nwpu_protocol_*:
+
+    python benchmarks/nwpu.py --protocol --out runs/nwpu320 --model yolov5s --imgsz 320 \
+        --epochs 60 --sparse-epochs 40 --modes none,l1rr --theta 0.005 --phase-epochs 4 \
+        --max-phases 9                                                   # 35 min on 2 cores
+    python benchmarks/nwpu.py --protocol --out runs/nwpu160 --model yolov5s --imgsz 160 \
+        --epochs 100 --sparse-epochs 200 --modes none,l1rr --theta 0.001 --phase-epochs 20 \
+        --max-phases 10                                                  # 38 min on 2 cores
+
 The defaults are YOLOv5's recipe; on a CPU budget of tens of epochs it leaves too few
 optimizer steps (gradients accumulated to 64 images), so the budget run steps every batch of 8
 with a higher learning rate, the recipe benchmarks/synthetic.py measured fastest.
