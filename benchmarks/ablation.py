@@ -13,13 +13,11 @@ itself.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
 import shutil
 import sys
-import tempfile
 import time
 import warnings
 from datetime import date
@@ -35,13 +33,12 @@ import graphprune as gp  # noqa: E402
 from graphprune import data as gpdata  # noqa: E402
 from graphprune.detect.train import TrainConfig, train  # noqa: E402
 from graphprune.detect.val import resolve_device, validate  # noqa: E402
-from graphprune.export import export_onnx  # noqa: E402
 from graphprune.sparsity import prunable_batchnorms  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import write_results  # noqa: E402
-from latency import ort_session, time_interleaved  # noqa: E402
+from latency import ort_latency  # noqa: E402
 # the recipe benchmarks/synthetic.py measured to learn fastest on 2 CPU cores
 RECIPE = dict(batch=8, nominal_batch=8, lr0=0.02, warmup_epochs=1, cls=2.0)
 
@@ -90,8 +87,8 @@ def prune_and_measure(weights: Path, data, imgsz: int, lfa_target: float, calib,
                     "map_pruned": after.map}
     # onnxruntime CPU latency at batch 1, the sparse model and the folded pruned one interleaved
     if row["folded"]["threshold"] is not None:
-        row["latency_ms"] = ort_latency({"unpruned": model, "pruned": pruned_module}, imgsz,
-                                        latency_rounds)
+        row["latency_ms"] = ort_latency({"unpruned": model, "pruned": pruned_module}, example,
+                                        latency_rounds, os.cpu_count())
     # the paper's residual-reconstruction claim at the threshold the search chose, and at the
     # thresholds below which 30/50/70 % of the prunable layers' |γ| lie (each row: one global
     # δ for both modes)
@@ -123,19 +120,6 @@ def latency_cell(row: dict) -> str:
     """'sparse → pruned' onnxruntime milliseconds, or '–' when nothing was pruned."""
     ms = row.get("latency_ms")
     return "–" if ms is None else f"{ms['unpruned']:.1f} → {ms['pruned']:.1f}"
-
-
-def ort_latency(models: dict, imgsz: int, rounds: int) -> dict[str, float]:
-    """Median onnxruntime CPU milliseconds per image (batch 1, all cores), interleaved."""
-    x = torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
-    with tempfile.TemporaryDirectory() as tmp:
-        sessions = {name: ort_session(export_onnx(copy.deepcopy(m).cpu().eval(), (x,),
-                                                     Path(tmp) / f"{name}.onnx"),
-                                      os.cpu_count())
-                    for name, m in models.items()}
-        feed = x.numpy()
-        return time_interleaved({n: (lambda s=s: s.run(None, {s.get_inputs()[0].name: feed}))
-                                 for n, s in sessions.items()}, rounds)
 
 
 def residual_pair(model, example, delta: float) -> dict:

@@ -16,6 +16,7 @@ noise hits them alike.  The untrained baseline gets random BatchNorm γ (log-uni
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -96,6 +97,21 @@ def time_interleaved(runners: dict[str, callable], rounds: int, warmup: int = 3
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
+def time_sessions(sessions: dict, feed, rounds: int) -> dict[str, float]:
+    """Median milliseconds per run of each onnxruntime session on one input, interleaved."""
+    return time_interleaved({n: (lambda s=s: s.run(None, {s.get_inputs()[0].name: feed}))
+                             for n, s in sessions.items()}, rounds)
+
+
+def ort_latency(models: dict, x: torch.Tensor, rounds: int, threads: int) -> dict[str, float]:
+    """Export each model (a CPU copy) to ONNX and time them interleaved on ``x``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        sessions = {name: ort_session(export_onnx(copy.deepcopy(m).cpu().eval(), (x,),
+                                                  Path(tmp) / f"{name}.onnx"), threads)
+                    for name, m in models.items()}
+        return time_sessions(sessions, x.numpy(), rounds)
+
+
 def op_profile(session) -> dict[str, float]:
     """Milliseconds per ONNX op type over the profiled runs."""
     path = session.end_profiling()
@@ -171,10 +187,8 @@ def main(argv=None) -> int:
                            "params": count_params(dense)}
     feed = x.numpy()
     sessions = {n: ort_session(p, args.threads) for n, p in paths.items()}
-    runners = {n: (lambda s=s: s.run(None, {s.get_inputs()[0].name: feed}))
-               for n, s in sessions.items()}
-    with console.status(f"timing {len(runners)} models in onnxruntime, {args.rounds} rounds"):
-        ort_ms = time_interleaved(runners, args.rounds)
+    with console.status(f"timing {len(sessions)} models in onnxruntime, {args.rounds} rounds"):
+        ort_ms = time_sessions(sessions, feed, args.rounds)
     torch_ms = {}
     if not args.no_torch:
         def eager(m):

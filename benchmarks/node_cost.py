@@ -22,7 +22,6 @@ import argparse
 import os
 import platform
 import sys
-import tempfile
 from datetime import date
 from pathlib import Path
 
@@ -33,13 +32,12 @@ from rich.table import Table
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from graphprune.costs import NODE_FLOPS  # noqa: E402
-from graphprune.export import export_onnx  # noqa: E402
 from graphprune.stats import count_flops  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import write_results  # noqa: E402
-from latency import ort_session, time_interleaved  # noqa: E402
+from latency import ort_latency  # noqa: E402
 
 
 class ConvStack(nn.Module):
@@ -71,25 +69,19 @@ def main(argv=None) -> int:
     shapes = [(64, 40)] if args.quick else [(32, 80), (64, 40), (128, 20), (256, 20)]
     depth, trips, rounds = 8, 4, (20 if args.quick else 200)
     console, rows = Console(), []
-    with tempfile.TemporaryDirectory() as tmp:
-        for channels, size in shapes:
-            x = torch.randn(1, channels, size, size)
-            plain, tripped = ConvStack(channels, depth, 0).eval(), ConvStack(channels, depth, trips)
-            tripped.load_state_dict(plain.state_dict())
-            sessions = {name: ort_session(export_onnx(m, (x,), Path(tmp) / f"{name}.onnx"),
-                                          args.threads)
-                        for name, m in (("plain", plain), ("tripped", tripped))}
-            feed = x.numpy()
-            ms = time_interleaved({n: (lambda s=s: s.run(None, {s.get_inputs()[0].name: feed}))
-                                   for n, s in sessions.items()}, rounds)
-            nodes = 3 * trips * depth
-            flops = count_flops(plain, (x,))
-            node_s = max(ms["tripped"] - ms["plain"], 0.0) / 1e3 / nodes
-            rate = flops / (ms["plain"] / 1e3)
-            rows.append({"channels": channels, "size": size, "plain_ms": ms["plain"],
-                         "tripped_ms": ms["tripped"], "extra_nodes": nodes,
-                         "node_us": node_s * 1e6, "gflops_per_s": rate / 1e9,
-                         "node_mflops": node_s * rate / 1e6})
+    for channels, size in shapes:
+        x = torch.randn(1, channels, size, size)
+        plain, tripped = ConvStack(channels, depth, 0).eval(), ConvStack(channels, depth, trips)
+        tripped.load_state_dict(plain.state_dict())
+        ms = ort_latency({"plain": plain, "tripped": tripped}, x, rounds, args.threads)
+        nodes = 3 * trips * depth
+        flops = count_flops(plain, (x,))
+        node_s = max(ms["tripped"] - ms["plain"], 0.0) / 1e3 / nodes
+        rate = flops / (ms["plain"] / 1e3)
+        rows.append({"channels": channels, "size": size, "plain_ms": ms["plain"],
+                     "tripped_ms": ms["tripped"], "extra_nodes": nodes,
+                     "node_us": node_s * 1e6, "gflops_per_s": rate / 1e9,
+                     "node_mflops": node_s * rate / 1e6})
     table = Table(title=f"One extra small node in onnxruntime ({args.threads} threads, batch 1, "
                         f"median of {rounds} interleaved rounds; {platform.machine()}, "
                         f"{os.cpu_count()} cores, {date.today()}); graphprune.costs.NODE_FLOPS "

@@ -46,7 +46,7 @@ from graphprune.workflow import evaluate_map  # noqa: E402
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import write_results  # noqa: E402
-from latency import ort_session, time_interleaved  # noqa: E402
+from latency import ort_session, time_sessions  # noqa: E402
 
 
 def torch_pruning_model(model, x, ratio: float, kind: str):
@@ -147,8 +147,7 @@ def main(argv=None) -> int:
         rows.append(row)
     feed = xl.numpy()
     with console.status(f"timing {len(sessions)} models, {args.rounds} interleaved rounds"):
-        ms = time_interleaved({n: (lambda s=s: s.run(None, {s.get_inputs()[0].name: feed}))
-                               for n, s in sessions.items()}, args.rounds)
+        ms = time_sessions(sessions, feed, args.rounds)
     sparse_map = evaluate_map(model, data, args.imgsz, device).map50 if data else None
     for row in rows:
         row.update(params_ratio=row["params"] / base_params, flops_ratio=row["flops"] / base_flops,

@@ -68,7 +68,6 @@ class DependencyGroups:
     error: str | None = None
 
 
-
 class _TimeLimit(Exception):
     pass
 
