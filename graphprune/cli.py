@@ -62,6 +62,17 @@ _positive = _number(lambda v: v > 0, "{}: the LFA target must be > 0 (0.01 allow
 _open_ratio = _number(lambda v: 0 < v < 1, "{} is outside (0, 1): 0.65 removes 65 %")
 
 
+def _period(text: str) -> int:
+    """An argparse type: a whole number of epochs >= 0 (0 turns the option off)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: give a number of epochs >= 0 (0: off)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="graphprune",
@@ -195,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--mosaic", action="store_true", help="4-image mosaic augmentation")
     t.add_argument("--cache", action="store_true", help="keep decoded images in memory")
     t.add_argument("--val-every", type=int, default=1, metavar="N", help="validate every N epochs")
+    t.add_argument("--save-period", type=_period, default=0, metavar="N",
+                   help="also keep a checkpoint epoch<N>.pt every N epochs (default: only "
+                        "last.pt and best.pt)")
     t.add_argument("--sparsity", choices=("l1rr", "dsm", "ns"), default=None,
                    help="sparse-train BatchNorm γ: l1rr (DSM + SASM), dsm (DSM alone) or ns "
                         "(network slimming)")
@@ -642,7 +656,8 @@ def _run_training(args):
                          box=args.box_gain, obj=args.obj_gain, cls=args.cls_gain,
                          hyp=_key_values(args.hyp), ema=not args.no_ema,
                          anchors=args.anchors, mosaic=args.mosaic, cache=args.cache,
-                         val_every=args.val_every, sparsity=args.sparsity,
+                         val_every=args.val_every, save_period=args.save_period,
+                         sparsity=args.sparsity,
                          theta=args.theta, phase_epochs=args.phase_epochs,
                          max_phases=args.max_phases)
     config.augmentation()              # unknown --hyp keys fail here, before any work

@@ -112,6 +112,14 @@ def test_bad_ratio_is_a_usage_error(ratio, capsys):
     assert "--prune-ratio" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("period", ["-1", "2.5"])
+def test_bad_save_period_is_a_usage_error(period, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--data", "x.yaml", "--save-period", period])
+    assert exc.value.code == 2
+    assert "--save-period" in capsys.readouterr().err
+
+
 class _Payload:
     """Unpickling this object creates a file: a stand-in for a malicious checkpoint."""
 

@@ -92,6 +92,16 @@ def test_train_cli_runs_resumes_and_refuses_bad_settings(tiny_data, tmp_path, ca
     assert "unknown augmentation setting(s) sheer" in capsys.readouterr().err
 
 
+def test_save_period_keeps_loadable_checkpoints_along_the_run(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(tiny_data, run, epochs=4, save_period=2))
+    assert sorted(p.name for p in run.glob("epoch*.pt")) == ["epoch2.pt", "epoch4.pt"]
+    last, second, fourth = (gp.load(run / n).state_dict() for n in
+                            ("last.pt", "epoch2.pt", "epoch4.pt"))
+    assert all(torch.equal(last[k], fourth[k]) for k in last)
+    assert not all(torch.equal(last[k], second[k]) for k in last)
+
+
 def test_a_short_training_on_synthetic_data_learns(tmp_path):
     """The short version of benchmarks/synthetic.py (which reaches mAP50 > 0.8 in 30 epochs):
     160 images, 12 epochs.  Measured here: mAP50 0.20 with one torch thread (0.07 with two:

@@ -70,6 +70,7 @@ class TrainConfig:
     obj: float = 1.0
     cls: float = 0.5
     val_every: int = 1
+    save_period: int = 0                # also keep epoch<N>.pt every N epochs (0: last/best only)
     cache: bool = False
     sparsity: str | None = None         # l1rr | dsm | ns: sparse training of BatchNorm γ
     theta: float = 1e-3
@@ -395,6 +396,8 @@ class Trainer:
         self.save(ckpt, "last.pt")
         if improved or not m:
             self.save(ckpt, "best.pt")
+        if self.config.save_period > 0 and (epoch + 1) % self.config.save_period == 0:
+            self.save(ckpt, f"epoch{epoch + 1}.pt")
         with open(self.out / "results.jsonl", "a") as f:
             f.write(json.dumps(asdict(record)) + "\n")
         summary = (f"epoch {epoch + 1}/{self.config.epochs}  box {record.box:.4f}  "
