@@ -51,6 +51,7 @@ bench: install
 	$(BIN)/python benchmarks/flops.py
 	$(BIN)/python benchmarks/latency.py --round-to 8 --profile
 	$(BIN)/python benchmarks/residual.py --random yolov5s --imgsz 640
+	$(BIN)/python benchmarks/residual_headroom.py
 	$(MAKE) bench-zoo
 	$(BIN)/python benchmarks/sparsity_overhead.py
 	$(BIN)/python benchmarks/synthetic.py

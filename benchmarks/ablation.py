@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
+from rich.progress import track
 from rich.table import Table
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -37,7 +39,7 @@ from graphprune.sparsity import prunable_batchnorms  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import write_results  # noqa: E402
+from common import compare_residual_modes, write_results  # noqa: E402
 from latency import ort_latency  # noqa: E402
 # the recipe benchmarks/synthetic.py measured to learn fastest on 2 CPU cores
 RECIPE = dict(batch=8, nominal_batch=8, lr0=0.02, warmup_epochs=1, cls=2.0)
@@ -49,6 +51,13 @@ def evaluate(model, data, imgsz, device):
     return validate(model.to(device), loader, data.names, device)
 
 
+def near_zero_share(model) -> float:
+    """The share of all BatchNorm |γ| below 0.01."""
+    gammas = np.concatenate([m.weight.detach().abs().cpu().numpy() for m in model.modules()
+                             if isinstance(m, torch.nn.BatchNorm2d)])
+    return float((gammas < 0.01).mean())
+
+
 def prune_and_measure(weights: Path, data, imgsz: int, lfa_target: float, calib, device,
                       latency_rounds: int = 30):
     """Compile a trained model at LFA⁺ <= target, with bias folding and with plain
@@ -56,24 +65,18 @@ def prune_and_measure(weights: Path, data, imgsz: int, lfa_target: float, calib,
     sparse and of the folded pruned model."""
     model = gp.load(weights).eval()
     example = torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
-    gammas = np.concatenate([m.weight.detach().abs().cpu().numpy() for m in model.modules()
-                             if isinstance(m, torch.nn.BatchNorm2d)])
     before = evaluate(model, data, imgsz, device)
-    row = {"rho": float((gammas < 0.01).mean()), "map50_sparse": before.map50,
+    row = {"rho": near_zero_share(model), "map50_sparse": before.map50,
            "map_sparse": before.map}
     for key, fold in (("folded", True), ("zero_mask", False)):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", gp.GraphpruneWarning)
-            try:
-                found = gp.prune_to_target(model, example, calib, lfa_target=lfa_target,
-                                           fold_pruned_bias=fold, device=device)
-            except gp.GraphpruneError as error:     # even one channel costs too much LFA
-                row[key] = {"threshold": None, "channels_pruned": 0.0, "params_pruned": 0.0,
-                            "flops_pruned": 0.0, "params_after": None,
-                            "lfa_plus": float("nan"), "lfa_signed": float("nan"),
-                            "evaluations": None, "map50_pruned": before.map50,
-                            "map_pruned": before.map, "note": str(error)}
-                continue
+        found, why = lfa_search(model, example, calib, lfa_target, device, fold)
+        if found is None:
+            row[key] = {"threshold": None, "channels_pruned": 0.0, "params_pruned": 0.0,
+                        "flops_pruned": 0.0, "params_after": None,
+                        "lfa_plus": float("nan"), "lfa_signed": float("nan"),
+                        "evaluations": None, "map50_pruned": before.map50,
+                        "map_pruned": before.map, "note": why}
+            continue
         after = evaluate(found.compiled.module, data, imgsz, device)
         if fold:
             pruned_module = found.compiled.module
@@ -108,6 +111,37 @@ def prune_and_measure(weights: Path, data, imgsz: int, lfa_target: float, calib,
     return row
 
 
+def trajectory(run: Path, every: int, imgsz: int, lfa_target: float, calib,
+               device) -> list[dict]:
+    """Along a sparse run: for every checkpoint ``epoch<N>.pt`` it kept with N a multiple of
+    ``every`` (``--save-period``), the share of |γ| below 0.01, the threshold the LFA search
+    chooses, what it prunes, and reconstruct vs couple at that threshold."""
+    numbered = {p: p.stem[len("epoch"):] for p in run.glob("epoch*.pt")}
+    points = sorted((int(n), p) for p, n in numbered.items()
+                    if n.isdigit() and int(n) % every == 0)
+    rows = []
+    for epoch, path in track(points, description=f"{run.name}: checkpoints"):
+        model = gp.load(path).eval()
+        example = torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
+        row = {"epoch": epoch, "rho": near_zero_share(model), "threshold": None,
+               "pruned": False}
+        found, why = lfa_search(model, example, calib, lfa_target, device, fold=True)
+        if found is None:
+            rows.append({**row, "note": why})
+            continue
+        delta = found.search.plan.threshold         # ∞: every prunable channel goes
+        everything = np.nextafter(max(float(m.weight.detach().abs().max()) for m in
+                                      model.modules() if isinstance(m, torch.nn.BatchNorm2d)),
+                                  np.inf)
+        s = found.compiled.stats
+        row.update(residual_pair(model, example, everything if math.isinf(delta) else delta),
+                   threshold=None if math.isinf(delta) else delta, pruned=True,
+                   params_pruned=1 - s.params_ratio, flops_pruned=1 - s.flops_ratio,
+                   lfa_plus=found.lfa_slim.plus)
+        rows.append(row)
+    return rows
+
+
 def logged_minutes(log: Path) -> float:
     """Training minutes of a finished run, summed from its per-epoch log (NaN without one)."""
     if not log.exists():
@@ -124,14 +158,19 @@ def latency_cell(row: dict) -> str:
 
 def residual_pair(model, example, delta: float) -> dict:
     """Params and FLOPs pruned by reconstruct and by couple at one global threshold δ."""
-    out = {"threshold": delta}
+    return {"threshold": delta, **compare_residual_modes(model, example, threshold=delta)}
+
+
+def lfa_search(model, example, calib, lfa_target: float, device, fold: bool):
+    """The LFA-guided search's result and None, or None and why not: even the smallest prune
+    costs more LFA than the target."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", gp.GraphpruneWarning)
-        for mode in ("reconstruct", "couple"):
-            stats = gp.compile(model, example, threshold=delta, residual=mode).stats
-            out[f"{mode}_params_pruned"] = 1 - stats.params_ratio
-            out[f"{mode}_flops_pruned"] = 1 - stats.flops_ratio
-    return out
+        try:
+            return gp.prune_to_target(model, example, calib, lfa_target=lfa_target,
+                                      fold_pruned_bias=fold, device=device), None
+        except gp.GraphpruneError as error:
+            return None, str(error)
 
 
 def main(argv=None) -> int:
@@ -157,6 +196,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
     parser.add_argument("--reuse", action="store_true",
                         help="reuse finished runs found in --out instead of training again")
+    parser.add_argument("--save-period", type=int, default=0, metavar="N",
+                        help="sparse runs keep a checkpoint every N epochs, and each is "
+                             "compiled at the LFA target too (reconstruct vs couple along the "
+                             "run)")
     parser.add_argument("--quick", action="store_true",
                         help="2 + 2 epochs, phases of 1 epoch, results not written")
     parser.add_argument("--results", type=Path, default=HERE / "results")
@@ -200,9 +243,13 @@ def main(argv=None) -> int:
                                    val_every=args.epochs, sparsity=mode, theta=args.theta,
                                    phase_epochs=args.phase_epochs,
                                    max_phases=args.max_phases,
+                                   save_period=args.save_period,
                                    **{**RECIPE, "lr0": args.sparse_lr0, "warmup_epochs": 0})
         row = prune_and_measure(weights, data, args.imgsz, args.lfa_target, calib, device,
                                 latency_rounds=5 if args.quick else 30)
+        if mode != "none" and args.save_period > 0:
+            row["trajectory"] = trajectory(weights.parent, args.save_period, args.imgsz,
+                                           args.lfa_target, calib, device)
         rows.append({"mode": mode, "train_minutes": None if minutes != minutes
                      else round(minutes, 1), **row})
     table = Table(title=f"{args.model} @ {args.imgsz}: baseline {args.base_epochs} epochs, then "
@@ -230,7 +277,8 @@ def main(argv=None) -> int:
             "imgsz": args.imgsz, "base_epochs": args.base_epochs, "epochs": args.epochs,
             "theta": args.theta, "phase_epochs": args.phase_epochs,
             "max_phases": args.max_phases, "sparse_lr0": args.sparse_lr0,
-            "lfa_target": args.lfa_target, "calib_images": args.calib_images,
+            "save_period": args.save_period, "lfa_target": args.lfa_target,
+            "calib_images": args.calib_images,
             "recipe": RECIPE, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
             "torch": torch.__version__, "date": str(date.today()), "rows": rows},
             [table], 160)

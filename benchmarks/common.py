@@ -20,3 +20,20 @@ def write_results(results: Path, stem: str, payload: dict[str, Any], renderables
     for item in renderables:
         record.print(item)
     (results / f"{stem}.txt").write_text(record.export_text())
+
+
+def compare_residual_modes(model, example, **how) -> dict[str, float]:
+    """Params and FLOPs pruned when ``model`` compiles with ``residual="reconstruct"`` and with
+    ``"couple"``, the channels chosen by ``how`` (``threshold=`` or ``masks=``)."""
+    import warnings
+
+    import graphprune as gp
+
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gp.GraphpruneWarning)
+        for mode in ("reconstruct", "couple"):
+            stats = gp.compile(model, example, residual=mode, **how).stats
+            out[f"{mode}_params_pruned"] = 1 - stats.params_ratio
+            out[f"{mode}_flops_pruned"] = 1 - stats.flops_ratio
+    return out

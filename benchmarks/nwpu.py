@@ -12,8 +12,8 @@ comparable *relative* results.
 The pruning protocol (``--protocol``) as run for benchmarks/results/nwpu_protocol_*:
 
     python benchmarks/nwpu.py --protocol --out runs/nwpu320 --model yolov5s --imgsz 320 \
-        --epochs 60 --sparse-epochs 40 --modes none,l1rr --theta 0.005 --phase-epochs 4 \
-        --max-phases 9                                                   # 35 min on 2 cores
+        --epochs 60 --sparse-epochs 40 --modes none,ns,l1rr --theta 0.005 --phase-epochs 4 \
+        --max-phases 9 --save-period 2                                   # 75 min on 2 cores
     python benchmarks/nwpu.py --protocol --out runs/nwpu160 --model yolov5s --imgsz 160 \
         --epochs 100 --sparse-epochs 200 --modes none,l1rr --theta 0.001 --phase-epochs 20 \
         --max-phases 10                                                  # 38 min on 2 cores
@@ -81,6 +81,10 @@ def main(argv=None) -> int:
                         help="--protocol: epochs between α/λ updates")
     parser.add_argument("--max-phases", type=int, default=3,
                         help="--protocol: at most this many α/λ updates")
+    parser.add_argument("--save-period", type=int, default=0, metavar="N",
+                        help="--protocol: sparse runs keep a checkpoint every N epochs, each "
+                             "compiled at the LFA target too (reconstruct vs couple along the "
+                             "run)")
     parser.add_argument("--reuse", action="store_true",
                         help="--protocol: reuse finished runs found in --out")
     parser.add_argument("--results", type=Path, default=HERE / "results")
@@ -156,7 +160,7 @@ def protocol(args, data_yaml: Path) -> int:
                 "--modes", args.modes, "--out", str(args.out / "protocol"),
                 "--theta", str(args.theta), "--phase-epochs", str(args.phase_epochs),
                 "--max-phases", str(args.max_phases), "--device", args.device,
-                "--results", tmp]
+                "--save-period", str(args.save_period), "--results", tmp]
         if args.reuse:
             argv.append("--reuse")
         if args.quick:
@@ -198,6 +202,25 @@ def protocol(args, data_yaml: Path) -> int:
                  f"{p['couple_params_pruned']:.1%}" for p in r.get("residual_sweep", [])]
         if cells:
             lines.append(f"| {r['mode']} | " + " | ".join(cells) + " |")
+    for r in result["rows"]:
+        if r.get("trajectory"):
+            lines += ["", f"Along the {r['mode']} run (checkpoints every {args.save_period} "
+                      "epochs, each compiled at the same LFA⁺ target; reconstruct vs couple at "
+                      "the threshold chosen for it):", "",
+                      "| epoch | |γ| < 0.01 | δ | params pruned | FLOPs pruned | LFA⁺ "
+                      "| params pruned: reconstruct / couple | difference |",
+                      "|---|---|---|---|---|---|---|---|"]
+            for p in r["trajectory"]:
+                if not p["pruned"]:             # even one channel costs too much LFA
+                    lines.append(f"| {p['epoch']} | {p['rho']:.1%} | – | 0.0% | 0.0% | – | – "
+                                 "| – |")
+                    continue
+                gap = p["reconstruct_params_pruned"] - p["couple_params_pruned"]
+                delta = "all" if p["threshold"] is None else f"{p['threshold']:.3g}"
+                lines.append(f"| {p['epoch']} | {p['rho']:.1%} | {delta} | "
+                             f"{p['params_pruned']:.1%} | {p['flops_pruned']:.1%} | "
+                             f"{p['lfa_plus']:.2%} | {p['reconstruct_params_pruned']:.1%} / "
+                             f"{p['couple_params_pruned']:.1%} | {100 * gap:+.1f} points |")
     args.results.mkdir(parents=True, exist_ok=True)
     stem = args.results / f"nwpu_protocol_{args.model}_{args.imgsz}px"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")

@@ -59,3 +59,72 @@ def test_node_cost_benchmark_prices_a_node_in_flops(tmp_path):
     r = rows[0]
     assert r["extra_nodes"] > 0 and r["plain_ms"] > 0 and r["gflops_per_s"] > 0
     assert r["node_mflops"] == pytest.approx(r["node_us"] * 1e-6 * r["gflops_per_s"] * 1e3)
+
+
+def test_ablation_trajectory_compiles_every_kept_checkpoint(tmp_path):
+    """benchmarks/ablation.py --save-period: each checkpoint of a sparse run is compiled at the
+    LFA target, and reconstruct vs couple is measured at the threshold chosen for it."""
+    import torch
+
+    import graphprune as gp
+    from graphprune import data as gpdata
+    from graphprune.detect.train import TrainConfig, train
+    from graphprune.export import read_checkpoint, save_checkpoint
+
+    ablation = _script("ablation")
+    data = gpdata.make_synthetic_dataset(tmp_path / "syn", n_train=16, n_val=8, seed=3)
+    run = tmp_path / "run"
+    train(TrainConfig(data=str(data), model="yolov5n", imgsz=96, epochs=4, batch=8, workers=0,
+                      device="cpu", out=str(run), nominal_batch=8, warmup_epochs=1, seed=7,
+                      sparsity="l1rr", theta=1e-2, phase_epochs=1, save_period=1))
+    # four epochs do not sparsify; make the last checkpoint look sparse-trained: a random half
+    # of every layer's γ near zero
+    recipe, _ = read_checkpoint(run / "epoch4.pt")
+    model, rng = gp.load(run / "epoch4.pt"), torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                small = torch.rand(m.num_features, generator=rng) < 0.5
+                m.weight[small] = 1e-4 * torch.rand(int(small.sum()), generator=rng)
+    save_checkpoint(model, recipe, run / "epoch4.pt")
+    config = gpdata.load_data_config(data)
+    calib = gp.CalibrationSet.from_dataset(
+        gpdata.DetectionDataset(config.val, config.names, 96), 8)
+    # a model trained this briefly loses almost nothing of its LFA whatever goes (1 % would
+    # allow every channel), so ask for 0.01 %
+    rows = ablation.trajectory(run, 2, 96, 1e-4, calib, "cpu")
+    assert [r["epoch"] for r in rows] == [2, 4]
+    for row in rows:
+        gammas = torch.cat([m.weight.detach().abs() for m in gp.load(
+            run / f"epoch{row['epoch']}.pt").modules() if isinstance(m, torch.nn.BatchNorm2d)])
+        assert row["rho"] == pytest.approx(float((gammas < 0.01).float().mean()))
+    sparse = rows[1]
+    assert sparse["pruned"] and sparse["threshold"] is not None, sparse
+    assert sparse["lfa_plus"] <= 1e-4
+    # the search compiles with reconstruction: the same parameters as the pair's own compile
+    assert sparse["params_pruned"] == pytest.approx(sparse["reconstruct_params_pruned"])
+    assert sparse["reconstruct_params_pruned"] > sparse["couple_params_pruned"] > 0
+
+
+def test_residual_headroom_masks_only_residual_members(tmp_path):
+    """benchmarks/residual_headroom.py: with disjoint halves the union of every residual group
+    is whole, so couple prunes nothing while reconstruct halves each producer."""
+    import torch
+
+    from graphprune.models import build
+
+    headroom = _script("residual_headroom")
+    model = build("yolov5n", num_classes=3).eval()
+    example = torch.rand(1, 3, 64, 64)
+    masks = headroom.residual_masks(model, example, 0.5, disjoint=True)
+    # the backbone's four C3 blocks: their cv1 and every bottleneck's cv2 (1 + 1, 2, 3, 1)
+    assert sorted(masks) == sorted(
+        [f"model.{i}.cv1.bn" for i in (2, 4, 6, 8)]
+        + [f"model.{i}.m.{j}.cv2.bn" for i, n in ((2, 1), (4, 2), (6, 3), (8, 1))
+           for j in range(n)])
+    assert all(m.mean() == 0.5 for m in masks.values())
+    disjoint = headroom.headroom(model, example, 0.5, disjoint=True)
+    assert disjoint["couple_params_pruned"] == 0
+    assert disjoint["reconstruct_params_pruned"] > 0.05
+    random = headroom.headroom(model, example, 0.5, disjoint=False)
+    assert random["reconstruct_params_pruned"] > random["couple_params_pruned"] > 0
