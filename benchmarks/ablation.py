@@ -119,23 +119,25 @@ def trajectory(run: Path, every: int, imgsz: int, lfa_target: float, calib,
     numbered = {p: p.stem[len("epoch"):] for p in run.glob("epoch*.pt")}
     points = sorted((int(n), p) for p, n in numbered.items()
                     if n.isdigit() and int(n) % every == 0)
+    example = torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
     rows = []
     for epoch, path in track(points, description=f"{run.name}: checkpoints"):
         model = gp.load(path).eval()
-        example = torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
         row = {"epoch": epoch, "rho": near_zero_share(model), "threshold": None,
                "pruned": False}
         found, why = lfa_search(model, example, calib, lfa_target, device, fold=True)
         if found is None:
             rows.append({**row, "note": why})
             continue
-        delta = found.search.plan.threshold         # ∞: every prunable channel goes
-        everything = np.nextafter(max(float(m.weight.detach().abs().max()) for m in
-                                      model.modules() if isinstance(m, torch.nn.BatchNorm2d)),
-                                  np.inf)
+        delta = found.search.plan.threshold
+        everything = math.isinf(delta)              # every prunable channel goes
+        if everything:                              # a finite δ above every |γ|
+            delta = np.nextafter(max(float(m.weight.detach().abs().max()) for m in
+                                     model.modules() if isinstance(m, torch.nn.BatchNorm2d)),
+                                 np.inf)
         s = found.compiled.stats
-        row.update(residual_pair(model, example, everything if math.isinf(delta) else delta),
-                   threshold=None if math.isinf(delta) else delta, pruned=True,
+        row.update(residual_pair(model, example, delta),
+                   threshold=None if everything else delta, pruned=True,
                    params_pruned=1 - s.params_ratio, flops_pruned=1 - s.flops_ratio,
                    lfa_plus=found.lfa_slim.plus)
         rows.append(row)
