@@ -1,12 +1,17 @@
 """Sparse-training ablation, the analogue of the L1RR paper's Table 5: plain training, network
-slimming (NS), DSM alone and DSM + SASM (L1RR), at the same θ and epochs.
+slimming (NS), DSM alone and DSM + SASM (L1RR), at the same θ and epochs — and the scale-aware
+modes (si, hoyer, polar, progressive) beside them.
 
 One baseline is trained from scratch; each sparsity mode then trains from it for the same
-epochs at the same θ; every model is compiled at LFA⁺ <= 1 % (the LFA-guided search) and
-validated before and after pruning, with no fine-tuning.  The "none" row compiles the baseline
-itself.
+epochs; every model is compiled at LFA⁺ <= 1 % (the LFA-guided search) and validated before
+and after pruning, with no fine-tuning.  The "none" row compiles the baseline itself.  A mode
+may carry its own settings, ``MODE:KEY=VALUE:...`` (θ, phase_epochs, max_phases, or the
+regulariser's options such as target), e.g. ``si:theta=0.05`` or
+``progressive:max_phases=9:target=0.75``.
 
     python benchmarks/ablation.py                       # synthetic set, yolov5n @ 256, CPU budget
+    python benchmarks/ablation.py --modes none,ns,l1rr,si,si:theta=0.05,hoyer,polar:theta=0.005,\
+        progressive:max_phases=9:target=0.75
     python benchmarks/ablation.py --data datasets/nwpu/data.yaml --imgsz 320 --epochs 60
 """
 
@@ -59,8 +64,9 @@ def near_zero_share(model) -> float:
 
 
 def prune_and_measure(weights: Path, data, imgsz: int, lfa_target: float, calib, device,
-                      latency_rounds: int = 30):
-    """Compile a trained model at LFA⁺ <= target, with bias folding and with plain
+                      latency_rounds: int = 30, criterion: str = "plus"):
+    """Compile a trained model at LFA⁺ (or LFA±, ``criterion``) <= target, with bias folding
+    and with plain
     zero-masking; mAP of the sparse and of each pruned model, onnxruntime CPU latency of the
     sparse and of the folded pruned model."""
     model = gp.load(weights).eval()
@@ -69,7 +75,7 @@ def prune_and_measure(weights: Path, data, imgsz: int, lfa_target: float, calib,
     row = {"rho": near_zero_share(model), "map50_sparse": before.map50,
            "map_sparse": before.map}
     for key, fold in (("folded", True), ("zero_mask", False)):
-        found, why = lfa_search(model, example, calib, lfa_target, device, fold)
+        found, why = lfa_search(model, example, calib, lfa_target, device, fold, criterion)
         if found is None:
             row[key] = {"threshold": None, "channels_pruned": 0.0, "params_pruned": 0.0,
                         "flops_pruned": 0.0, "params_after": None,
@@ -86,6 +92,7 @@ def prune_and_measure(weights: Path, data, imgsz: int, lfa_target: float, calib,
                     "channels_pruned": s.channels_pruned, "params_pruned": 1 - s.params_ratio,
                     "flops_pruned": 1 - s.flops_ratio, "params_after": s.params_after,
                     "lfa_plus": found.lfa_slim.plus, "lfa_signed": found.lfa_slim.signed,
+                    "lfa_two_sided": found.lfa_slim.two_sided,
                     "evaluations": found.search.evaluations, "map50_pruned": after.map50,
                     "map_pruned": after.map}
     # onnxruntime CPU latency at batch 1, the sparse model and the folded pruned one interleaved
@@ -112,7 +119,7 @@ def prune_and_measure(weights: Path, data, imgsz: int, lfa_target: float, calib,
 
 
 def trajectory(run: Path, every: int, imgsz: int, lfa_target: float, calib,
-               device) -> list[dict]:
+               device, criterion: str = "plus") -> list[dict]:
     """Along a sparse run: for every checkpoint ``epoch<N>.pt`` it kept with N a multiple of
     ``every`` (``--save-period``), the share of |γ| below 0.01, the threshold the LFA search
     chooses, what it prunes, and reconstruct vs couple at that threshold."""
@@ -125,7 +132,7 @@ def trajectory(run: Path, every: int, imgsz: int, lfa_target: float, calib,
         model = gp.load(path).eval()
         row = {"epoch": epoch, "rho": near_zero_share(model), "threshold": None,
                "pruned": False}
-        found, why = lfa_search(model, example, calib, lfa_target, device, fold=True)
+        found, why = lfa_search(model, example, calib, lfa_target, device, True, criterion)
         if found is None:
             rows.append({**row, "note": why})
             continue
@@ -163,16 +170,36 @@ def residual_pair(model, example, delta: float) -> dict:
     return {"threshold": delta, **compare_residual_modes(model, example, threshold=delta)}
 
 
-def lfa_search(model, example, calib, lfa_target: float, device, fold: bool):
+def lfa_search(model, example, calib, lfa_target: float, device, fold: bool,
+               criterion: str = "plus"):
     """The LFA-guided search's result and None, or None and why not: even the smallest prune
     costs more LFA than the target."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", gp.GraphpruneWarning)
         try:
             return gp.prune_to_target(model, example, calib, lfa_target=lfa_target,
-                                      fold_pruned_bias=fold, device=device), None
+                                      fold_pruned_bias=fold, device=device,
+                                      lfa_criterion=criterion), None
         except gp.GraphpruneError as error:
             return None, str(error)
+
+
+TRAIN_KEYS = ("theta", "phase_epochs", "max_phases")
+
+
+def parse_mode(spec: str) -> tuple[str, dict[str, float | str]]:
+    """``MODE:KEY=VALUE:...`` → (mode, settings); values are numbers where they parse."""
+    mode, *items = spec.split(":")
+    settings: dict[str, float | str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"ablation.py: {item!r} in {spec!r} is not KEY=VALUE")
+        try:
+            settings[key] = int(value) if key in ("phase_epochs", "max_phases") else float(value)
+        except ValueError:
+            settings[key] = value
+    return mode, settings
 
 
 def main(argv=None) -> int:
@@ -191,6 +218,8 @@ def main(argv=None) -> int:
                         help="initial learning rate of the sparse runs (no warm-up)")
     parser.add_argument("--lfa-target", type=float, default=0.01)
     parser.add_argument("--calib-images", type=int, default=64)
+    parser.add_argument("--lfa-criterion", choices=("plus", "two-sided"), default="plus",
+                        help="what the LFA target bounds: LFA⁺ (the paper's losses) or LFA±")
     parser.add_argument("--modes", default="none,ns,dsm,l1rr",
                         help="none = the baseline compiled as it is, without sparse training")
     parser.add_argument("--device", default="auto")
@@ -205,6 +234,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="2 + 2 epochs, phases of 1 epoch, results not written")
     parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser.add_argument("--tag", default="", help="suffix of the results' file names")
     args = parser.parse_args(argv)
     if args.quick:
         args.base_epochs, args.epochs, args.phase_epochs, args.calib_images = 2, 2, 1, 16
@@ -236,28 +266,39 @@ def main(argv=None) -> int:
     base, base_minutes = run(f"baseline_{args.base_epochs}ep", model=args.model,
                              epochs=args.base_epochs, val_every=args.base_epochs)
     device = resolve_device(args.device)
-    for mode in args.modes.split(","):
+    for spec in args.modes.split(","):
+        mode, settings = parse_mode(spec)
         if mode == "none":
             weights, minutes = base, base_minutes
         else:
-            weights, minutes = run(f"{mode}_{args.epochs}ep_theta{args.theta:g}",
+            train_settings = {"theta": args.theta, "phase_epochs": args.phase_epochs,
+                              "max_phases": args.max_phases,
+                              **{k: v for k, v in settings.items() if k in TRAIN_KEYS}}
+            options = {k: v for k, v in settings.items() if k not in TRAIN_KEYS}
+            extra = "".join(f"_{k}{v:g}" if isinstance(v, float) else f"_{k}{v}"
+                            for k, v in settings.items() if k != "theta")
+            weights, minutes = run(f"{mode}{extra}_{args.epochs}ep_theta"
+                                   f"{train_settings['theta']:g}",
                                    weights=str(base), epochs=args.epochs,
-                                   val_every=args.epochs, sparsity=mode, theta=args.theta,
-                                   phase_epochs=args.phase_epochs,
-                                   max_phases=args.max_phases,
+                                   val_every=args.epochs, sparsity=mode,
+                                   sparsity_options=options, **train_settings,
                                    save_period=args.save_period,
                                    **{**RECIPE, "lr0": args.sparse_lr0, "warmup_epochs": 0})
         row = prune_and_measure(weights, data, args.imgsz, args.lfa_target, calib, device,
-                                latency_rounds=5 if args.quick else 30)
+                                latency_rounds=5 if args.quick else 30,
+                                criterion=args.lfa_criterion)
         if mode != "none" and args.save_period > 0:
             row["trajectory"] = trajectory(weights.parent, args.save_period, args.imgsz,
-                                           args.lfa_target, calib, device)
-        rows.append({"mode": mode, "train_minutes": None if minutes != minutes
+                                           args.lfa_target, calib, device,
+                                           args.lfa_criterion)
+        rows.append({"mode": spec, "train_minutes": None if minutes != minutes
                      else round(minutes, 1), **row})
     table = Table(title=f"{args.model} @ {args.imgsz}: baseline {args.base_epochs} epochs, then "
                         f"{args.epochs} epochs of sparse training at θ = {args.theta} (α/λ "
                         f"updated every {args.phase_epochs} epochs, at most {args.max_phases} "
-                        f"times); compiled at LFA⁺ <= {args.lfa_target}, folded / zero-masked "
+                        f"times) unless the row sets its own; compiled at "
+                        f"{'LFA±' if args.lfa_criterion == 'two-sided' else 'LFA⁺'} <= "
+                        f"{args.lfa_target}, folded / zero-masked "
                         f"({platform.machine()}, {os.cpu_count()} cores, {date.today()})")
     for col in ("sparsity", "|γ|<0.01", "mAP50 sparse", "channels pruned", "params pruned",
                 "FLOPs pruned", "LFA⁺", "mAP50 pruned", "ORT ms", "train min"):
@@ -274,12 +315,13 @@ def main(argv=None) -> int:
                       "–" if r["train_minutes"] is None else f"{r['train_minutes']:.1f}")
     console.print(table)
     if not args.quick:
-        write_results(args.results, "ablation", {
+        write_results(args.results, f"ablation{args.tag}", {
             "data": "synthetic" if args.data is None else args.data, "model": args.model,
             "imgsz": args.imgsz, "base_epochs": args.base_epochs, "epochs": args.epochs,
             "theta": args.theta, "phase_epochs": args.phase_epochs,
             "max_phases": args.max_phases, "sparse_lr0": args.sparse_lr0,
             "save_period": args.save_period, "lfa_target": args.lfa_target,
+            "lfa_criterion": args.lfa_criterion,
             "calib_images": args.calib_images,
             "recipe": RECIPE, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
             "torch": torch.__version__, "date": str(date.today()), "rows": rows},

@@ -85,6 +85,10 @@ def main(argv=None) -> int:
                         help="--protocol: sparse runs keep a checkpoint every N epochs, each "
                              "compiled at the LFA target too (reconstruct vs couple along the "
                              "run)")
+    parser.add_argument("--lfa-criterion", choices=("plus", "two-sided"), default="plus",
+                        help="--protocol: what the LFA target bounds (LFA⁺ or LFA±)")
+    parser.add_argument("--tag", default="",
+                        help="--protocol: suffix of the results' file names (e.g. _progressive)")
     parser.add_argument("--reuse", action="store_true",
                         help="--protocol: reuse finished runs found in --out")
     parser.add_argument("--results", type=Path, default=HERE / "results")
@@ -160,7 +164,8 @@ def protocol(args, data_yaml: Path) -> int:
                 "--modes", args.modes, "--out", str(args.out / "protocol"),
                 "--theta", str(args.theta), "--phase-epochs", str(args.phase_epochs),
                 "--max-phases", str(args.max_phases), "--device", args.device,
-                "--save-period", str(args.save_period), "--results", tmp]
+                "--save-period", str(args.save_period), "--results", tmp,
+                "--lfa-criterion", args.lfa_criterion]
         if args.reuse:
             argv.append("--reuse")
         if args.quick:
@@ -173,8 +178,10 @@ def protocol(args, data_yaml: Path) -> int:
     lines = [f"# NWPU VHR-10 pruning protocol: {args.model} @ {args.imgsz} px", "",
              f"Baseline {result['base_epochs']} epochs from scratch, then {result['epochs']} "
              f"epochs of sparse training from it at θ = {result['theta']} (α/λ every "
-             f"{result['phase_epochs']} epochs, at most {result['max_phases']} updates, lr0 "
-             f"{result['sparse_lr0']}); each model compiled at LFA⁺ <= {result['lfa_target']} "
+             f"{result['phase_epochs']} epochs, at most {result['max_phases']} updates, unless "
+             f"the row sets its own; lr0 {result['sparse_lr0']}); each model compiled at "
+             f"{'LFA±' if result.get('lfa_criterion') == 'two-sided' else 'LFA⁺'} <= "
+             f"{result['lfa_target']} "
              f"with bias folding on {result['calib_images']} validation images, no fine-tuning; "
              f"latency: onnxruntime on the CPU, batch 1, {args.imgsz} px, median of 30 "
              f"interleaved runs; {result['machine']}, torch {result['torch']}, "
@@ -222,7 +229,7 @@ def protocol(args, data_yaml: Path) -> int:
                              f"{p['lfa_plus']:.2%} | {p['reconstruct_params_pruned']:.1%} / "
                              f"{p['couple_params_pruned']:.1%} | {100 * gap:+.1f} points |")
     args.results.mkdir(parents=True, exist_ok=True)
-    stem = args.results / f"nwpu_protocol_{args.model}_{args.imgsz}px"
+    stem = args.results / f"nwpu_protocol_{args.model}_{args.imgsz}px{args.tag}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     Console().print("\n".join(lines))

@@ -10,9 +10,14 @@ all.  The same masks compile with ``residual="reconstruct"`` and ``"couple"`` (c
 union of the members); the table gives parameters pruned by each and the difference.
 
 Real sparse training prunes the producers' inputs too and draws correlated masks, so a trained
-model lands below these figures (benchmarks/nwpu.py --protocol measures it).
+model lands below these figures (benchmarks/nwpu.py --protocol measures it).  ``--weights CKPT
+--threshold δ`` shows where a trained model stands: its own masks at δ (|γ| ≥ δ kept) on every
+layer and on the residual members only, and per residual group how many channels each member
+keeps, their union and their intersection (the channels couple must keep and the ones both
+branches share).
 
     python benchmarks/residual_headroom.py [--quick] [--models yolov5n,yolov5s] [--imgsz 320]
+    python benchmarks/residual_headroom.py --weights runs/x/last.pt --threshold 0.01 --tag _x
 """
 
 from __future__ import annotations
@@ -71,15 +76,48 @@ def headroom(model, example, share: float, disjoint: bool) -> dict:
     return row
 
 
+def trained_view(model, example, delta: float) -> dict:
+    """A trained model's masks at δ: reconstruct vs couple with them on every layer and on the
+    residual members only, and each residual group's kept channels per member, union and
+    intersection (in the group's channels)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gp.GraphpruneWarning)
+        report = gp.analyze(model, example)
+    full = {n: m.weight.detach().abs().cpu().numpy() >= delta for n, m in model.named_modules()
+            if isinstance(m, torch.nn.BatchNorm2d)}
+    groups, members_only = [], {}
+    for k, group in enumerate(report.residual):
+        members = [(n, c, r) for n, c, r in group.members if n in full]
+        kept = [set(r[full[n][c]].tolist()) for n, c, r in members]
+        for n, _c, _r in members:
+            members_only[n] = full[n]
+        roots = int(max(r.max() for _, _, r in members)) + 1
+        groups.append({"group": k, "channels": roots, "members": [n for n, _, _ in members],
+                       "kept": [len(x) for x in kept], "union": len(set().union(*kept)),
+                       "intersection": len(set.intersection(*kept)) if kept else 0})
+    out = {"threshold": delta, "groups": groups}
+    for key, masks in (("all_layers", full), ("residual_members_only", members_only)):
+        row = compare_residual_modes(model, example, masks=masks)
+        row["difference"] = row["reconstruct_params_pruned"] - row["couple_params_pruned"]
+        out[key] = row
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="yolov5n,yolov5s,yolov5m")
     parser.add_argument("--imgsz", type=int, default=320)
     parser.add_argument("--quick", action="store_true", help="yolov5n at 128 px only")
     parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="a trained graphprune checkpoint: its own masks at --threshold")
+    parser.add_argument("--threshold", type=float, default=0.01)
+    parser.add_argument("--tag", default="", help="suffix of the results' file names")
     args = parser.parse_args(argv)
     if args.quick:
         args.models, args.imgsz = "yolov5n", 128
+    if args.weights is not None:
+        return trained(args)
     table = Table(title=f"Residual-reconstruction headroom: only residual members masked, "
                         f"{args.imgsz} px ({platform.machine()}, {date.today()})")
     for col in ("model", "kept per member", "masks", "params pruned: reconstruct / couple",
@@ -104,6 +142,38 @@ def main(argv=None) -> int:
         write_results(args.results, "residual_headroom", {
             "imgsz": args.imgsz, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
             "torch": torch.__version__, "date": str(date.today()), "rows": rows}, [table], 130)
+    return 0
+
+
+def trained(args) -> int:
+    model = gp.load(args.weights).eval()
+    example = torch.rand(1, 3, args.imgsz, args.imgsz, generator=torch.Generator().manual_seed(0))
+    view = trained_view(model, example, args.threshold)
+    table = Table(title=f"{args.weights} at δ = {args.threshold:g}, {args.imgsz} px: residual "
+                        f"groups ({platform.machine()}, {date.today()})")
+    for col in ("group", "channels", "kept per member", "union (couple keeps)",
+                "intersection (shared)"):
+        table.add_column(col, justify="right")
+    for g in view["groups"]:
+        table.add_row(str(g["group"]), str(g["channels"]), " / ".join(map(str, g["kept"])),
+                      str(g["union"]), str(g["intersection"]))
+    summary = Table(title="params pruned: reconstruct / couple")
+    for col in ("masks", "reconstruct / couple", "difference"):
+        summary.add_column(col, justify="right")
+    for key in ("all_layers", "residual_members_only"):
+        row = view[key]
+        summary.add_row(key.replace("_", " "), f"{row['reconstruct_params_pruned']:.1%} / "
+                        f"{row['couple_params_pruned']:.1%}",
+                        f"{100 * row['difference']:+.1f} points")
+    console = Console()
+    console.print(table)
+    console.print(summary)
+    if not args.quick:
+        write_results(args.results, f"residual_headroom{args.tag}", {
+            "weights": str(args.weights), "imgsz": args.imgsz,
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "torch": torch.__version__, "date": str(date.today()), **view},
+            [table, summary], 130)
     return 0
 
 

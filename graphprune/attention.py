@@ -35,6 +35,10 @@ import torch.nn as nn
 from .errors import GraphpruneError
 
 LFA_MODES = ("confidence", "features")
+# what the search's cut-off counts: LFA⁺ (losses of feature attention only) or LFA± (any change:
+# a pruned model that grows confident in the boxes has drifted as well, and usually grew
+# confident outside them too, which the in-box FA does not see)
+LFA_CRITERIA = ("plus", "two-sided")
 
 
 # -- calibration data ------------------------------------------------------------------------
@@ -378,11 +382,20 @@ class LFA:
 
     per_level: list[float | None]        # 1 − FA_p / FA_s; None where FA_s = 0 (left out)
     signed: float                        # Eq. 2 over the levels kept
-    plus: float                          # LFA⁺: losses only, the cut-off
+    plus: float                          # LFA⁺: losses only, the default cut-off
     skipped: list[int]                   # levels left out because FA_sparse = 0
+    two_sided: float = 0.0               # LFA±: |1 − FA_p / FA_s|, gains count as changes too
+
+    def value(self, criterion: str = "plus") -> float:
+        """The figure a threshold search compares with its target: LFA⁺ (``"plus"``) or LFA±
+        (``"two-sided"``)."""
+        if criterion not in LFA_CRITERIA:
+            raise GraphpruneError(f"the LFA criterion must be one of {', '.join(LFA_CRITERIA)}"
+                                  f", got {criterion!r}")
+        return self.plus if criterion == "plus" else self.two_sided
 
     def as_dict(self) -> dict[str, Any]:
-        return {"lfa_plus": self.plus, "lfa_signed": self.signed,
+        return {"lfa_plus": self.plus, "lfa_signed": self.signed, "lfa_two_sided": self.two_sided,
                 "per_level": self.per_level, "levels_skipped": self.skipped}
 
 
@@ -408,8 +421,8 @@ def lfa(fa_pruned: FeatureAttention | Sequence[float],
                               "(FA = 0): no box of the calibration images is seen",
                               hint="check the calibration labels, or use --lfa-mode features")
     return LFA(per_level, float(np.mean(used)), float(np.mean([max(0.0, v) for v in used])),
-               skipped)
+               skipped, float(np.mean([abs(v) for v in used])))
 
 
-__all__ = ["LFA", "LFA_MODES", "AttentionReader", "CalibrationSet", "FeatureAttention",
+__all__ = ["LFA", "LFA_CRITERIA", "LFA_MODES", "AttentionReader", "CalibrationSet", "FeatureAttention",
            "confidence_map", "feature_attention", "find_head", "lfa", "target_mask"]

@@ -60,6 +60,7 @@ _ratio = _number(lambda v: 0 <= v < 1,
 _threshold = _number(lambda v: v >= 0, "{}: the threshold on |γ| must be >= 0")
 _positive = _number(lambda v: v > 0, "{}: the LFA target must be > 0 (0.01 allows a 1 % loss)")
 _open_ratio = _number(lambda v: 0 < v < 1, "{} is outside (0, 1): 0.65 removes 65 %")
+SPARSITY_MODES = ("progressive", "l1rr", "dsm", "ns", "si", "hoyer", "polar")
 
 
 def _period(text: str) -> int:
@@ -130,7 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "entering the head")
     c.add_argument("--lfa-layers", default=None, metavar="NAME,...",
                    help="modules whose outputs are read as the detection levels")
+    c.add_argument("--lfa-criterion", choices=("plus", "two-sided"), default="plus",
+                   help="what --lfa-target bounds: LFA⁺, the losses of feature attention "
+                        "(default), or LFA±, any change (gains of attention count too)")
     c.add_argument("--eval", action="store_true", help="also measure mAP before and after")
+    c.add_argument("--baseline", default=None, metavar="CKPT",
+                   help="with --eval: the unpruned model the sparse one was trained from "
+                        "(a graphprune checkpoint); the report measures the drop from it")
     c.add_argument("--finetune-epochs", type=int, default=0, metavar="N",
                    help="fine-tune the slim model for N epochs (written to DIR/finetune; "
                         "L1RR needs none)")
@@ -209,22 +216,44 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--save-period", type=_period, default=0, metavar="N",
                    help="also keep a checkpoint epoch<N>.pt every N epochs (default: only "
                         "last.pt and best.pt)")
-    t.add_argument("--sparsity", choices=("l1rr", "dsm", "ns"), default=None,
-                   help="sparse-train BatchNorm γ: l1rr (DSM + SASM), dsm (DSM alone) or ns "
-                        "(network slimming)")
+    t.add_argument("--sparsity", choices=SPARSITY_MODES, default=None, nargs="?",
+                   const="progressive", metavar="MODE",
+                   help="sparse-train BatchNorm γ (plain --sparsity: progressive): progressive "
+                        "(channels chosen by a schedule fade out), l1rr (the paper's DSM + "
+                        "SASM), dsm, ns (network slimming), si (scale-invariant L1RR), hoyer, "
+                        "polar")
     t.add_argument("--theta", type=float, default=1e-3, help="sparsity strength θ")
-    t.add_argument("--phase-epochs", type=int, default=40, metavar="N",
-                   help="epochs between DSM/SASM updates (the first phase is plain training)")
-    t.add_argument("--max-phases", type=int, default=10, help="at most this many updates")
+    t.add_argument("--phase-epochs", type=int, default=None, metavar="N",
+                   help="epochs between updates; the first phase is plain training (default: "
+                        "40, progressive: a tenth of --epochs)")
+    t.add_argument("--max-phases", type=int, default=None,
+                   help="at most this many updates (default: 10, progressive: one per phase "
+                        "after the first)")
+    t.add_argument("--sparsity-target", type=_open_ratio, default=None, metavar="R",
+                   help="progressive: share of the FLOPs (or, with --sparsity-unit channels, "
+                        "of the regularised channels) the faded channels remove by the end "
+                        "(default 0.5)")
+    t.add_argument("--sparsity-unit", choices=("flops", "channels"), default=None,
+                   help="progressive: what --sparsity-target counts (default flops)")
+    t.add_argument("--importance", choices=("taylor", "gamma"), default=None,
+                   help="progressive: how channels are ranked (default taylor)")
     t.set_defaults(func=cmd_train)
 
-    d = sub.add_parser("demo", help="the embedded default: synthetic data → baseline → L1RR "
-                                    "sparse training → compile at --lfa-target → report")
+    d = sub.add_parser("demo", help="the embedded default: synthetic data → baseline → sparse "
+                                    "training → compile at --lfa-target → fine-tune → report")
     d.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR")
     d.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     d.add_argument("--quick", action="store_true",
                    help="tiny sizes, every step (about a minute); the tests run this")
     d.add_argument("--lfa-target", type=_positive, default=0.01, metavar="T")
+    d.add_argument("--lfa-criterion", choices=("plus", "two-sided"), default="two-sided",
+                   help="what --lfa-target bounds (default two-sided: LFA±, any change of "
+                        "feature attention; plus: LFA⁺, its losses only)")
+    d.add_argument("--sparsity", choices=("progressive", "l1rr", "dsm", "ns"),
+                   default="progressive",
+                   help="sparse-training mode (default progressive; l1rr: the paper's Eq. 3–7)")
+    d.add_argument("--no-finetune", action="store_true",
+                   help="stop after the compile (no 5-epoch fine-tune of the slim model)")
     d.add_argument("--device", default="auto")
     d.set_defaults(func=cmd_demo)
 
@@ -401,11 +430,18 @@ def cmd_compile_target(args) -> int:
     if _nothing_to_prune(model, args.model):
         return 0
     _check_ultralytics_model(args, model)
+    baseline = None
+    if args.baseline is not None:
+        if not args.eval:
+            raise GraphpruneError("--baseline is compared by mAP", hint="add --eval")
+        from .loading import open_model
+        with err_console.status("loading the baseline"):
+            baseline = open_model(args.baseline, trust=args.trust_checkpoint)
     report = target_compile(
         model, inputs[0], data_yaml=args.data, out=args.out, overwrite=args.overwrite,
         lfa_target=args.lfa_target, flops_target=args.flops_target,
         params_target=args.params_target, calib_images=args.calib_images,
-        lfa_mode=args.lfa_mode,
+        lfa_mode=args.lfa_mode, lfa_criterion=args.lfa_criterion,
         lfa_layers=[x for x in args.lfa_layers.split(",") if x] if args.lfa_layers else None,
         evaluate=args.eval, finetune_epochs=args.finetune_epochs, device=args.device,
         residual=args.residual, min_channels=args.min_channels, round_to=args.round_to,
@@ -413,9 +449,32 @@ def cmd_compile_target(args) -> int:
         leaves=tuple(args.leaf), onnx=not args.no_onnx, pt2=not args.no_pt2,
         heatmaps=args.heatmaps, model_name=str(args.model),
         fold_pruned_bias=args.fold_pruned_bias,
-        ultralytics_checkpoint=args.ultralytics_checkpoint, console=err_console)
+        ultralytics_checkpoint=args.ultralytics_checkpoint, baseline=baseline,
+        baseline_name=args.baseline, finetune_recipe=_training_recipe(args.model)
+        if args.finetune_epochs else None,
+        console=err_console)
     print_target_summary(report, args.out)
     return 0
+
+
+# settings of the run that trained a model which a fine-tune of its slim version keeps
+RECIPE_KEYS = ("batch", "nominal_batch", "box", "obj", "cls", "hyp", "mosaic", "momentum",
+               "weight_decay", "seed")
+
+
+def _training_recipe(spec: str) -> dict[str, Any] | None:
+    """The settings recorded in a graphprune training checkpoint (``train.config``), so
+    ``--finetune-epochs`` fine-tunes with the recipe the model was trained with."""
+    path = Path(spec)
+    if not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        config = json.loads(payload["train"]["config"])
+    except Exception:       # not a training checkpoint (or not ours): the defaults apply
+        return None
+    return {k: config[k] for k in RECIPE_KEYS if k in config} if isinstance(config, dict) \
+        else None
 
 
 def _check_ultralytics_model(args, model) -> None:
@@ -439,7 +498,8 @@ def _check_ultralytics_model(args, model) -> None:
 
 def print_target_summary(report: dict[str, Any], out: Path) -> None:
     r = report
-    goal = {"lfa": "LFA⁺ <= {:g}", "flops": "FLOPs removed >= {:g}",
+    lfa_name = "LFA±" if r.get("lfa_criterion") == "two-sided" else "LFA⁺"
+    goal = {"lfa": lfa_name + " <= {:g}", "flops": "FLOPs removed >= {:g}",
             "params": "params removed >= {:g}"}[r["goal"]].format(r[f"{r['goal']}_target"])
     console.print(f"[bold]graphprune compile[/bold] {r['model']}  goal {goal}  "
                   f"input {r['imgsz']}×{r['imgsz']}")
@@ -450,13 +510,24 @@ def print_target_summary(report: dict[str, Any], out: Path) -> None:
               f"{r['params_after'] / max(r['params_before'], 1):.3f}")
     t.add_row("GFLOPs (2×MACs)", f"{r['flops_before'] / 1e9:.3f}",
               f"{r['flops_after'] / 1e9:.3f}", f"{r['flops_after'] / max(r['flops_before'], 1):.3f}")
-    if r.get("map50_before") is not None:
-        t.add_row("mAP@0.5", f"{r['map50_before']:.3f}", f"{r['map50_after']:.3f}",
-                  f"{100 * (r['map50_after'] - r['map50_before']):+.1f} pt")
     console.print(t)
+    from .report import accuracy_rows
+    rows = accuracy_rows(r)
+    if rows:
+        a = Table(show_edge=False)
+        for col in ("model", "params", "GFLOPs", "mAP@0.5", "mAP@0.5:0.95",
+                    f"vs {rows[0][0].split(' (')[0]}"):
+            a.add_column(col, justify="right")
+        for k, (stage, params, flops, m50, m) in enumerate(rows):
+            a.add_row(stage, f"{params:,}", f"{flops / 1e9:.3f}", f"{m50:.3f}",
+                      "–" if m is None else f"{m:.3f}",
+                      "–" if k == 0 else f"{100 * (m50 - rows[0][3]):+.1f} pt")
+        console.print(a)
     if r.get("lfa") is not None:
         delta = "∞" if r["threshold"] is None else f"{r['threshold']:.4g}"
-        console.print(f"LFA⁺ {100 * r['lfa']:.3f} % (signed {100 * r['lfa_signed']:+.3f} %) at "
+        console.print(f"LFA⁺ {100 * r['lfa_plus']:.3f} % (signed {100 * r['lfa_signed']:+.3f} %, "
+                      f"LFA± {100 * r['lfa_two_sided']:.3f} %; the target bounds "
+                      f"{'LFA±' if r['lfa_criterion'] == 'two-sided' else 'LFA⁺'}) at "
                       f"{r['prune_ratio']:.1%} of the prunable channels removed, δ = "
                       f"{delta}; {r['evaluations']} LFA evaluations for "
                       f"{r['candidates']} candidate channels")
@@ -633,6 +704,27 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _sparsity_settings(args) -> dict[str, Any]:
+    """Phase settings (mode-dependent defaults) and the progressive mode's options."""
+    from .sparsity import default_phases
+
+    options = {}
+    if args.sparsity_target is not None:
+        options["target"] = args.sparsity_target
+    if args.importance is not None:
+        options["importance"] = args.importance
+    if args.sparsity_unit is not None:
+        options["unit"] = args.sparsity_unit
+    if options and args.sparsity != "progressive":
+        raise GraphpruneError("--sparsity-target, --sparsity-unit and --importance apply to "
+                              "--sparsity progressive", hint="add --sparsity progressive, or "
+                                                             "drop them")
+    phase, phases = default_phases(args.sparsity or "l1rr", args.epochs or 100)
+    return dict(phase_epochs=phase if args.phase_epochs is None else args.phase_epochs,
+                max_phases=phases if args.max_phases is None else args.max_phases,
+                sparsity_options=options)
+
+
 def _run_training(args):
     import shutil
     from .detect.train import TrainConfig, resume, train
@@ -657,9 +749,8 @@ def _run_training(args):
                          hyp=_key_values(args.hyp), ema=not args.no_ema,
                          anchors=args.anchors, mosaic=args.mosaic, cache=args.cache,
                          val_every=args.val_every, save_period=args.save_period,
-                         sparsity=args.sparsity,
-                         theta=args.theta, phase_epochs=args.phase_epochs,
-                         max_phases=args.max_phases)
+                         sparsity=args.sparsity, theta=args.theta,
+                         **_sparsity_settings(args))
     config.augmentation()              # unknown --hyp keys fail here, before any work
     return train(config, console=err_console)
 
@@ -696,20 +787,26 @@ def cmd_demo(args) -> int:
     from .workflow import run_demo
 
     s = run_demo(args.out, quick=args.quick, overwrite=args.overwrite,
-                 lfa_target=args.lfa_target, device=args.device, console=err_console)
-    t = Table(title=f"graphprune demo ({'quick' if args.quick else 'full'}): "
-                    f"{s['total_seconds'] / 60:.1f} min", show_edge=False)
+                 lfa_target=args.lfa_target, device=args.device, mode=args.sparsity,
+                 finetune=not args.no_finetune, lfa_criterion=args.lfa_criterion,
+                 console=err_console)
+    t = Table(title=f"graphprune demo ({'quick' if args.quick else 'full'}, "
+                    f"{args.sparsity}): {s['total_seconds'] / 60:.1f} min", show_edge=False)
     for col in ("", "value"):
         t.add_column(col, justify="right")
     t.add_row("mAP@0.5 baseline", f"{s['baseline_map50']:.3f}")
-    t.add_row("mAP@0.5 sparse (L1RR)", f"{s['sparse_map50']:.3f}")
+    t.add_row(f"mAP@0.5 sparse ({args.sparsity})", f"{s['sparse_map50']:.3f}")
     t.add_row("mAP@0.5 pruned, no fine-tuning", f"{s['map50_after']:.3f}")
-    t.add_row("α/λ updates", str(s["alpha_updates"]))
+    if s.get("map50_finetuned") is not None:
+        t.add_row(f"mAP@0.5 pruned + {s['finetune_epochs']}-epoch fine-tune",
+                  f"{s['map50_finetuned']:.3f}")
+    t.add_row("final vs baseline", f"{-s['final_drop_points']:+.1f} points")
     t.add_row("parameters", f"{s['params_before']:,} → {s['params_after']:,} "
                             f"(−{1 - s['params_after'] / s['params_before']:.1%})")
     t.add_row("GFLOPs", f"{s['flops_before'] / 1e9:.3f} → {s['flops_after'] / 1e9:.3f} "
                         f"(−{1 - s['flops_after'] / s['flops_before']:.1%})")
-    t.add_row("LFA⁺ (target)", f"{100 * s['lfa']:.2f} % ({100 * args.lfa_target:g} %)")
+    t.add_row(f"{'LFA±' if args.lfa_criterion == 'two-sided' else 'LFA⁺'} (target)",
+              f"{100 * s['lfa']:.2f} % ({100 * args.lfa_target:g} %)")
     t.add_row("LFA evaluations", f"{s['evaluations']} for {s['candidates']} channels")
     console.print(t)
     console.print(f"report: {args.out / 'compile' / 'report.md'}")

@@ -45,10 +45,14 @@ def plot_search(path: Path, probes: Sequence[dict[str, Any]], chosen: dict[str, 
                 label="LFA⁺ (losses only)")
         ax.plot(x, [100 * p["lfa_signed"] for p in measured], "s--", color="tab:orange",
                 alpha=0.7, label="LFA (signed, Eq. 2)")
+        if any(p.get("lfa_two_sided") is not None for p in measured):
+            ax.plot(x, [100 * (p.get("lfa_two_sided") or 0.0) for p in measured], "^:",
+                    color="tab:purple", alpha=0.8, label="LFA± (any change)")
     if target is not None and goal == "lfa":
         ax.axhline(100 * target, color="grey", lw=1, ls=":", label=f"target {100 * target:g} %")
-    if chosen.get("lfa_plus") is not None:
-        ax.plot([100 * chosen["prune_ratio"]], [100 * chosen["lfa_plus"]], "*", ms=16,
+    cut = chosen.get("lfa_cut", chosen.get("lfa_plus"))
+    if cut is not None:
+        ax.plot([100 * chosen["prune_ratio"]], [100 * cut], "*", ms=16,
                 color="tab:green", label="chosen", zorder=5)
     ax.set_xlabel("prunable channels removed (%)")
     ax.set_ylabel("feature attention loss (%)")
@@ -142,14 +146,52 @@ def fold_sentence(fold: dict[str, Any]) -> str:
             f"{dev['interior_max']:.3g} one cell in from the edges")
 
 
+def accuracy_rows(r: dict[str, Any]) -> list[tuple[str, int, int, float, float | None]]:
+    """(stage, params, FLOPs, mAP@0.5, mAP@0.5:0.95) for each model the report measured:
+    the baseline (when given), the sparse model, the slim model, the fine-tuned slim model."""
+    rows = []
+    if r.get("baseline_map50") is not None:
+        name = r.get("baseline_model")
+        rows.append((f"baseline ({name})" if name else "baseline", r["baseline_params"],
+                     r["baseline_flops"], r["baseline_map50"], r.get("baseline_map")))
+    if r.get("map50_before") is not None:
+        rows.append(("sparse (before pruning)", r["params_before"], r["flops_before"],
+                     r["map50_before"], r.get("map_before")))
+        rows.append(("pruned, no fine-tuning", r["params_after"], r["flops_after"],
+                     r["map50_after"], r.get("map_after")))
+    if r.get("map50_finetuned") is not None:
+        rows.append((f"pruned + fine-tuned {r['finetune_epochs']} epochs", r["params_after"],
+                     r["flops_after"], r["map50_finetuned"], r.get("map_finetuned")))
+    return rows
+
+
+def accuracy_table(r: dict[str, Any]) -> list[str]:
+    """The report's accuracy table: every measured stage, with its change in mAP@0.5 points
+    from the first row (the baseline when given, else the sparse model)."""
+    rows = accuracy_rows(r)
+    if not rows:
+        return []
+    ref_name, ref = rows[0][0].split(" (")[0], rows[0][3]
+    lines = ["", "## Accuracy", "", f"| model | parameters | GFLOPs | mAP@0.5 | mAP@0.5:0.95 | "
+             f"mAP@0.5 vs {ref_name} |", "|---|---|---|---|---|---|"]
+    for k, (stage, params, flops, m50, m) in enumerate(rows):
+        delta = "–" if k == 0 else f"{100 * (m50 - ref):+.1f} points"
+        lines.append(f"| {stage} | {params:,} | {flops / 1e9:.3f} | {m50:.3f} | "
+                     f"{'–' if m is None else f'{m:.3f}'} | {delta} |")
+    return lines
+
+
 def markdown(report: dict[str, Any], plots: Sequence[str] = ()) -> str:
     """report.md: what was asked, what came out, how the search went."""
     r = report
     lines = [f"# graphprune compile report: {r.get('model')}", ""]
     goal = r.get("goal")
     if goal == "lfa":
-        lines.append(f"Goal: the largest global prune whose feature attention loss LFA⁺ ≤ "
-                     f"{_pct(r['lfa_target'], 2)} (L1RR Eq. 1–2, {r.get('lfa_mode')}).")
+        name = "LFA±" if r.get("lfa_criterion") == "two-sided" else "LFA⁺"
+        lines.append(f"Goal: the largest global prune whose feature attention loss {name} ≤ "
+                     f"{_pct(r['lfa_target'], 2)} (L1RR Eq. 1–2, {r.get('lfa_mode')}"
+                     + ("; LFA± counts gains of attention as changes too" if name == "LFA±"
+                        else "") + ").")
     elif goal in ("flops", "params"):
         lines.append(f"Goal: remove at least {_pct(r[f'{goal}_target'])} of the {goal}.")
     else:
@@ -159,22 +201,16 @@ def markdown(report: dict[str, Any], plots: Sequence[str] = ()) -> str:
               f"{r['params_after'] / max(r['params_before'], 1):.3f} |",
               f"| GFLOPs (2×MACs) | {r['flops_before'] / 1e9:.3f} | {r['flops_after'] / 1e9:.3f}"
               f" | {r['flops_after'] / max(r['flops_before'], 1):.3f} |"]
-    if r.get("map50_before") is not None:
-        lines.append(f"| mAP@0.5 | {r['map50_before']:.3f} | {r['map50_after']:.3f} | "
-                     f"{r['map50_after'] - r['map50_before']:+.3f} (points: "
-                     f"{100 * (r['map50_after'] - r['map50_before']):+.1f}) |")
-        lines.append(f"| mAP@0.5:0.95 | {r['map_before']:.3f} | {r['map_after']:.3f} | "
-                     f"{r['map_after'] - r['map_before']:+.3f} |")
-    if r.get("map50_finetuned") is not None:
-        lines.append(f"| mAP@0.5 after fine-tuning | | {r['map50_finetuned']:.3f} | |")
     lines += ["", f"- prunable channels removed: {_pct(r['prune_ratio'])} "
               f"(global threshold δ = {r['threshold']:.4g})" if r.get("threshold") is not None
               else f"- prunable channels removed: {_pct(r['prune_ratio'])}"]
     if r.get("lfa") is not None:
         lvl = ", ".join("–" if v is None else f"{100 * v:+.2f} %" for v in r["lfa_per_level"])
-        lines.append(f"- LFA⁺ of the slim model {_pct(r['lfa'], 3)}, signed LFA "
-                     f"{100 * r['lfa_signed']:+.3f} %, per level: {lvl} "
-                     f"(search probe: {_pct(r['lfa_probe'], 3)})")
+        two = r.get("lfa_two_sided")
+        lines.append(f"- LFA⁺ of the slim model {_pct(r.get('lfa_plus', r['lfa']), 3)}, signed "
+                     f"LFA {100 * r['lfa_signed']:+.3f} %"
+                     + (f", LFA± {_pct(two, 3)}" if two is not None else "")
+                     + f", per level: {lvl} (search probe: {_pct(r['lfa_probe'], 3)})")
         if r.get("lfa_levels_skipped"):
             lines.append(f"- levels left out (no feature attention on the sparse model): "
                          f"{r['lfa_levels_skipped']}")
@@ -189,6 +225,7 @@ def markdown(report: dict[str, Any], plots: Sequence[str] = ()) -> str:
                      f"{r['calibration_images']} calibration images")
     for note in r.get("notes", []):
         lines.append(f"- note: {note}")
+    lines += accuracy_table(r)
     for plot in plots:
         lines += ["", f"![{plot}]({plot})"]
     if r.get("probes"):
@@ -214,4 +251,4 @@ def markdown(report: dict[str, Any], plots: Sequence[str] = ()) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["fold_sentence", "markdown", "plot_attention", "plot_search"]
+__all__ = ["accuracy_rows", "accuracy_table", "fold_sentence", "markdown", "plot_attention", "plot_search"]

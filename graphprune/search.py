@@ -27,7 +27,8 @@ import torch.nn as nn
 
 from .context import CompileConfig
 from .errors import GraphpruneError, GraphpruneWarning
-from .attention import LFA, AttentionReader, CalibrationSet, FeatureAttention, feature_attention, lfa
+from .attention import (LFA, LFA_CRITERIA, AttentionReader, CalibrationSet, FeatureAttention,
+                        feature_attention, lfa)
 from .masks import global_order, masks_from_ranking, zero_mask
 from .costs import LayerCost, estimate, layer_costs
 from .stats import count_flops, count_params
@@ -117,6 +118,17 @@ class MaskPlanner:
         return Plan(count, self.threshold(count), requested, masks, self.pinned(), params,
                     flops)
 
+    def cost(self, requested: dict[str, np.ndarray]) -> tuple[int, int]:
+        """(params, FLOPs) left by the keep-masks ``requested`` (layers not named keep every
+        channel), as compile would apply them."""
+        from .passes.mask_channels import mask_channels
+
+        self.config.prune_ratio = None
+        self.config.masks = {n: np.asarray(m, dtype=bool) for n, m in requested.items()
+                             if n in self.gammas}
+        mask_channels(self.gm, self.ctx)
+        return self._estimate()
+
     # -- cost estimate -----------------------------------------------------------------------
     def _layer_costs(self) -> None:
         """Per Conv/Linear/BatchNorm node of the trace, its full parameter and FLOP count; what
@@ -198,12 +210,15 @@ class Probe:
     lfa_signed: float | None
     per_level: list[float | None] | None
     reused: bool = False
+    lfa_two_sided: float | None = None
+    lfa_cut: float | None = None             # what the search compared: LFA⁺ or LFA±
 
     def as_dict(self) -> dict[str, Any]:
         return {"count": self.count,
                 "threshold": None if math.isinf(self.threshold) else self.threshold,
                 "prune_ratio": self.prune_ratio, "params": self.params, "flops": self.flops,
                 "lfa_plus": self.lfa_plus, "lfa_signed": self.lfa_signed,
+                "lfa_two_sided": self.lfa_two_sided, "lfa_cut": self.lfa_cut,
                 "lfa_per_level": self.per_level, "reused": self.reused}
 
 
@@ -228,8 +243,12 @@ class Searcher:
     def __init__(self, model: nn.Module, planner: MaskPlanner, calibration: CalibrationSet,
                  reader: AttentionReader | None = None, device: torch.device | None = None,
                  on_probe: Callable[[Probe], Any] | None = None, fold: bool = False,
-                 keep_maps: int = 0):
+                 keep_maps: int = 0, criterion: str = "plus"):
         self.model, self.planner, self.calibration = model, planner, calibration
+        if criterion not in LFA_CRITERIA:
+            raise GraphpruneError(f"the LFA criterion must be one of {', '.join(LFA_CRITERIA)}, "
+                                  f"got {criterion!r}")
+        self.criterion = criterion
         self.fold = fold
         self.fold_inputs = _small_inputs(model, planner.inputs) if fold else None
         self.reader = reader or AttentionReader()
@@ -266,7 +285,9 @@ class Searcher:
                       1 - plan.channels_kept / max(self.channels_total, 1),
                       plan.params, plan.flops,
                       loss.plus if loss else None, loss.signed if loss else None,
-                      loss.per_level if loss else None, reused and loss is not None)
+                      loss.per_level if loss else None, reused and loss is not None,
+                      loss.two_sided if loss else None,
+                      loss.value(self.criterion) if loss else None)
         self.probes.append(probe)
         if self.on_probe is not None:
             self.on_probe(probe)
@@ -287,7 +308,8 @@ class Searcher:
 def search(searcher: Searcher, *, lfa_target: float | None = None,
            flops_target: float | None = None, params_target: float | None = None
            ) -> SearchResult:
-    """The largest prune with LFA⁺ ≤ ``lfa_target``; or the smallest that removes at least
+    """The largest prune with LFA⁺ (or LFA±, the searcher's criterion) ≤ ``lfa_target``; or the
+    smallest that removes at least
     ``flops_target`` (``params_target``) of the FLOPs (parameters)."""
     goals = [(k, v) for k, v in (("lfa", lfa_target), ("flops", flops_target),
                                  ("params", params_target)) if v is not None]
@@ -308,17 +330,18 @@ def search(searcher: Searcher, *, lfa_target: float | None = None,
                                   hint="0.01 allows a 1 % loss of target feature attention")
         feasible = True
         first = searcher.measure(1)
-        if first.lfa_plus > target:
+        name = "LFA⁺" if searcher.criterion == "plus" else "LFA±"
+        if first.lfa_cut > target:
             feasible, best = False, 0
             notes.append(f"even the smallest prune (1 channel, δ = {first.threshold:.4g}) "
-                         f"loses LFA⁺ = {first.lfa_plus:.4f} > target {target}")
-        elif searcher.measure(n).lfa_plus <= target:
+                         f"loses {name} = {first.lfa_cut:.4f} > target {target}")
+        elif searcher.measure(n).lfa_cut <= target:
             best = n
         else:
-            lo, hi = 1, n                # LFA⁺(lo) ≤ target < LFA⁺(hi)
+            lo, hi = 1, n                # LFA(lo) ≤ target < LFA(hi)
             while hi - lo > 1:
                 mid = (lo + hi) // 2
-                if searcher.measure(mid).lfa_plus <= target:
+                if searcher.measure(mid).lfa_cut <= target:
                     lo = mid
                 else:
                     hi = mid
@@ -379,7 +402,8 @@ def prune_to_target(model: nn.Module, example_inputs: Any, calibration: Calibrat
                     min_channels: int = 1, round_to: int = 1, exclude: Iterable[str] = (),
                     leaves: Iterable[str] = (), device: torch.device | str | None = None,
                     on_probe: Callable[[Probe], Any] | None = None,
-                    keep_maps: int = 0, fold_pruned_bias: bool = False) -> TargetResult:
+                    keep_maps: int = 0, fold_pruned_bias: bool = False,
+                    lfa_criterion: str = "plus") -> TargetResult:
     """Search the prune (:func:`search`), compile it once, and re-measure its LFA on the slim
     model.  ``calibration``: images with ground-truth boxes (:class:`CalibrationSet`), or None
     for a FLOPs/params goal without LFA.  ``fold_pruned_bias``: every probe and the emitted
@@ -390,7 +414,7 @@ def prune_to_target(model: nn.Module, example_inputs: Any, calibration: Calibrat
     planner = MaskPlanner(model, example_inputs, residual=residual, min_channels=min_channels,
                           round_to=round_to, exclude=exclude, leaves=leaves)
     searcher = Searcher(model, planner, calibration, reader, device, on_probe,
-                        fold=fold_pruned_bias, keep_maps=keep_maps)
+                        fold=fold_pruned_bias, keep_maps=keep_maps, criterion=lfa_criterion)
     found = search(searcher, lfa_target=lfa_target, flops_target=flops_target,
                    params_target=params_target)
     if not found.feasible and found.goal == "lfa":

@@ -128,3 +128,81 @@ def test_residual_headroom_masks_only_residual_members(tmp_path):
     assert disjoint["reconstruct_params_pruned"] > 0.05
     random = headroom.headroom(model, example, 0.5, disjoint=False)
     assert random["reconstruct_params_pruned"] > random["couple_params_pruned"] > 0
+
+
+def test_residual_headroom_of_a_trained_model_counts_each_groups_union():
+    """--weights: the model's own masks at δ; per residual group the members' kept channels,
+    their union (what couple keeps) and intersection, and reconstruct ≥ couple."""
+    import torch
+
+    from graphprune.models import build, randomize_batchnorm
+
+    headroom = _script("residual_headroom")
+    model = randomize_batchnorm(build("yolov5n", num_classes=3), 2).eval()
+    view = headroom.trained_view(model, torch.rand(1, 3, 64, 64), 0.1)
+    modules = dict(model.named_modules())
+    for g in view["groups"]:
+        kept = [int((modules[n].weight.detach().abs() >= 0.1).sum()) for n in g["members"]]
+        assert g["kept"] == kept                     # YOLOv5: every member a whole layer
+        assert g["intersection"] <= min(g["kept"]) <= max(g["kept"]) <= g["union"] \
+            <= g["channels"]
+    for key in ("all_layers", "residual_members_only"):
+        assert view[key]["reconstruct_params_pruned"] >= view[key]["couple_params_pruned"]
+    assert view["residual_members_only"]["difference"] > 0
+
+
+def test_tradeoff_benchmark_measures_every_method_and_yardstick(tmp_path):
+    """benchmarks/tradeoff.py --quick: every method cut at every operating point (FLOPs goals
+    met), torch-pruning's cuts realised exactly, the dense family and the same-budget
+    baseline measured, the verdicts computed."""
+    out = tmp_path / "tradeoff.json"
+    tradeoff = _script("tradeoff")
+    assert tradeoff.main(["--quick", "--work", str(tmp_path / "work"), "--flops-targets",
+                          "0.5,0.7", "--json-out", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    seed = payload["per_seed"][0]
+    cuts = {(p["method"], tuple(p["op"])) for p in seed["points"]}
+    for method in ("ns", "l1rr", "progressive"):
+        assert {(method, ("lfa", 0.01)), (method, ("lfa2", 0.01)), (method, ("flops", 0.5)),
+                (method, ("flops", 0.7))} <= cuts
+    assert {("tp-groupnorm", ("flops", 0.5)), ("tp-bnscale", ("flops", 0.5))} <= cuts
+    for p in seed["points"]:
+        if "failed" in p:
+            continue
+        assert p["flops"] < seed["dense"][0]["flops"] and p["latency_ms"] > 0
+        if p["op"][0] == "flops":
+            assert p["flops_removed"] >= p["op"][1] - 1e-9
+        for key in ("map50", "map50_ft", "map", "map_ft"):
+            assert 0 <= p[key] <= 1
+    tp = [p for p in seed["points"] if p["method"].startswith("tp-") and "failed" not in p]
+    assert tp
+    for p in tp:      # the compiled model is torch-pruning's own pruned model
+        cut = json.loads((Path(p["path"]).parent / "done.json").read_text())
+        assert cut["tp_max_diff"] <= 1e-3
+    widths = [d["width"] for d in seed["dense"]]
+    flops = [d["flops"] for d in seed["dense"]]
+    assert widths == sorted(widths, reverse=True) and flops == sorted(flops, reverse=True)
+    assert seed["reference"]["flops"] == seed["dense"][0]["flops"]
+    progressive = json.loads((tmp_path / "work" / "seed0" / "sparse-progressive" /
+                              "done.json").read_text())
+    assert len(progressive["rho_by_epoch"]) == payload["preset"]["sparse_epochs"]
+    assert set(payload["verdicts"]) >= {"within_1pt_at_70pct_flops_map50_ft",
+                                        "beats_dense_map50_ft", "beats_ns_map50_ft"}
+    # a second run reuses every finished run
+    assert tradeoff.main(["--quick", "--work", str(tmp_path / "work"), "--flops-targets",
+                          "0.5,0.7", "--json-out", str(out)]) == 0
+    again = json.loads(out.read_text())["summary"]["points"]
+    assert [(p["method"], p["op"], p.get("map50_ft"), p.get("flops")) for p in again] == \
+        [(p["method"], p["op"], p.get("map50_ft"), p.get("flops"))
+         for p in payload["summary"]["points"]]
+
+
+def test_tradeoff_front_comparison():
+    """A point beats a front when its mAP exceeds the front's best at ≤ its FLOPs (linear
+    between the front's points; below the front's smallest model, that model's mAP)."""
+    front = _script("tradeoff").front_value
+    dense = [(1.0, 0.5), (2.0, 0.7), (4.0, 0.8)]
+    assert front(dense, 3.0) == pytest.approx(0.75)
+    assert front(dense, 0.5) == 0.5 and front(dense, 8.0) == 0.8
+    assert front([(1.0, 0.9), (2.0, 0.6)], 2.0) == 0.9       # the envelope, not the last point
+    assert front([], 1.0) == float("-inf")

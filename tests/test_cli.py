@@ -163,3 +163,25 @@ def test_console_script_errors_without_traceback(tmp_path):
                             str(bad), "--prune-ratio", "0.5", "--out", str(tmp_path / "o")],
                            capture_output=True, text=True, timeout=120)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_train_sparsity_defaults_to_progressive_with_phases_for_the_run(tmp_path, capsys):
+    from graphprune.data import make_synthetic_dataset
+    from graphprune.sparsity import default_phases
+
+    data = make_synthetic_dataset(tmp_path / "d", 8, 4, seed=1, size=64)
+    common = ["train", "--data", str(data), "--imgsz", "64", "--batch", "4", "--epochs", "2",
+              "--workers", "0"]
+    assert main([*common, "--sparsity-target", "0.3", "--out", str(tmp_path / "a")]) == 1
+    err = capsys.readouterr().err
+    assert "apply to --sparsity progressive" in err and len(err.strip().splitlines()) == 1
+    assert main([*common, "--model", "yolov5n", "--sparsity", "--sparsity-target", "0.3",
+                 "--out", str(tmp_path / "b")]) == 0
+    ckpt = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    config = json.loads(ckpt["train"]["config"])
+    assert config["sparsity"] == "progressive"
+    assert (config["phase_epochs"], config["max_phases"]) == default_phases("progressive", 2) \
+        == (1, 1)
+    assert config["sparsity_options"] == {"target": 0.3}
+    state = next(s for s in ckpt["train"]["callbacks"] if s and s.get("mode") == "progressive")
+    assert state["phase"] == 1 and sum(int(c.sum()) for c in state["chosen"]) > 0

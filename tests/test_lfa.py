@@ -222,3 +222,38 @@ def test_flops_target_is_the_smallest_prune_that_reaches_it():
     before = 1 - planner.plan(found.plan.count - 1).flops / planner.flops_before
     assert removed >= 0.4 > before
     assert found.lfa is not None and found.evaluations == 1
+
+
+def test_two_sided_criterion_counts_gains_of_attention_as_changes():
+    """LFA⁺ ignores a level whose attention grew; LFA± counts |1 − FA_p/FA_s| on every level,
+    and a search with criterion "two-sided" compares that with the target."""
+    from graphprune.attention import lfa as lfa_of
+
+    loss = lfa_of([1.1, 0.98, 1.0], [1.0, 1.0, 1.0])
+    assert loss.plus == pytest.approx(0.02 / 3)
+    assert loss.two_sided == pytest.approx(0.12 / 3)
+    assert loss.value("plus") == loss.plus and loss.value("two-sided") == loss.two_sided
+    with pytest.raises(gp.GraphpruneError, match="criterion"):
+        loss.value("both")
+
+
+def test_a_two_sided_search_stops_where_attention_grows():
+    """Head maps with negative weights on ReLU features and a large bias: removing a channel
+    raises F, so LFA⁺ stays 0 and the LFA⁺ search prunes every candidate; LFA± sees the change
+    and stops within the target."""
+    model, calib = _two_level()
+    with torch.no_grad():
+        for head in (model.head_a, model.head_b):
+            head.weight.copy_(-0.1 * head.weight.abs())
+            head.bias.fill_(1.0)
+    example = torch.rand(1, 3, 16, 16)
+    reader = AttentionReader("features", ["head_a", "head_b"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        planner = MaskPlanner(model, example)
+        plus = search(Searcher(model, planner, calib, reader), lfa_target=0.005)
+        two = search(Searcher(model, planner, calib, reader, criterion="two-sided"),
+                     lfa_target=0.005)
+    assert plus.plan.count == planner.size and plus.lfa.plus == 0.0 and plus.lfa.signed < -0.005
+    assert 0 < two.plan.count < planner.size
+    assert two.lfa.two_sided <= 0.005 and all(p.lfa_cut == p.lfa_two_sided for p in two.probes)

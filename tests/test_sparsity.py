@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -207,6 +208,184 @@ def test_l1rr_keeps_target_channels_that_network_slimming_loses(seed):
     assert torch.all(ns[k:] < near_zero)                     # NS prunes background too
 
 
+# -- the scale-aware modes: si, hoyer, polar ------------------------------------------------------
+def test_si_term_has_no_component_along_gamma_and_scales_with_the_layer():
+    """Mode si: θ·λ·sᵢ·P⊥(α ⊙ sign γ) — orthogonal to γ in every layer, so it never shrinks or
+    grows a layer as a whole; scaling a layer by c scales its term by c (relative speed kept),
+    and α and SASM's shares are measured relative to sᵢ, so λ is unchanged too."""
+    def term(g1, g2):
+        model = toy(g1, g2)
+        reg = SparsityRegularizer(model, layers=["bn1", "bn2"], mode="si", theta=THETA,
+                                  phase_epochs=1)
+        reg.set_epoch(1)
+        return reg, added(model, reg)
+
+    reg, (d1, d2) = term(G1, G2)
+    for g, d in ((G1, d1), (G2, d2)):
+        g = torch.tensor(g)
+        assert abs(float((d * g).sum())) < 1e-6 * float((d * g).abs().sum())   # ⟨term, γ⟩ = 0
+        small, large = g.abs() < g.pow(2).sum() / g.abs().sum(), g.abs() > g.pow(2).sum() / \
+            g.abs().sum()
+        assert torch.all(d[small] * torch.sign(g[small]) > 0)           # pushed towards 0
+        assert torch.all(d[large] * torch.sign(g[large]) < 0)           # pushed away from 0
+    c = 1e-3                                         # a whole layer 1000× smaller ...
+    shrunk, (e1, e2) = term([c * v for v in G1], G2)
+    assert torch.allclose(e1, c * d1, rtol=1e-5, atol=0) and torch.allclose(e2, d2)
+    assert shrunk.lam == pytest.approx(reg.lam)      # ... is not "sparser" to SASM
+    absolute = SparsityRegularizer(toy([c * v for v in G1], G2), layers=["bn1", "bn2"],
+                                   mode="l1rr", phase_epochs=1)
+    absolute.set_epoch(1)
+    assert absolute.sparsity()[1][0] == 1.0          # while L1RR's yardstick sees it all gone
+
+
+def test_hoyer_and_polarization_terms_are_the_gradients_of_their_regularisers():
+    model = toy()
+    g1, g2 = model.bn1.weight, model.bn2.weight
+    hoyer = SparsityRegularizer(model, layers=["bn1", "bn2"], mode="hoyer", theta=THETA)
+    d1, d2 = added(model, hoyer)                                         # from the first step
+    for g, d in ((g1, d1), (g2, d2)):
+        x = g.detach().clone().requires_grad_(True)
+        (THETA * x.abs().sum() ** 2 / x.pow(2).sum()).backward()
+        assert torch.allclose(d, x.grad, rtol=1e-5, atol=1e-9)
+    t = 1.2
+    positive = toy([abs(v) for v in G1], [abs(v) for v in G2])     # polarization keeps γ ≥ 0
+    polar = SparsityRegularizer(positive, layers=["bn1", "bn2"], mode="polar", theta=THETA, t=t)
+    d1, d2 = added(positive, polar)
+    x = torch.cat([positive.bn1.weight, positive.bn2.weight]).detach().clone()
+    x.requires_grad_(True)
+    (THETA * (t * x.abs().sum() - (x - x.mean()).abs().sum())).backward()
+    assert torch.allclose(torch.cat([d1, d2]), x.grad, rtol=1e-5, atol=1e-9)
+    with torch.no_grad():
+        positive.bn1.weight.copy_(torch.tensor([1.7, -0.2, 0.5, 0.0]))
+    polar.after_step()                                               # γ is kept in [0, 1]
+    assert positive.bn1.weight.tolist() == [1.0, 0.0, 0.5, 0.0]
+    ns = SparsityRegularizer(positive, layers=["bn1"], mode="ns")
+    ns.after_step()                                                  # other modes: no clamp
+    assert positive.bn1.weight.tolist() == [1.0, 0.0, 0.5, 0.0]
+
+
+def regulariser_only(mode: str, steps: int = 800) -> torch.Tensor:
+    """Only the sparsity term acts (the task's gradient is zero, as it is along a layer's
+    overall scale when the next BatchNorm renormalises): SGD with momentum on one layer."""
+    model = toy(g1=[1.0, 0.9, 0.8, 0.3], g2=G2)
+    reg = SparsityRegularizer(model, layers=["bn1"], mode=mode, theta=THETA, phase_epochs=1)
+    reg.set_epoch(1)
+    opt = torch.optim.SGD([model.bn1.weight], lr=0.5, momentum=0.9)
+    for i in range(steps):
+        opt.param_groups[0]["lr"] = 0.5 * (1 - i / steps)
+        opt.zero_grad(set_to_none=False)
+        reg.apply()
+        opt.step()
+    return model.bn1.weight.detach().abs()
+
+
+def test_a_uniform_shrink_earns_nothing_in_si_mode():
+    l1rr, si = regulariser_only("l1rr"), regulariser_only("si")
+    assert float(l1rr.max()) < 0.05                      # L1RR takes the whole layer down
+    norm = float(torch.tensor([1.0, 0.9, 0.8, 0.3]).norm())
+    assert 0.95 * norm < float(si.norm()) < 1.1 * norm    # si keeps the layer's scale and
+    assert float(si[3]) < 0.01 < float(si[2])             # takes channels out one at a time,
+    assert si.tolist() == sorted(si.tolist(), reverse=True)   # the smallest first
+
+
+# -- mode progressive ------------------------------------------------------------------------------
+def test_progressive_schedule_choice_and_fade():
+    """The chosen share follows target·(1 − (1 − k/K)³); the least important channels by the
+    phase's Taylor sums go first, no layer beyond max_layer_share; a chosen channel's task
+    gradient is zeroed and its γ and β fall linearly to exactly zero over one phase."""
+    model = toy()
+    reg = SparsityRegularizer(model, layers=["bn1", "bn2"], mode="progressive", target=0.5,
+                              unit="channels", max_phases=3, phase_steps=4, max_layer_share=0.5)
+    assert [reg.schedule(k) for k in (0, 1, 2, 3)] == pytest.approx(
+        [0, 0.5 * 19 / 27, 0.5 * 26 / 27, 0.5])
+    with torch.no_grad():
+        model.bn1.bias.copy_(torch.tensor([0.1, 0.2, 0.3, 0.4]))
+    grads = {"bn1": torch.tensor([1.0, 2.0, 3.0, 4.0]), "bn2": torch.tensor([3, 2, 1, 1, 1, 1.0])}
+    taylor = {n: torch.zeros(len(g)) for n, g in grads.items()}
+    for _ in range(4):                                     # phase 0: plain, Taylor accumulates
+        for name, g in grads.items():
+            bn = getattr(model, name)
+            bn.weight.grad, bn.bias.grad = g.clone(), g.clone()
+            taylor[name] += ((bn.weight.detach() + bn.bias.detach()) * g) ** 2
+        reg.apply()
+        reg.after_step()
+    assert torch.allclose(reg.scores[0], taylor["bn1"]) and torch.allclose(reg.scores[1],
+                                                                            taylor["bn2"])
+    expected = sorted(range(10), key=lambda k: float(torch.cat(list(taylor.values()))[k]))
+    model.bn1.weight.grad = torch.ones(4)
+    model.bn2.weight.grad = torch.ones(6)
+    reg.apply()                       # step 5 opens phase 1: the fewest reaching 35 %, 4 of 10
+    assert reg.phase == 1 and sum(int(c.sum()) for c in reg.chosen) == 4
+    assert int(reg.chosen[0].sum()) <= 2                   # max_layer_share 0.5 of bn1's four
+    chosen = [k for k in range(10) if torch.cat(reg.chosen)[k]]
+    first = [k for k in expected if k >= 4 or sum(1 for c in expected[:expected.index(k)]
+                                                   if c < 4) < 2][:4]
+    assert sorted(chosen) == sorted(first)
+    grad = torch.cat([model.bn1.weight.grad, model.bn2.weight.grad])
+    assert torch.all(grad[torch.cat(reg.chosen)] == 0) and torch.all(grad[~torch.cat(reg.chosen)]
+                                                                     == 1)
+    start = torch.cat([model.bn1.weight, model.bn2.weight]).detach().clone()
+    held = torch.cat(reg.chosen).clone()
+    values = []
+    for step in range(5):                                  # (phase 2 opens at step 9)
+        reg.after_step()
+        values.append(torch.cat([model.bn1.weight, model.bn2.weight]).detach().clone())
+        reg.apply()
+    for k, v in enumerate(values):                         # r = 1 − (steps since chosen) / 4
+        r = max(0.0, 1 - (k + 1) / 4)
+        assert torch.allclose(v[held], start[held] * r)
+    assert torch.all(values[-1][held] == 0) and torch.all(values[3][~held] == start[~held])
+    assert torch.all(model.bn1.bias[held[:4]] == 0)
+    assert sum(int(c.sum()) for c in reg.chosen) == 5        # phase 2: 48 %, 5 of 10
+
+
+def test_progressive_state_round_trip():
+    model = toy()
+    reg = SparsityRegularizer(model, layers=["bn1", "bn2"], mode="progressive", target=0.4,
+                              unit="channels", phase_epochs=1, max_phases=2, importance="gamma")
+    for epoch in range(2):
+        reg.set_epoch(epoch)
+        for _ in range(3):
+            reg.apply()
+            reg.after_step()
+    assert reg.steps_per_epoch == 3 and sum(int(c.sum()) for c in reg.chosen) > 0
+    # importance "gamma": the smallest |γ| relative to the layer's RMS go first
+    assert bool(reg.chosen[0][1]) and bool(reg.chosen[0][3]) and bool(reg.chosen[1][2])
+    other = SparsityRegularizer(toy(), layers=["bn1", "bn2"], mode="progressive", target=0.4,
+                                unit="channels", phase_epochs=1, max_phases=2,
+                                importance="gamma")
+    other.load_state_dict(reg.state_dict())
+    for a, b in ((other.chosen, reg.chosen), (other.chosen_at, reg.chosen_at),
+                 (other.start_gamma, reg.start_gamma), (other.scores, reg.scores)):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert other.steps_per_epoch == 3 and other.fade_steps() == reg.fade_steps() == 3
+
+
+def test_progressive_flops_target_is_what_the_compiler_removes():
+    """unit="flops": channels are chosen by importance per FLOP they cost until the compiler's
+    own estimate removes the schedule's share; compiling without them removes exactly that."""
+    from graphprune.models import yolov5n
+
+    model = yolov5n(num_classes=2)
+    x = torch.zeros(1, 3, 64, 64)
+    reg = SparsityRegularizer(model, x, mode="progressive", target=0.5, max_phases=1,
+                              phase_steps=1, importance="gamma")
+    with pytest.raises(gp.GraphpruneError, match="example inputs"):
+        SparsityRegularizer(model, layers=reg.names, mode="progressive")
+    reg.apply()
+    reg.apply()                                             # step 2 opens phase 1: the target
+    removed = reg.removed()
+    assert 0.5 <= removed < 0.52
+    masks = {n: ~c for n, c in zip(reg.names, reg.chosen)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gp.GraphpruneWarning)
+        stats = gp.compile(model, x, masks=masks).stats
+    assert 1 - stats.flops_ratio == pytest.approx(removed, abs=1e-9)
+    # every γ is 1 in an untrained model: the layers whose channels cost most go first
+    first = max(range(len(reg.names)), key=lambda i: reg.layer_flops[i])
+    assert int(reg.chosen[first].sum()) == int(0.9 * reg.gammas[first].numel())
+
+
 # -- the ultralytics callbacks, driven by a stand-in that follows BaseTrainer's protocol ----------
 class StandInTrainer:
     """What the callbacks use of ultralytics' BaseTrainer: ``model``, ``args.imgsz``,
@@ -269,3 +448,21 @@ def test_ultralytics_callbacks_add_the_term_to_unscaled_gradients(tmp_path):
     plain = yolov5n(num_classes=2).train()
     StandInTrainer(plain, tmp_path / "plain", 1.0).train(3, x)
     assert not torch.allclose(plain.model[0].bn.weight, results[0]["model.0.bn.weight"])
+
+
+def test_ultralytics_callbacks_fade_progressive_channels_after_each_step(tmp_path):
+    from graphprune.integrations.ultralytics import add_sparsity
+    from graphprune.models import yolov5n
+
+    torch.manual_seed(0)
+    model = yolov5n(num_classes=2).train()
+    trainer = StandInTrainer(model, tmp_path / "run", 1024.0)
+    callbacks = add_sparsity(trainer, mode="progressive", target=0.3, phase_epochs=1,
+                             max_phases=1)
+    trainer.train(4, torch.rand(2, 3, 64, 64))
+    reg = callbacks.regularizer
+    assert reg.phase == 1 and reg.removed() >= 0.3
+    modules = dict(model.named_modules())
+    for name, chosen in zip(reg.names, reg.chosen):       # faded out after the steps
+        bn = modules[name]
+        assert torch.all(bn.weight[chosen] == 0) and torch.all(bn.bias[chosen] == 0)

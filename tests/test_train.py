@@ -141,3 +141,41 @@ def test_sparse_training_logs_plots_and_resumes_exactly(tiny_data, tmp_path):
                                                      straight.sparsity.gammas)
     for png in ("gamma_distribution.png", "layer_sparsity.png"):
         assert (tmp_path / "b" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_sparsity_term_is_added_after_the_task_gradient_is_clipped():
+    """The trainer clips the task's gradient to MAX_GRAD_NORM first and only then lets the
+    regulariser add its term: a large sparsity term must neither be clipped itself nor shrink
+    the task's gradient; post-step hooks run after the step."""
+    from graphprune.detect.train import MAX_GRAD_NORM, Trainer
+    from graphprune.sparsity import SparsityRegularizer
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 1), torch.nn.BatchNorm2d(3))
+    reg = SparsityRegularizer(model, layers=["1"], mode="polar", theta=100.0)   # a huge term
+    seen = []
+
+    class Spy:
+        def before_optimizer_step(self, trainer):
+            seen.append(float(torch.cat([p.grad.flatten() for p in model.parameters()])
+                              .norm()))
+
+        def after_optimizer_step(self, trainer):
+            seen.append(model[1].weight.detach().clone())
+
+    trainer = Trainer.__new__(Trainer)
+    trainer.model, trainer.ema = model, None
+    trainer.optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    trainer.scaler = torch.amp.GradScaler("cpu", enabled=False)
+    trainer.callbacks = [Spy(), reg, Spy()]
+    task = {name: torch.full_like(p, 50.0) for name, p in model.named_parameters()}
+    for name, p in model.named_parameters():
+        p.grad = task[name].clone()
+    gamma = model[1].weight.detach().clone()
+    term = reg.terms()[0]
+    trainer._optimizer_step()
+    clipped = MAX_GRAD_NORM / float(torch.cat([t.flatten() for t in task.values()]).norm())
+    assert seen[0] == pytest.approx(MAX_GRAD_NORM, rel=1e-4)   # clipped before the term
+    assert seen[1] > 10 * MAX_GRAD_NORM                          # the term itself is not
+    unclamped = gamma - (clipped * task["1.weight"] + term)      # lr 1: one plain SGD step
+    assert torch.allclose(seen[2], unclamped, rtol=1e-5)          # after the step, before the
+    assert torch.allclose(model[1].weight, unclamped.clamp(0, 1))  # regulariser's clamp

@@ -106,9 +106,16 @@ def test_quick_demo_runs_every_step(tmp_path, capsys):
                  "sparse/gamma_distribution.png", "compile/report.md", "compile/slim.onnx",
                  "compile/slim.graphprune.pt"):
         assert (out / path).exists(), path
-    assert summary["alpha_updates"] >= 1
+    assert summary["alpha_updates"] >= 1 and summary["sparsity"]["sparsity"] == "progressive"
     assert summary["verified_max_error"] <= 1e-3
     assert summary["lfa"] <= 0.01
+    for key in ("baseline_map50", "sparse_map50", "map50_after", "map50_finetuned"):
+        assert 0 <= summary[key] <= 1, key
+    assert summary["final_drop_points"] == pytest.approx(
+        100 * (summary["baseline_map50"] - summary["map50_finetuned"]))
+    md = (out / "compile" / "report.md").read_text()
+    assert "| baseline (baseline/last.pt) |" in md and "| pruned + fine-tuned 1 epochs |" in md
+    assert (out / "compile" / "finetune" / "last.pt").exists()
     assert "graphprune demo" in capsys.readouterr().out
     # a second run refuses to overwrite without --overwrite
     assert main(["demo", "--quick", "--out", str(out)]) == 1
@@ -130,3 +137,42 @@ def test_finetune_and_fold_after_a_target_compile(tiny_data, tmp_path):
     tuned = gp.load(out / "finetune" / "last.pt")
     assert sum(p.numel() for p in tuned.parameters()) == report["params_after"]
     assert "bias folding" in (out / "report.md").read_text()
+
+
+def test_baseline_row_and_the_recipe_of_the_training_run(tiny_data, tmp_path):
+    """--baseline heads the accuracy table (the drop is measured from it); --finetune-epochs
+    fine-tunes with the training recipe recorded in the sparse checkpoint."""
+    from graphprune.detect.train import TrainConfig, train
+
+    run = tmp_path / "sparse"
+    train(TrainConfig(data=str(tiny_data), model="yolov5n", imgsz=64, epochs=1, batch=4,
+                      nominal_batch=4, cls=2.0, workers=0, device="cpu", out=str(run),
+                      sparsity="progressive", phase_epochs=1, max_phases=1))
+    base = tmp_path / "base.pt"
+    model = yolov5n(num_classes=3)
+    save_checkpoint(model, model_recipe(model, 64), base)
+    assert main(["compile", str(run / "last.pt"), "--data", str(tiny_data), "--imgsz", "64",
+                 "--flops-target", "0.4", "--out", str(tmp_path / "o"), "--baseline",
+                 str(base)]) == 1                                            # needs --eval
+    out = tmp_path / "run"
+    assert main(["compile", str(run / "last.pt"), "--data", str(tiny_data), "--imgsz", "64",
+                 "--flops-target", "0.4", "--calib-images", "4", "--eval", "--baseline",
+                 str(base), "--finetune-epochs", "1", "--no-onnx", "--no-pt2", "--heatmaps",
+                 "0", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["baseline_model"] == str(base)
+    assert report["baseline_params"] == report["params_before"] > report["params_after"]
+    md = (out / "report.md").read_text()
+    table = md[md.index("## Accuracy"):].split("\n\n")[1].splitlines()
+    rows = [line for line in table if line.startswith("| ")][1:]
+    assert [r.split(" | ")[0] for r in rows] == [f"| baseline ({base})",
+                                                  "| sparse (before pruning)",
+                                                  "| pruned, no fine-tuning",
+                                                  "| pruned + fine-tuned 1 epochs"]
+    delta = float(rows[2].split(" | ")[-1].split()[0])
+    assert delta == pytest.approx(round(100 * (report["map50_after"] -
+                                               report["baseline_map50"]), 1))
+    config = json.loads(torch.load(out / "finetune" / "last.pt",
+                                   weights_only=True)["train"]["config"])
+    assert (config["batch"], config["nominal_batch"], config["cls"]) == (4, 4, 2.0)
+    assert report["finetune_recipe"]["cls"] == 2.0

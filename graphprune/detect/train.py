@@ -41,10 +41,14 @@ from .loss import LossGains, YOLOv5Loss, find_detect
 from .val import resolve_device, to_input, validate
 
 
+MAX_GRAD_NORM = 10.0      # YOLOv5's clipping of the task gradient
+
+
 @dataclass
 class TrainConfig:
     data: str
     model: str = "yolov5s"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)   # e.g. width_multiple
     weights: str | None = None          # start from a graphprune checkpoint instead
     imgsz: int = 640
     epochs: int = 100
@@ -76,6 +80,7 @@ class TrainConfig:
     theta: float = 1e-3
     phase_epochs: int = 40
     max_phases: int = 10
+    sparsity_options: dict[str, float] = field(default_factory=dict)   # eps, near_zero, a, t, ...
 
     def augmentation(self) -> dict[str, float]:
         from graphprune.data.augment import DEFAULT_HYP
@@ -174,7 +179,8 @@ class EpochRecord:
 class Trainer:
     """One training run.  ``callbacks`` may define ``on_train_start(trainer)``,
     ``on_epoch_start(trainer, epoch)``,
-    ``before_optimizer_step(trainer)`` (gradients unscaled, once per optimizer step),
+    ``before_optimizer_step(trainer)`` (gradients unscaled and clipped, once per optimizer
+    step), ``after_optimizer_step(trainer)``,
     ``on_epoch_end(trainer, record)``, and ``state_dict()``/``load_state_dict(state)`` to be
     saved with the checkpoint."""
 
@@ -205,7 +211,7 @@ class Trainer:
         elif config.weights:
             model = load(config.weights)
         else:
-            kwargs = {"num_classes": len(self.names)}
+            kwargs = {**config.model_kwargs, "num_classes": len(self.names)}
             anchors = self._anchors()
             if anchors is not None:
                 kwargs["anchors"] = anchors
@@ -222,7 +228,8 @@ class Trainer:
             self.sparsity = SparsityRegularizer(self.model, example, mode=config.sparsity,
                                                 theta=config.theta,
                                                 phase_epochs=config.phase_epochs,
-                                                max_phases=config.max_phases)
+                                                max_phases=config.max_phases,
+                                                **config.sparsity_options)
             self.callbacks.insert(0, self.sparsity)
         self.recipe = model_recipe(model, config.imgsz)
         self.loss = YOLOv5Loss(self.model, LossGains(config.box, config.obj, config.cls),
@@ -364,13 +371,18 @@ class Trainer:
                 group["momentum"] = cfg.momentum
 
     def _optimizer_step(self) -> None:
+        # unscale, clip the task's gradient, then let the callbacks add their terms (a sparsity
+        # term is not clipped and cannot shrink the task's gradient), step, then post-step hooks
         self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=MAX_GRAD_NORM)
         for cb in self.callbacks:
             if hasattr(cb, "before_optimizer_step"):
                 cb.before_optimizer_step(self)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=10.0)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        for cb in self.callbacks:
+            if hasattr(cb, "after_optimizer_step"):
+                cb.after_optimizer_step(self)
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update(self.model)

@@ -10,7 +10,9 @@
 The ultralytics trainer has no callback between unscaling the gradients and the optimizer
 step, so ``add_sparsity`` wraps the trainer's ``optimizer_step`` once training starts: the
 sparsity term is added to the still-scaled gradients, multiplied by the AMP scale, which is the
-same as adding it after unscaling.  ultralytics already keeps BatchNorm weights out of weight
+same as adding it after unscaling (ultralytics clips inside its step, so there the term is
+clipped with the task's gradient, unlike in graphprune's trainer), and the regulariser's
+post-step work (progressive's fade, polar's clamp) runs after it.  ultralytics already keeps BatchNorm weights out of weight
 decay.  The regulariser's state is saved beside the weights (``weights/sparsity.pt``, tensors
 and plain data only) and restored when ultralytics resumes; each epoch appends to
 ``sparsity.jsonl`` and redraws the plots in the run directory.
@@ -70,10 +72,14 @@ class SparsityCallbacks:
 
     def on_train_start(self, trainer) -> None:
         model = _unwrap(trainer.model)
-        layers = _layers(model, int(trainer.args.imgsz), next(model.parameters()).device)
+        device = next(model.parameters()).device
+        imgsz = int(trainer.args.imgsz)
+        layers = _layers(model, imgsz, device)
+        example = torch.zeros(1, 3, imgsz, imgsz, device=device)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", GraphpruneWarning)
-            self.regularizer = SparsityRegularizer(model, layers=layers, **self.options) \
+            self.regularizer = SparsityRegularizer(model, example, layers=layers,
+                                                   **self.options) \
                 if layers is not None else SparsityRegularizer(model, **self.options)
         state = Path(trainer.wdir) / STATE_FILE
         if getattr(trainer.args, "resume", False) and state.exists():
@@ -86,6 +92,7 @@ class SparsityCallbacks:
             scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
             self.regularizer.apply(scale=scale)
             step()
+            self.regularizer.after_step()
 
         trainer.optimizer_step = optimizer_step
 

@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 
 from .resnet import TinyResNet, tiny_resnet
-from .yolov5 import YOLOv5, yolov5, yolov5l, yolov5m, yolov5n, yolov5s, yolov5x
+from .yolov5 import YOLOv5, yolov5, yolov5_custom, yolov5l, yolov5m, yolov5n, yolov5s, yolov5x
 
 # Builders a graphprune checkpoint may name in its recipe.  Only these are ever called when a
 # checkpoint is loaded: a recipe cannot make graphprune import or run anything else.
@@ -14,6 +14,7 @@ BUILDERS = {
     "yolov5m": yolov5m,
     "yolov5l": yolov5l,
     "yolov5x": yolov5x,
+    "yolov5_custom": yolov5_custom,
     "tiny_resnet": tiny_resnet,
 }
 
@@ -49,5 +50,5 @@ def build(name: str, **kwargs):
     return builder(**kwargs)
 
 
-__all__ = ["BUILDERS", "TinyResNet", "YOLOv5", "build", "randomize_batchnorm", "tiny_resnet", "yolov5", "yolov5l",
+__all__ = ["BUILDERS", "TinyResNet", "YOLOv5", "build", "randomize_batchnorm", "tiny_resnet", "yolov5", "yolov5_custom", "yolov5l",
            "yolov5m", "yolov5n", "yolov5s", "yolov5x"]

@@ -287,6 +287,21 @@ def yolov5(scale: str, num_classes: int = 80, **kwargs) -> YOLOv5:
     return model
 
 
+def yolov5_custom(num_classes: int = 80, depth_multiple: float = 0.33,
+                  width_multiple: float = 0.25, **kwargs) -> YOLOv5:
+    """A YOLOv5 with any depth and width multipliers (e.g. the narrower dense models a pruned
+    one is compared with); channel counts are rounded up to multiples of 8 as in YOLOv5."""
+    for name, value in (("depth_multiple", depth_multiple), ("width_multiple", width_multiple)):
+        if not (isinstance(value, (int, float)) and 0 < value <= 4):
+            raise ValueError(f"{name} must be in (0, 4], got {value!r}")
+    model = YOLOv5(num_classes, float(depth_multiple), float(width_multiple), **kwargs)
+    model.graphprune_config = {"builder": "yolov5_custom",
+                               "kwargs": {"num_classes": num_classes,
+                                          "depth_multiple": float(depth_multiple),
+                                          "width_multiple": float(width_multiple), **kwargs}}
+    return model
+
+
 def yolov5n(num_classes: int = 80, **kwargs) -> YOLOv5:
     return yolov5("n", num_classes, **kwargs)
 

@@ -1,0 +1,692 @@
+"""Accuracy against size on one budget: pruned models next to the honest yardsticks.
+
+Every method starts from one baseline trained from scratch and spends the same epochs after it:
+
+* **dense family** — the same YOLOv5 at narrower width multipliers, trained from scratch for the
+  whole budget (baseline + sparse + fine-tune epochs);
+* **same-budget baseline** (``none``) — the baseline trained on for the sparse epochs with no
+  sparsity term (the same schedule), then "fine-tuned" like the pruned models, unpruned;
+* **ns**, **l1rr** (graphprune's modes: network slimming, the paper's Eq. 3–7),
+  **progressive** (graphprune's collapse-proof mode), **tp-groupnorm** and **tp-bnscale**
+  (torch-pruning's sparse-training pruners: their ``regularize`` during training, their global
+  ranking at the cut) — each sparse-trained once, then cut at several operating points: LFA⁺
+  targets (graphprune's modes) and FLOPs targets (all), each measured as pruned and after a short
+  fine-tune of the same length for all.
+
+torch-pruning's cuts are realised by graphprune's compiler from the channels torch-pruning
+chose (``residual="couple"``, its own coupling), and checked against torch-pruning's own pruned
+model on the example input, so both are the same network; that lets every pruned model be
+fine-tuned with the same trainer.  Each point gets mAP50 and mAP50-95 on the validation split,
+parameters, FLOPs (``torch.utils.flop_counter``) and onnxruntime CPU latency (batch 1, all
+models of a seed timed interleaved).  Seeds change the model's initialisation, the data order
+and — for NWPU — the train/val split (and for the synthetic set the generated images).
+
+    python benchmarks/tradeoff.py                       # synthetic set, the demo's budget
+    python benchmarks/tradeoff.py --data nwpu           # NWPU VHR-10, yolov5n @ 320
+    python benchmarks/tradeoff.py --quick               # every step at toy sizes (the tests)
+
+Finished runs are kept under ``--work`` and reused when the script runs again, so an
+interrupted benchmark continues where it stopped.  Results: ``results/tradeoff_<data>.{md,json,
+png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import graphprune as gp  # noqa: E402
+from graphprune import data as gpdata  # noqa: E402
+from graphprune.detect.loss import find_detect  # noqa: E402
+from graphprune.detect.train import TrainConfig, train  # noqa: E402
+from graphprune.detect.val import resolve_device  # noqa: E402
+from graphprune.export import export_onnx  # noqa: E402
+from graphprune.search import prune_to_target  # noqa: E402
+from graphprune.stats import count_flops, count_params  # noqa: E402
+from graphprune.sparsity import default_phases  # noqa: E402
+from graphprune.workflow import DEMO_RECIPE, DEMO_SPARSITY, calibration_set, evaluate_map  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from latency import ort_session, time_sessions  # noqa: E402
+
+SHARED_NWPU = ROOT.parent / "shared" / "data" / "nwpu_vhr10"
+
+# One budget per dataset.  synthetic: the demo's (400 + 100 images at 256 px, yolov5n, 30
+# baseline + 30 sparse epochs); nwpu: yolov5n at 320 px, 60 + 40 epochs.  Fine-tunes are a
+# sixth of the sparse epochs for every method.
+PRESETS: dict[str, dict[str, Any]] = {
+    "synthetic": dict(model="yolov5n", imgsz=256, base_epochs=30, sparse_epochs=30,
+                      finetune_epochs=5, n_train=400, n_val=100, recipe=DEMO_RECIPE,
+                      sparse_lr0=0.01, finetune_lr0=0.002, calib_images=64,
+                      widths=(0.25, 0.1875, 0.15, 0.125, 0.0625), seeds=(0, 1)),
+    "nwpu": dict(model="yolov5n", imgsz=320, base_epochs=60, sparse_epochs=40,
+                 finetune_epochs=7, recipe=DEMO_RECIPE, sparse_lr0=0.01, finetune_lr0=0.002,
+                 calib_images=64, widths=(0.25, 0.1875, 0.125, 0.0625), seeds=(0, 1)),
+    "quick": dict(model="yolov5n", imgsz=64, base_epochs=1, sparse_epochs=2, finetune_epochs=1,
+                  n_train=16, n_val=8, recipe=DEMO_RECIPE, sparse_lr0=0.01, finetune_lr0=0.002,
+                  calib_images=8, widths=(0.25, 0.125), seeds=(0,)),
+}
+
+
+def methods(preset: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The sparse-training methods at this budget.  ns and l1rr: the demo's settings (θ = 0.01;
+    l1rr's α/λ every 3 of 30 epochs, at most 3 updates, scaled to the sparse epochs);
+    progressive: the demo's target with ``default_phases`` for the sparse epochs; torch-pruning's
+    pruners their regularisation strengths: BNScalePruner the same L1 strength as ns,
+    GroupNormPruner the 5e-4 of torch-pruning's own benchmarks."""
+    epochs = preset["sparse_epochs"]
+    l1rr, ns = DEMO_SPARSITY["l1rr"], DEMO_SPARSITY["ns"]
+    phase, phases = default_phases("progressive", epochs)
+    return {
+        "none": dict(kind="gp", sparsity=None),
+        "ns": dict(kind="gp", sparsity="ns", theta=ns["theta"]),
+        "l1rr": dict(kind="gp", sparsity="l1rr", theta=l1rr["theta"],
+                     phase_epochs=max(round(l1rr["phase_epochs"] * epochs / 30), 1),
+                     max_phases=l1rr["max_phases"]),
+        "progressive": dict(kind="gp", sparsity="progressive", phase_epochs=phase,
+                            max_phases=phases,
+                            options=dict(DEMO_SPARSITY["progressive"]["sparsity_options"])),
+        "tp-groupnorm": dict(kind="tp", pruner="groupnorm", reg=5e-4),
+        "tp-bnscale": dict(kind="tp", pruner="bnscale", reg=ns["theta"]),
+    }
+
+
+# -- runs (each kept under --work and reused) -----------------------------------------------
+def done(path: Path) -> dict[str, Any] | None:
+    marker = path / "done.json"
+    return json.loads(marker.read_text()) if marker.exists() else None
+
+
+def mark_done(path: Path, info: dict[str, Any]) -> dict[str, Any]:
+    (path / "done.json").write_text(json.dumps(info, indent=2, default=float) + "\n")
+    return info
+
+
+def training(out: Path, config: TrainConfig, console: Console, callbacks=None) -> dict[str, Any]:
+    """Train (or reuse) one run; returns its final metrics and minutes."""
+    found = done(out)
+    if found is not None:
+        return found
+    if out.exists():
+        import shutil
+        shutil.rmtree(out)
+    start = time.perf_counter()
+    trainer = train(config, callbacks=callbacks, console=console)
+    final = trainer.history[-1].get("metrics") or {}
+    info = {"map50": final.get("map50"), "map": final.get("map"),
+            "minutes": (time.perf_counter() - start) / 60, "epochs": config.epochs}
+    if trainer.sparsity is not None:
+        log = [json.loads(x) for x in (out / "sparsity.jsonl").read_text().splitlines()]
+        info["rho_by_epoch"] = [row["rho"] for row in log]
+    return mark_done(out, info)
+
+
+class TorchPruningRegularizer:
+    """A graphprune Trainer callback: torch-pruning's pruner ``regularize`` after each backward
+    (after clipping, as graphprune's own terms), on the model being trained."""
+
+    def __init__(self, kind: str, reg: float, imgsz: int):
+        self.kind, self.reg, self.imgsz = kind, reg, imgsz
+        self.pruner = None
+
+    def on_train_start(self, trainer) -> None:
+        model = trainer.model
+        was = model.training
+        model.eval()
+        self.pruner = tp_pruner(model, torch.zeros(1, 3, min(self.imgsz, 64), min(self.imgsz, 64),
+                                                   device=trainer.device),
+                                self.kind, 0.5, reg=self.reg)
+        model.train(was)
+
+    def before_optimizer_step(self, trainer) -> None:
+        if self.kind == "bnscale":
+            self.pruner.regularize(trainer.model, reg=self.reg)
+        else:
+            self.pruner.regularize(trainer.model)
+
+
+def tp_pruner(model, x, kind: str, ratio: float, reg: float = 1e-4):
+    import torch_pruning as tp
+
+    head = find_detect(model)
+    if kind == "bnscale":
+        return tp.pruner.BNScalePruner(model, x, importance=tp.importance.BNScaleImportance(),
+                                       global_pruning=True, pruning_ratio=ratio, reg=reg,
+                                       ignored_layers=[head])
+    return tp.pruner.GroupNormPruner(model, x, importance=tp.importance.GroupMagnitudeImportance(
+        p=2), global_pruning=True, pruning_ratio=ratio, reg=reg, ignored_layers=[head])
+
+
+def tp_masks(model, x, kind: str, ratio: float) -> tuple[dict[str, np.ndarray], torch.nn.Module]:
+    """The BatchNorm keep-masks torch-pruning's global ranking chooses at ``ratio``, and its own
+    pruned copy of the model."""
+    import torch_pruning as tp
+
+    work = copy.deepcopy(model).eval()
+    names = {m: n for n, m in work.named_modules()}
+    masks = {n: np.ones(m.num_features, dtype=bool) for n, m in work.named_modules()
+             if isinstance(m, torch.nn.BatchNorm2d)}
+    pruner = tp_pruner(work, x, kind, ratio)
+    for group in pruner.step(interactive=True):
+        for dep, idxs in group:
+            if dep.handler == tp.pruner.function.prune_batchnorm_out_channels:
+                masks[names[dep.target.module]][list(idxs)] = False
+        group.prune()
+    return masks, work
+
+
+# operating-point kinds of an LFA target, by the criterion the search bounds
+LFA_OPS = {"lfa": "plus", "lfa2": "two-sided"}
+
+
+def gp_point(sparse: torch.nn.Module, example, calib, device, op: tuple[str, float]):
+    """graphprune's cut of a sparse model: the LFA-guided search or a FLOPs goal, with the pruned
+    channels' constants folded."""
+    kind, value = op
+    guided = kind in LFA_OPS
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gp.GraphpruneWarning)
+        found = prune_to_target(sparse, example, calib if guided else None,
+                                lfa_target=value if guided else None,
+                                flops_target=value if kind == "flops" else None,
+                                device=device, fold_pruned_bias=True,
+                                lfa_criterion=LFA_OPS.get(kind, "plus"))
+    loss = found.lfa_slim
+    return found.compiled, {"lfa": loss.plus if loss is not None else None,
+                            "lfa_two_sided": loss.two_sided if loss is not None else None,
+                            "threshold": found.search.plan.threshold}
+
+
+def tp_point(sparse: torch.nn.Module, example, kind: str, flops_target: float):
+    """torch-pruning's cut at a FLOPs goal: its pruning ratio bisected until at least the goal's
+    share of the FLOPs is gone, realised by graphprune's compiler and checked against
+    torch-pruning's own pruned model."""
+    small = torch.zeros(1, 3, 64, 64)
+    base = count_flops(sparse, (example,))
+    lo, hi, best = 0.0, 1.0, None
+    for _ in range(10):
+        mid = (lo + hi) / 2
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            masks, pruned = tp_masks(sparse, small, kind, mid)
+        removed = 1 - count_flops(pruned, (example,)) / base
+        if removed >= flops_target:
+            best, hi = (mid, masks, pruned), mid
+        else:
+            lo = mid
+    if best is None:
+        raise RuntimeError(f"torch-pruning could not remove {flops_target:.0%} of the FLOPs")
+    ratio, masks, pruned = best
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gp.GraphpruneWarning)
+        compiled = gp.compile(sparse, example, masks={n: torch.as_tensor(m)
+                                                      for n, m in masks.items()},
+                              residual="couple")
+    with torch.no_grad():
+        ours = compiled.module.eval()(example)
+        theirs = pruned.eval()(example)
+    ours, theirs = torch.utils._pytree.tree_flatten(ours)[0], \
+        torch.utils._pytree.tree_flatten(theirs)[0]
+    diff = max(float((a - b).abs().max()) for a, b in zip(ours, theirs))
+    if diff > 1e-3 or count_params(compiled.module) != count_params(pruned):
+        raise RuntimeError(f"graphprune's realisation of torch-pruning's {kind} cut differs "
+                           f"from torch-pruning's model (max |diff| {diff:.3g})")
+    return compiled, {"tp_ratio": ratio, "tp_max_diff": diff}
+
+
+# -- one seed --------------------------------------------------------------------------------
+def dataset(args, preset, seed: int) -> Path:
+    root = args.work / f"data-seed{seed}"
+    yaml = root / "data.yaml"
+    if yaml.exists():
+        return yaml
+    if args.data == "nwpu":
+        if not SHARED_NWPU.exists():
+            sys.exit(f"tradeoff.py: NWPU VHR-10 not found at {SHARED_NWPU}")
+        gpdata.convert_nwpu(SHARED_NWPU, root, val_fraction=0.2, seed=seed)
+        return yaml
+    return gpdata.make_synthetic_dataset(root, preset["n_train"], preset["n_val"], seed=seed,
+                                         size=max(preset["imgsz"], 64))
+
+
+def run_seed(args, preset, seed: int, console: Console) -> dict[str, Any]:
+    device = resolve_device(args.device)
+    data_yaml = dataset(args, preset, seed)
+    data = gpdata.load_data_config(data_yaml)
+    work = args.work / f"seed{seed}"
+    imgsz = preset["imgsz"]
+    recipe = dict(preset["recipe"])
+    common = dict(data=str(data_yaml), imgsz=imgsz, device=args.device, workers=0, seed=seed,
+                  **recipe)
+    total = preset["base_epochs"] + preset["sparse_epochs"] + preset["finetune_epochs"]
+    example = torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
+    out: dict[str, Any] = {"seed": seed, "runs": {}, "points": [], "dense": []}
+
+    console.rule(f"seed {seed}: baseline, {preset['base_epochs']} epochs")
+    out["runs"]["baseline"] = training(work / "baseline", TrainConfig(
+        model=preset["model"], epochs=preset["base_epochs"], out=str(work / "baseline"),
+        val_every=preset["base_epochs"], **common), console)
+    base_ckpt = work / "baseline" / "last.pt"
+
+    calib, _ = calibration_set(data, imgsz, preset["calib_images"])
+    sparse_common = {**common, "lr0": preset["sparse_lr0"], "warmup_epochs": 0}
+    ft_settings = {**recipe, "lr0": preset["finetune_lr0"], "warmup_epochs": 0}
+    chosen = [m for m in args.methods if m != "none"]
+    for name in ["none", *chosen]:
+        spec = methods(preset)[name]
+        run = work / f"sparse-{name}"
+        console.rule(f"seed {seed}: {name}, {preset['sparse_epochs']} epochs from the baseline")
+        callbacks = None
+        config = dict(weights=str(base_ckpt), epochs=preset["sparse_epochs"], out=str(run),
+                      val_every=preset["sparse_epochs"], **sparse_common)
+        if spec["kind"] == "tp":
+            callbacks = [TorchPruningRegularizer(spec["pruner"], spec["reg"], imgsz)]
+        elif spec["sparsity"]:
+            config.update(sparsity=spec["sparsity"], theta=spec.get("theta", 1e-3),
+                          phase_epochs=spec.get("phase_epochs", 40),
+                          max_phases=spec.get("max_phases", 10),
+                          sparsity_options=spec.get("options", {}))
+        out["runs"][name] = training(run, TrainConfig(**config), console, callbacks)
+        sparse = gp.load(run / "last.pt").to(device).eval()
+        if name == "none":              # the same-budget baseline: fine-tuned too, unpruned
+            ft = training(run / "finetune", TrainConfig(
+                weights=str(run / "last.pt"), epochs=preset["finetune_epochs"],
+                out=str(run / "finetune"), val_every=preset["finetune_epochs"],
+                **{**common, **ft_settings}), console)
+            out["reference"] = point_row(name, ("none", 0.0), sparse, sparse, example, device,
+                                         out["runs"][name], ft, {})
+            continue
+        ops = [("flops", f) for f in args.flops_targets]
+        if spec["kind"] == "gp":
+            ops = [(kind, t) for kind in args.lfa_kinds for t in args.lfa_targets] + ops
+        for op in ops:
+            cut = work / f"cut-{name}-{op[0]}{op[1]:g}"
+            found = done(cut)
+            if found is None:
+                console.print(f"[bold]{name}[/bold]: cut at {op[0]} {op[1]:g}")
+                try:
+                    if spec["kind"] == "gp":
+                        compiled, extra = gp_point(sparse, example, calib, device, op)
+                    else:
+                        compiled, extra = tp_point(sparse.cpu(), example, spec["pruner"], op[1])
+                        sparse = sparse.to(device)
+                except (gp.GraphpruneError, RuntimeError) as exc:
+                    cut.mkdir(parents=True, exist_ok=True)
+                    mark_done(cut, {"failed": str(exc)})
+                    continue
+                cut.mkdir(parents=True, exist_ok=True)
+                compiled.module.cpu()
+                compiled.save(cut / "slim.graphprune.pt")
+                slim = gp.load(cut / "slim.graphprune.pt").to(device)
+                pruned = evaluate_map(slim, data, imgsz, device, console=console)
+                ft = training(cut / "finetune", TrainConfig(
+                    weights=str(cut / "slim.graphprune.pt"), epochs=preset["finetune_epochs"],
+                    out=str(cut / "finetune"), val_every=preset["finetune_epochs"],
+                    **{**common, **ft_settings}), console)
+                found = mark_done(cut, {"op": list(op), **extra,
+                                        "pruned": {"map50": pruned.map50, "map": pruned.map},
+                                        "finetuned": ft})
+            if "failed" in found:
+                out["points"].append({"method": name, "op": list(op), "failed": found["failed"]})
+                continue
+            slim = gp.load(cut / "slim.graphprune.pt").eval()
+            out["points"].append(point_row(name, op, slim, sparse, example, device,
+                                           found["pruned"], found["finetuned"], found,
+                                           path=cut / "slim.graphprune.pt"))
+
+    for width in preset["widths"]:
+        run = work / f"dense-w{width:g}"
+        console.rule(f"seed {seed}: dense width {width:g}, {total} epochs from scratch")
+        info = training(run, TrainConfig(model="yolov5_custom", model_kwargs=dict(
+            depth_multiple=0.33, width_multiple=width), epochs=total, out=str(run),
+            val_every=total, **common), console)
+        model = gp.load(run / "last.pt").eval()
+        out["dense"].append({"width": width, "params": count_params(model),
+                             "flops": count_flops(model, (example,)), "map50": info["map50"],
+                             "map": info["map"], "path": str(run / "last.pt")})
+    latency(out, example, console, args.rounds)
+    return out
+
+
+def point_row(method, op, slim, sparse, example, device, pruned, finetuned, extra, path=None):
+    sparse_cpu = copy.deepcopy(sparse).cpu().eval()
+    flops_before = count_flops(sparse_cpu, (example,))
+    flops = count_flops(slim.cpu().eval(), (example,))
+    return {"method": method, "op": list(op), "params": count_params(slim), "flops": flops,
+            "flops_removed": 1 - flops / flops_before,
+            "params_removed": 1 - count_params(slim) / count_params(sparse_cpu),
+            "map50": pruned["map50"], "map": pruned["map"],
+            "map50_ft": finetuned["map50"], "map_ft": finetuned["map"],
+            "lfa": extra.get("lfa"), "threshold": extra.get("threshold"),
+            "path": str(path) if path else None}
+
+
+def latency(out: dict[str, Any], example: torch.Tensor, console: Console, rounds: int) -> None:
+    """onnxruntime CPU latency (batch 1, median of interleaved rounds) of every model of the
+    seed: the pruned points, the dense family and the same-budget baseline."""
+    models = {}
+    for k, row in enumerate(out["points"]):
+        if row.get("path"):
+            models[f"p{k}"] = gp.load(row["path"])
+    for k, row in enumerate(out["dense"]):
+        models[f"d{k}"] = gp.load(row["path"])
+    with console.status(f"onnxruntime latency of {len(models)} models, {rounds} rounds"), \
+            tempfile.TemporaryDirectory() as tmp:
+        sessions = {name: ort_session(export_onnx(m.cpu().eval(), (example,),
+                                                  Path(tmp) / f"{name}.onnx"), os.cpu_count())
+                    for name, m in models.items()}
+        ms = time_sessions(sessions, example.numpy(), rounds)
+    for k, row in enumerate(out["points"]):
+        if f"p{k}" in ms:
+            row["latency_ms"] = ms[f"p{k}"]
+    for k, row in enumerate(out["dense"]):
+        row["latency_ms"] = ms[f"d{k}"]
+    if out.get("reference") is not None:
+        out["reference"]["latency_ms"] = out["dense"][0]["latency_ms"] \
+            if out["dense"] and out["dense"][0]["flops"] == out["reference"]["flops"] else None
+
+
+# -- summaries -------------------------------------------------------------------------------
+def mean_spread(values: list[float]) -> tuple[float, float]:
+    """Mean and half the range (the run-to-run spread over seeds)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), (max(values) - min(values)) / 2
+
+
+def aggregate(seeds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per (method, operating point) and per dense width: mean and spread over the seeds."""
+    def agg(rows: list[dict[str, Any]], keys) -> dict[str, Any]:
+        out = {}
+        for key in keys:
+            m, s = mean_spread([r.get(key) for r in rows])
+            out[key], out[f"{key}_spread"] = m, s
+        return out
+
+    keys = ("flops", "params", "flops_removed", "map50", "map", "map50_ft", "map_ft",
+            "latency_ms", "lfa")
+    points: dict[tuple, list] = {}
+    for seed in seeds:
+        for row in seed["points"]:
+            points.setdefault((row["method"], tuple(row["op"])), []).append(row)
+    summary = {"points": [], "dense": [], "reference": None}
+    for (method, op), rows in points.items():
+        ok = [r for r in rows if "failed" not in r]
+        entry = {"method": method, "op": list(op), "seeds": len(ok)}
+        if ok:
+            entry.update(agg(ok, keys))
+        if len(ok) < len(rows):
+            entry["failed"] = [r["failed"] for r in rows if "failed" in r]
+        summary["points"].append(entry)
+    widths: dict[float, list] = {}
+    for seed in seeds:
+        for row in seed["dense"]:
+            widths.setdefault(row["width"], []).append(row)
+    for width, rows in sorted(widths.items(), reverse=True):
+        summary["dense"].append({"width": width, "seeds": len(rows),
+                                 **agg(rows, ("flops", "params", "map50", "map",
+                                              "latency_ms"))})
+    refs = [s["reference"] for s in seeds if s.get("reference")]
+    if refs:
+        summary["reference"] = agg(refs, ("flops", "params", "map50", "map", "map50_ft",
+                                          "map_ft"))
+    return summary
+
+
+def front_value(front: list[tuple[float, float]], flops: float) -> float:
+    """The best mAP a front reaches at ``flops`` or fewer (its upper envelope, linear between
+    its points); below its smallest model, that model's mAP (a conservative yardstick)."""
+    pts = sorted(front)
+    if not pts:
+        return float("-inf")
+    if flops <= pts[0][0]:
+        return pts[0][1]
+    best = float("-inf")
+    for (f0, m0), (f1, m1) in zip(pts, pts[1:]):
+        if f0 <= flops <= f1 and f1 > f0:
+            best = max(best, m0 + (m1 - m0) * (flops - f0) / (f1 - f0))
+    best = max(best, max(m for f, m in pts if f <= flops))
+    return best
+
+
+def verdicts(summary: dict[str, Any], ours: str = "progressive") -> dict[str, Any]:
+    """The acceptance questions, answered from the measured means."""
+    rows = [p for p in summary["points"] if p["method"] == ours and "map50" in p]
+    ref = summary["reference"] or {}
+    dense = [(d["flops"], d["map50"]) for d in summary["dense"]]
+    ns_ft = [(p["flops"], p["map50_ft"]) for p in summary["points"]
+             if p["method"] == "ns" and "map50_ft" in p]
+    out: dict[str, Any] = {"method": ours}
+    for key, ref_key in (("map50", "map50"), ("map50_ft", "map50_ft")):
+        good = [p for p in rows if p["flops_removed"] >= 0.7 and
+                ref.get(ref_key) is not None and p[key] >= ref[ref_key] - 0.01]
+        out[f"within_1pt_at_70pct_flops_{key}"] = [p["op"] for p in good]
+    for key in ("map50", "map50_ft"):
+        out[f"beats_dense_{key}"] = [p["op"] for p in rows
+                                     if p[key] > front_value(dense, p["flops"])]
+        out[f"beats_ns_{key}"] = [p["op"] for p in rows
+                                  if p[key] > front_value(ns_ft if key == "map50_ft" else
+                                                          [(q["flops"], q["map50"]) for q in
+                                                           summary["points"] if
+                                                           q["method"] == "ns" and "map50" in q],
+                                                          p["flops"])]
+    return out
+
+
+def cell(mean: float, spread: float, digits: int = 3, pct: bool = False) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    if pct:
+        return f"{100 * mean:.1f} %" + (f" ± {100 * spread:.1f}" if spread else "")
+    return f"{mean:.{digits}f}" + (f" ± {spread:.{digits}f}" if spread else "")
+
+
+def op_name(op) -> str:
+    kind, value = op
+    return {"lfa": f"LFA⁺ ≤ {100 * value:g} %", "lfa2": f"LFA± ≤ {100 * value:g} %",
+            "flops": f"FLOPs −{100 * value:g} %", "none": "unpruned"}[kind]
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    s, p = payload["summary"], payload["preset"]
+    lines = [f"# Accuracy against size: {payload['data']}, {p['model']} @ {p['imgsz']} px", "",
+             f"Budget: baseline {p['base_epochs']} epochs from scratch, then "
+             f"{p['sparse_epochs']} sparse epochs, then a {p['finetune_epochs']}-epoch "
+             f"fine-tune; the dense family trains {payload['total_epochs']} epochs from "
+             f"scratch.  Seeds {payload['seeds']} (mean ± half the range).  "
+             f"{payload['machine']}, torch {payload['torch']}, {payload['date']}; "
+             f"{payload['minutes']:.0f} min.", "",
+             "mAP on the validation split; FLOPs = 2 × MACs at the input size; latency: "
+             "onnxruntime CPU, batch 1, median of interleaved rounds.", ""]
+    ref = s.get("reference")
+    if ref:
+        lines += [f"Same-budget baseline (unpruned, same schedule, no sparsity): mAP50 "
+                  f"{cell(ref['map50'], ref['map50_spread'])}, after the fine-tune "
+                  f"{cell(ref['map50_ft'], ref['map50_ft_spread'])}; "
+                  f"{ref['flops'] / 1e9:.3f} GFLOPs.", ""]
+    lines += ["| method | cut | FLOPs removed | GFLOPs | params | mAP50 pruned | mAP50-95 pruned "
+              "| mAP50 fine-tuned | mAP50-95 fine-tuned | ORT ms |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in s["points"]:
+        if "map50" not in row:
+            lines.append(f"| {row['method']} | {op_name(row['op'])} | failed: "
+                         f"{row['failed'][0]} | | | | | | | |")
+            continue
+        lines.append(f"| {row['method']} | {op_name(row['op'])} | "
+                     f"{cell(row['flops_removed'], row['flops_removed_spread'], pct=True)} | "
+                     f"{row['flops'] / 1e9:.3f} | {row['params'] / 1e6:.3f} M | "
+                     f"{cell(row['map50'], row['map50_spread'])} | "
+                     f"{cell(row['map'], row['map_spread'])} | "
+                     f"{cell(row['map50_ft'], row['map50_ft_spread'])} | "
+                     f"{cell(row['map_ft'], row['map_ft_spread'])} | "
+                     f"{cell(row['latency_ms'], row['latency_ms_spread'], 2)} |")
+    for row in s["dense"]:
+        lines.append(f"| dense w = {row['width']:g} | trained from scratch | – | "
+                     f"{row['flops'] / 1e9:.3f} | {row['params'] / 1e6:.3f} M | – | – | "
+                     f"{cell(row['map50'], row['map50_spread'])} | "
+                     f"{cell(row['map'], row['map_spread'])} | "
+                     f"{cell(row['latency_ms'], row['latency_ms_spread'], 2)} |")
+    v = payload["verdicts"]
+    lines += ["", f"## Verdicts ({v['method']}, from the means)", ""]
+    for key, label in (("within_1pt_at_70pct_flops_map50",
+                        "≥ 70 % of FLOPs removed and mAP50 within 1 point of the same-budget "
+                        "baseline, pruned"),
+                       ("within_1pt_at_70pct_flops_map50_ft", "the same after the fine-tune "
+                        "(against the fine-tuned baseline)"),
+                       ("beats_dense_map50_ft", "fine-tuned, higher mAP50 than the dense family "
+                        "at ≤ equal FLOPs"),
+                       ("beats_ns_map50_ft", "fine-tuned, higher mAP50 than NS at ≤ equal "
+                        "FLOPs"),
+                       ("beats_dense_map50", "pruned only, higher mAP50 than the dense family"),
+                       ("beats_ns_map50", "pruned only, higher mAP50 than NS (pruned only)")):
+        ops = v[key]
+        lines.append(f"- {label}: {', '.join(op_name(o) for o in ops) if ops else 'none'}")
+    lines += ["", "![Pareto fronts](" + payload["plot"] + ")", ""]
+    return "\n".join(lines) + "\n"
+
+
+def plot(payload: dict[str, Any], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = payload["summary"]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5), dpi=100)
+    styles = {"ns": ("tab:orange", "s"), "l1rr": ("tab:red", "^"),
+              "progressive": ("tab:green", "o"), "tp-groupnorm": ("tab:purple", "v"),
+              "tp-bnscale": ("tab:brown", "D")}
+    dense = s["dense"]
+    for ax, key, xkey, title in ((axes[0], "map50", "flops", "pruned, no fine-tune"),
+                                 (axes[1], "map50_ft", "flops", "pruned + fine-tune"),
+                                 (axes[2], "map50_ft", "latency_ms", "fine-tuned, against "
+                                                                     "latency")):
+        scale = 1e9 if xkey == "flops" else 1.0
+        if dense:
+            xs = [d[xkey] / scale for d in dense]
+            ax.errorbar(xs, [d["map50"] for d in dense], yerr=[d["map50_spread"] for d in dense],
+                        color="black", marker="x", ls="--", label="dense family (from scratch)")
+        for method, (color, marker) in styles.items():
+            rows = sorted((r for r in s["points"] if r["method"] == method and key in r and
+                           r.get(xkey) is not None and not math.isnan(r[xkey])),
+                          key=lambda r: r[xkey])
+            if rows:
+                ax.errorbar([r[xkey] / scale for r in rows], [r[key] for r in rows],
+                            yerr=[r[f"{key}_spread"] for r in rows], color=color,
+                            marker=marker, ls="-", label=method, capsize=2)
+        ref = s.get("reference")
+        if ref and xkey == "flops":
+            ax.plot([ref["flops"] / 1e9], [ref["map50_ft" if key == "map50_ft" else "map50"]],
+                    "*", ms=14, color="gold", mec="black", label="same-budget baseline")
+        ax.set_xlabel("GFLOPs" if xkey == "flops" else "onnxruntime CPU ms (batch 1)")
+        ax.set_ylabel("mAP@0.5")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"{payload['data']}: {payload['preset']['model']} @ "
+                 f"{payload['preset']['imgsz']} px, seeds {payload['seeds']}", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", choices=("synthetic", "nwpu"), default="synthetic")
+    parser.add_argument("--quick", action="store_true", help="every step at toy sizes")
+    parser.add_argument("--methods", default="ns,l1rr,progressive,tp-groupnorm,tp-bnscale")
+    parser.add_argument("--lfa-targets", default="0.01")
+    parser.add_argument("--lfa-criteria", default="plus,two-sided",
+                        help="what the LFA targets bound: plus (LFA⁺), two-sided (LFA±)")
+    parser.add_argument("--flops-targets", default="0.5,0.7,0.85")
+    parser.add_argument("--seeds", default=None, help="comma-separated (default: the preset's)")
+    parser.add_argument("--rounds", type=int, default=30, help="latency rounds")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="where runs are kept (default runs/tradeoff-<data>)")
+    parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser.add_argument("--json-out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    preset_name = "quick" if args.quick else args.data
+    preset = dict(PRESETS[preset_name])
+    args.methods = [m for m in args.methods.split(",") if m]
+    unknown = set(args.methods) - set(methods(preset))
+    if unknown:
+        parser.error(f"unknown method(s) {', '.join(sorted(unknown))}")
+    args.lfa_targets = [float(v) for v in args.lfa_targets.split(",") if v]
+    by_criterion = {c: k for k, c in LFA_OPS.items()}
+    try:
+        args.lfa_kinds = [by_criterion[c] for c in args.lfa_criteria.split(",") if c]
+    except KeyError as exc:
+        parser.error(f"unknown LFA criterion {exc}")
+    args.flops_targets = [float(v) for v in args.flops_targets.split(",") if v]
+    seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else list(preset["seeds"])
+    if args.quick:
+        args.rounds = min(args.rounds, 3)
+    args.work = args.work or ROOT / "runs" / f"tradeoff-{preset_name}"
+    console = Console(stderr=True)
+    start = time.perf_counter()
+    per_seed = [run_seed(args, preset, seed, console) for seed in seeds]
+    summary = aggregate(per_seed)
+    stem = f"tradeoff_{preset_name}"
+    payload = {"data": args.data if not args.quick else "synthetic (quick)",
+               "preset": {k: (list(v) if isinstance(v, tuple) else v)
+                          for k, v in preset.items()},
+               "methods": {m: methods(preset)[m] for m in ["none", *args.methods]},
+               "total_epochs": preset["base_epochs"] + preset["sparse_epochs"] +
+               preset["finetune_epochs"], "seeds": seeds,
+               "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+               "torch": torch.__version__, "date": str(date.today()),
+               "minutes": (time.perf_counter() - start) / 60,
+               "plot": f"{stem}.png", "summary": summary, "per_seed": per_seed}
+    payload["verdicts"] = verdicts(summary)
+    report = Table(title=f"tradeoff: {payload['data']}", show_edge=False)
+    for col in ("method", "cut", "FLOPs removed", "mAP50", "mAP50 fine-tuned"):
+        report.add_column(col, justify="right")
+    for row in summary["points"]:
+        if "map50" in row:
+            report.add_row(row["method"], op_name(row["op"]),
+                           cell(row["flops_removed"], row["flops_removed_spread"], pct=True),
+                           cell(row["map50"], row["map50_spread"]),
+                           cell(row["map50_ft"], row["map50_ft_spread"]))
+    for row in summary["dense"]:
+        report.add_row(f"dense w={row['width']:g}", "–", "–", "–",
+                       cell(row["map50"], row["map50_spread"]))
+    Console().print(report)
+    if args.json_out is not None:
+        args.json_out.write_text(json.dumps(payload, indent=2, default=float) + "\n")
+    if not args.quick:
+        args.results.mkdir(parents=True, exist_ok=True)
+        (args.results / f"{stem}.json").write_text(json.dumps(payload, indent=2,
+                                                              default=float) + "\n")
+        plot(payload, args.results / f"{stem}.png")
+        (args.results / f"{stem}.md").write_text(markdown(payload))
+    else:
+        with tempfile.TemporaryDirectory() as tmp:      # the quick run draws them too
+            plot(payload, Path(tmp) / f"{stem}.png")
+            markdown(payload)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
