@@ -97,6 +97,8 @@ def methods(preset: dict[str, Any]) -> dict[str, dict[str, Any]]:
     epochs = preset["sparse_epochs"]
     l1rr, ns = DEMO_SPARSITY["l1rr"], DEMO_SPARSITY["ns"]
     phase, phases = default_phases("progressive", epochs)
+    scratch_phase, scratch_phases = default_phases("progressive",
+                                                   preset["base_epochs"] + epochs)
     return {
         "none": dict(kind="gp", sparsity=None),
         "ns": dict(kind="gp", sparsity="ns", theta=ns["theta"]),
@@ -106,6 +108,11 @@ def methods(preset: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "progressive": dict(kind="gp", sparsity="progressive", phase_epochs=phase,
                             max_phases=phases,
                             options=dict(DEMO_SPARSITY["progressive"]["sparsity_options"])),
+        # the same mode from scratch, over the baseline's and the sparse epochs in one run
+        "progressive-scratch": dict(kind="gp", sparsity="progressive", scratch=True,
+                                    phase_epochs=scratch_phase, max_phases=scratch_phases,
+                                    options=dict(DEMO_SPARSITY["progressive"]
+                                                 ["sparsity_options"])),
         "tp-groupnorm": dict(kind="tp", pruner="groupnorm", reg=5e-4),
         "tp-bnscale": dict(kind="tp", pruner="bnscale", reg=ns["theta"]),
     }
@@ -295,10 +302,17 @@ def run_seed(args, preset, seed: int, console: Console) -> dict[str, Any]:
     for name in ["none", *chosen]:
         spec = methods(preset)[name]
         run = work / f"sparse-{name}"
-        console.rule(f"seed {seed}: {name}, {preset['sparse_epochs']} epochs from the baseline")
         callbacks = None
-        config = dict(weights=str(base_ckpt), epochs=preset["sparse_epochs"], out=str(run),
-                      val_every=preset["sparse_epochs"], **sparse_common)
+        if spec.get("scratch"):         # sparse training from scratch, for the baseline's and
+            epochs = preset["base_epochs"] + preset["sparse_epochs"]       # sparse epochs
+            console.rule(f"seed {seed}: {name}, {epochs} epochs from scratch")
+            config = dict(model=preset["model"], epochs=epochs, out=str(run), val_every=epochs,
+                          **common)
+        else:
+            console.rule(f"seed {seed}: {name}, {preset['sparse_epochs']} epochs from the "
+                         "baseline")
+            config = dict(weights=str(base_ckpt), epochs=preset["sparse_epochs"], out=str(run),
+                          val_every=preset["sparse_epochs"], **sparse_common)
         if spec["kind"] == "tp":
             callbacks = [TorchPruningRegularizer(spec["pruner"], spec["reg"], imgsz)]
         elif spec["sparsity"]:
@@ -315,6 +329,7 @@ def run_seed(args, preset, seed: int, console: Console) -> dict[str, Any]:
                 **{**common, **ft_settings}), console)
             out["reference"] = point_row(name, ("none", 0.0), sparse, sparse, example, device,
                                          out["runs"][name], ft, {})
+            out["reference_ft_minutes"] = ft["minutes"]
             continue
         ops = [("flops", f) for f in args.flops_targets]
         if spec["kind"] == "gp":
@@ -363,7 +378,11 @@ def run_seed(args, preset, seed: int, console: Console) -> dict[str, Any]:
         model = gp.load(run / "last.pt").eval()
         out["dense"].append({"width": width, "params": count_params(model),
                              "flops": count_flops(model, (example,)), "map50": info["map50"],
-                             "map": info["map"], "path": str(run / "last.pt")})
+                             "map": info["map"], "path": str(run / "last.pt"),
+                             "minutes": info["minutes"]})
+    out["train_minutes"] = sum(r.get("minutes", 0.0) for r in out["runs"].values()) + \
+        sum(r["minutes"] for r in out["dense"]) + out.get("reference_ft_minutes", 0.0) + \
+        sum(p.get("ft_minutes", 0.0) for p in out["points"])
     latency(out, example, console, args.rounds)
     return out
 
@@ -377,7 +396,8 @@ def point_row(method, op, slim, sparse, example, device, pruned, finetuned, extr
             "params_removed": 1 - count_params(slim) / count_params(sparse_cpu),
             "map50": pruned["map50"], "map": pruned["map"],
             "map50_ft": finetuned["map50"], "map_ft": finetuned["map"],
-            "lfa": extra.get("lfa"), "threshold": extra.get("threshold"),
+            "lfa": extra.get("lfa"), "lfa_two_sided": extra.get("lfa_two_sided"),
+            "threshold": extra.get("threshold"), "ft_minutes": finetuned.get("minutes", 0.0),
             "path": str(path) if path else None}
 
 
@@ -515,8 +535,8 @@ def markdown(payload: dict[str, Any]) -> str:
              f"{p['sparse_epochs']} sparse epochs, then a {p['finetune_epochs']}-epoch "
              f"fine-tune; the dense family trains {payload['total_epochs']} epochs from "
              f"scratch.  Seeds {payload['seeds']} (mean ± half the range).  "
-             f"{payload['machine']}, torch {payload['torch']}, {payload['date']}; "
-             f"{payload['minutes']:.0f} min.", "",
+             f"{payload['machine']}, torch {payload['torch']}, {payload['date']}; the runs "
+             f"trained {payload['train_minutes']:.0f} min in all.", "",
              "mAP on the validation split; FLOPs = 2 × MACs at the input size; latency: "
              "onnxruntime CPU, batch 1, median of interleaved rounds.", ""]
     ref = s.get("reference")
@@ -547,21 +567,23 @@ def markdown(payload: dict[str, Any]) -> str:
                      f"{cell(row['map50'], row['map50_spread'])} | "
                      f"{cell(row['map'], row['map_spread'])} | "
                      f"{cell(row['latency_ms'], row['latency_ms_spread'], 2)} |")
-    v = payload["verdicts"]
-    lines += ["", f"## Verdicts ({v['method']}, from the means)", ""]
-    for key, label in (("within_1pt_at_70pct_flops_map50",
-                        "≥ 70 % of FLOPs removed and mAP50 within 1 point of the same-budget "
-                        "baseline, pruned"),
-                       ("within_1pt_at_70pct_flops_map50_ft", "the same after the fine-tune "
-                        "(against the fine-tuned baseline)"),
-                       ("beats_dense_map50_ft", "fine-tuned, higher mAP50 than the dense family "
-                        "at ≤ equal FLOPs"),
-                       ("beats_ns_map50_ft", "fine-tuned, higher mAP50 than NS at ≤ equal "
-                        "FLOPs"),
-                       ("beats_dense_map50", "pruned only, higher mAP50 than the dense family"),
-                       ("beats_ns_map50", "pruned only, higher mAP50 than NS (pruned only)")):
-        ops = v[key]
-        lines.append(f"- {label}: {', '.join(op_name(o) for o in ops) if ops else 'none'}")
+    for v in payload["verdicts"].values():
+        lines += ["", f"## Verdicts: {v['method']} (from the means)", ""]
+        for key, label in (("within_1pt_at_70pct_flops_map50",
+                            "≥ 70 % of FLOPs removed and mAP50 within 1 point of the same-budget "
+                            "baseline, pruned"),
+                           ("within_1pt_at_70pct_flops_map50_ft", "the same after the fine-tune "
+                            "(against the fine-tuned baseline)"),
+                           ("beats_dense_map50_ft", "fine-tuned, higher mAP50 than the dense "
+                            "family at ≤ equal FLOPs"),
+                           ("beats_ns_map50_ft", "fine-tuned, higher mAP50 than NS at ≤ equal "
+                            "FLOPs"),
+                           ("beats_dense_map50", "pruned only, higher mAP50 than the dense "
+                            "family"),
+                           ("beats_ns_map50", "pruned only, higher mAP50 than NS (pruned "
+                            "only)")):
+            ops = v[key]
+            lines.append(f"- {label}: {', '.join(op_name(o) for o in ops) if ops else 'none'}")
     lines += ["", "![Pareto fronts](" + payload["plot"] + ")", ""]
     return "\n".join(lines) + "\n"
 
@@ -574,7 +596,8 @@ def plot(payload: dict[str, Any], path: Path) -> None:
     s = payload["summary"]
     fig, axes = plt.subplots(1, 3, figsize=(16, 5), dpi=100)
     styles = {"ns": ("tab:orange", "s"), "l1rr": ("tab:red", "^"),
-              "progressive": ("tab:green", "o"), "tp-groupnorm": ("tab:purple", "v"),
+              "progressive": ("tab:green", "o"), "progressive-scratch": ("tab:olive", "P"),
+              "tp-groupnorm": ("tab:purple", "v"),
               "tp-bnscale": ("tab:brown", "D")}
     dense = s["dense"]
     for ax, key, xkey, title in ((axes[0], "map50", "flops", "pruned, no fine-tune"),
@@ -610,11 +633,23 @@ def plot(payload: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def relative_paths(payload: dict[str, Any]) -> None:
+    """Model paths under the repository are written relative to it, so the committed results
+    name no machine's directories."""
+    for seed in payload["per_seed"]:
+        for row in [*seed["points"], *seed["dense"]]:
+            if row.get("path"):
+                path = Path(row["path"])
+                if path.is_relative_to(ROOT):
+                    row["path"] = str(path.relative_to(ROOT))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", choices=("synthetic", "nwpu"), default="synthetic")
     parser.add_argument("--quick", action="store_true", help="every step at toy sizes")
-    parser.add_argument("--methods", default="ns,l1rr,progressive,tp-groupnorm,tp-bnscale")
+    parser.add_argument("--methods",
+                        default="ns,l1rr,progressive,progressive-scratch,tp-groupnorm,tp-bnscale")
     parser.add_argument("--lfa-targets", default="0.01")
     parser.add_argument("--lfa-criteria", default="plus,two-sided",
                         help="what the LFA targets bound: plus (LFA⁺), two-sided (LFA±)")
@@ -658,8 +693,11 @@ def main(argv=None) -> int:
                "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                "torch": torch.__version__, "date": str(date.today()),
                "minutes": (time.perf_counter() - start) / 60,
+               "train_minutes": sum(seed["train_minutes"] for seed in per_seed),
                "plot": f"{stem}.png", "summary": summary, "per_seed": per_seed}
-    payload["verdicts"] = verdicts(summary)
+    relative_paths(payload)
+    payload["verdicts"] = {m: verdicts(summary, m) for m in args.methods
+                           if methods(preset)[m]["kind"] == "gp"}
     report = Table(title=f"tradeoff: {payload['data']}", show_edge=False)
     for col in ("method", "cut", "FLOPs removed", "mAP50", "mAP50 fine-tuned"):
         report.add_column(col, justify="right")

@@ -118,10 +118,12 @@ def prunable_batchnorms(model: nn.Module, example_inputs: Any) -> list[str]:
 
 
 class SparsityRegularizer:
-    """Adds L1RR (or network-slimming) sparsity gradients to BatchNorm γ; see the module doc.
+    """Sparse training of BatchNorm γ in one of :data:`MODES` (L1RR by default); see the module
+    doc for each mode's equation.
 
     ``example_inputs`` (or ``layers``, BatchNorm names) chooses the regularised layers; with
-    neither, every affine BatchNorm is regularised (and a warning says so)."""
+    neither, every affine BatchNorm is regularised (and a warning says so).  Mode progressive
+    with ``unit="flops"`` also needs ``example_inputs``, to count what each channel costs."""
 
     def __init__(self, model: nn.Module, example_inputs: Any = None, *, mode: str = "l1rr",
                  theta: float = 1e-3, phase_epochs: int = 40, phase_steps: int | None = None,
@@ -137,8 +139,8 @@ class SparsityRegularizer:
         if phase_steps is None and phase_epochs < 1 or phase_steps is not None and phase_steps < 1:
             raise GraphpruneError("phases must last at least one epoch (or step)")
         if not 0 < target < 1:
-            raise GraphpruneError(f"target (the share of channels to remove) must be in (0, 1), "
-                                  f"got {target!r}")
+            raise GraphpruneError(f"target (the share of FLOPs or channels to remove) must be "
+                                  f"in (0, 1), got {target!r}")
         if not 0 < max_layer_share <= 1:
             raise GraphpruneError(f"max_layer_share must be in (0, 1], got {max_layer_share!r}")
         if unit not in UNITS:

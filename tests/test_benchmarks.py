@@ -162,7 +162,7 @@ def test_tradeoff_benchmark_measures_every_method_and_yardstick(tmp_path):
     payload = json.loads(out.read_text())
     seed = payload["per_seed"][0]
     cuts = {(p["method"], tuple(p["op"])) for p in seed["points"]}
-    for method in ("ns", "l1rr", "progressive"):
+    for method in ("ns", "l1rr", "progressive", "progressive-scratch"):
         assert {(method, ("lfa", 0.01)), (method, ("lfa2", 0.01)), (method, ("flops", 0.5)),
                 (method, ("flops", 0.7))} <= cuts
     assert {("tp-groupnorm", ("flops", 0.5)), ("tp-bnscale", ("flops", 0.5))} <= cuts
@@ -186,8 +186,10 @@ def test_tradeoff_benchmark_measures_every_method_and_yardstick(tmp_path):
     progressive = json.loads((tmp_path / "work" / "seed0" / "sparse-progressive" /
                               "done.json").read_text())
     assert len(progressive["rho_by_epoch"]) == payload["preset"]["sparse_epochs"]
-    assert set(payload["verdicts"]) >= {"within_1pt_at_70pct_flops_map50_ft",
-                                        "beats_dense_map50_ft", "beats_ns_map50_ft"}
+    assert set(payload["verdicts"]) == {"ns", "l1rr", "progressive", "progressive-scratch"}
+    assert set(payload["verdicts"]["progressive"]) >= {"within_1pt_at_70pct_flops_map50_ft",
+                                                       "beats_dense_map50_ft",
+                                                       "beats_ns_map50_ft"}
     # a second run reuses every finished run
     assert tradeoff.main(["--quick", "--work", str(tmp_path / "work"), "--flops-targets",
                           "0.5,0.7", "--json-out", str(out)]) == 0
