@@ -43,6 +43,7 @@ import sys
 import tempfile
 import time
 import warnings
+from dataclasses import asdict
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import graphprune as gp  # noqa: E402
 from graphprune import data as gpdata  # noqa: E402
 from graphprune.detect.loss import find_detect  # noqa: E402
-from graphprune.detect.train import TrainConfig, train  # noqa: E402
+from graphprune.detect.train import TrainConfig, load_resume, resume, train  # noqa: E402
 from graphprune.detect.val import resolve_device  # noqa: E402
 from graphprune.export import export_onnx  # noqa: E402
 from graphprune.search import prune_to_target  # noqa: E402
@@ -134,18 +135,38 @@ def training(out: Path, config: TrainConfig, console: Console, callbacks=None) -
     found = done(out)
     if found is not None:
         return found
-    if out.exists():
-        import shutil
-        shutil.rmtree(out)
+    last, earlier = out / "last.pt", 0.0
     start = time.perf_counter()
-    trainer = train(config, callbacks=callbacks, console=console)
+    if interrupted(last, config):
+        # the minutes of the epochs before the interruption, from the run's own log
+        earlier = sum(json.loads(line).get("seconds", 0.0) for line in
+                      (out / "results.jsonl").read_text().splitlines() if line.strip()) / 60
+        console.print(f"resuming the interrupted run {out}")
+        trainer = resume(last, callbacks=callbacks, console=console)
+    else:
+        if out.exists():
+            import shutil
+            shutil.rmtree(out)
+        trainer = train(config, callbacks=callbacks, console=console)
     final = trainer.history[-1].get("metrics") or {}
     info = {"map50": final.get("map50"), "map": final.get("map"),
-            "minutes": (time.perf_counter() - start) / 60, "epochs": config.epochs}
+            "minutes": earlier + (time.perf_counter() - start) / 60, "epochs": config.epochs}
     if trainer.sparsity is not None:
         log = [json.loads(x) for x in (out / "sparsity.jsonl").read_text().splitlines()]
         info["rho_by_epoch"] = [row["rho"] for row in log]
     return mark_done(out, info)
+
+
+def interrupted(last: Path, config: TrainConfig) -> bool:
+    """Whether ``last`` is the checkpoint of an unfinished run with this very configuration
+    (then it is resumed, exactly, instead of trained again from the start)."""
+    if not last.exists():
+        return False
+    try:
+        saved, _ = load_resume(last)
+    except (gp.GraphpruneError, RuntimeError, OSError, KeyError, ValueError):
+        return False
+    return asdict(saved) == {**asdict(config), "out": saved.out}
 
 
 class TorchPruningRegularizer:

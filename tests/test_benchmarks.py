@@ -208,3 +208,41 @@ def test_tradeoff_front_comparison():
     assert front(dense, 0.5) == 0.5 and front(dense, 8.0) == 0.8
     assert front([(1.0, 0.9), (2.0, 0.6)], 2.0) == 0.9       # the envelope, not the last point
     assert front([], 1.0) == float("-inf")
+
+
+def test_tradeoff_resumes_an_interrupted_run_and_restarts_a_changed_one(tmp_path):
+    import torch
+    from rich.console import Console
+
+    from graphprune.data import make_synthetic_dataset
+    from graphprune.detect.train import TrainConfig, train
+
+    tradeoff = _script("tradeoff")
+    data = make_synthetic_dataset(tmp_path / "data", n_train=8, n_val=4, seed=1)
+    config = TrainConfig(data=str(data), model="yolov5n", imgsz=64, epochs=2, batch=4,
+                         nominal_batch=4, workers=0, device="cpu", warmup_epochs=0, seed=3,
+                         out=str(tmp_path / "run"))
+    train(config, stop_after=1)                         # the interruption: one epoch of two
+    first = (tmp_path / "run" / "results.jsonl").read_text().splitlines()
+    assert len(first) == 1
+    assert tradeoff.interrupted(tmp_path / "run" / "last.pt", config)
+    changed = TrainConfig(**{**config.__dict__, "seed": 4})
+    assert not tradeoff.interrupted(tmp_path / "run" / "last.pt", changed)
+    console = Console(quiet=True)
+    info = tradeoff.training(tmp_path / "run", config, console)
+    lines = (tmp_path / "run" / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and lines[0] == first[0]      # continued, not trained again
+    assert info["epochs"] == 2 and info["map50"] is not None
+    assert info["minutes"] >= json.loads(first[0])["seconds"] / 60
+    assert json.loads((tmp_path / "run" / "done.json").read_text()) == info
+    # an unfinished run of another configuration in the folder is trained again from the start
+    stale = TrainConfig(**{**config.__dict__, "out": str(tmp_path / "run2")})
+    train(stale, stop_after=1)
+    stale_line = (tmp_path / "run2" / "results.jsonl").read_text().splitlines()[0]
+    wanted = TrainConfig(**{**changed.__dict__, "out": str(tmp_path / "run2")})
+    assert tradeoff.training(tmp_path / "run2", wanted, console)["epochs"] == 2
+    lines = (tmp_path / "run2" / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and lines[0] != stale_line
+    saved = json.loads(torch.load(tmp_path / "run2" / "last.pt", weights_only=True)
+                       ["train"]["config"])
+    assert saved["seed"] == 4
