@@ -44,7 +44,7 @@ from graphprune.sparsity import prunable_batchnorms  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import compare_residual_modes, write_results  # noqa: E402
+from common import compare_residual_modes, logged_minutes, write_results  # noqa: E402
 from latency import ort_latency  # noqa: E402
 # the recipe benchmarks/synthetic.py measured to learn fastest on 2 CPU cores
 RECIPE = dict(batch=8, nominal_batch=8, lr0=0.02, warmup_epochs=1, cls=2.0)
@@ -55,6 +55,7 @@ RECIPE = dict(batch=8, nominal_batch=8, lr0=0.02, warmup_epochs=1, cls=2.0)
 DEFAULT_MODES = ("none,ns,dsm,l1rr,si,si:theta=0.05,hoyer,polar:theta=0.005,"
                  "progressive:max_phases=9:target=0.75,"
                  "progressive:max_phases=9:target=0.75:importance=gamma")
+
 
 def evaluate(model, data, imgsz, device):
     loader = gpdata.make_loader(gpdata.DetectionDataset(data.val, data.names, imgsz), 16,
@@ -155,14 +156,6 @@ def trajectory(run: Path, every: int, imgsz: int, lfa_target: float, calib,
                    lfa_plus=found.lfa_slim.plus)
         rows.append(row)
     return rows
-
-
-def logged_minutes(log: Path) -> float:
-    """Training minutes of a finished run, summed from its per-epoch log (NaN without one)."""
-    if not log.exists():
-        return float("nan")
-    lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    return sum(entry.get("seconds", 0.0) for entry in lines) / 60
 
 
 def share(value) -> str:

@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: writing a run's results as JSON and as the printed table."""
+"""What the benchmark scripts share: writing a run's results as JSON and as the printed table,
+and reading a training's minutes from its log."""
 
 from __future__ import annotations
 
@@ -37,3 +38,12 @@ def compare_residual_modes(model, example, **how) -> dict[str, float]:
             out[f"{mode}_params_pruned"] = 1 - stats.params_ratio
             out[f"{mode}_flops_pruned"] = 1 - stats.flops_ratio
     return out
+
+
+def logged_minutes(log: Path) -> float:
+    """Training minutes of a run (finished or not), summed from its per-epoch log (NaN without
+    one)."""
+    if not log.exists():
+        return float("nan")
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return sum(entry.get("seconds", 0.0) for entry in lines) / 60

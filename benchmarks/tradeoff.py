@@ -68,6 +68,7 @@ from graphprune.workflow import DEMO_RECIPE, DEMO_SPARSITY, calibration_set, eva
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
+from common import logged_minutes  # noqa: E402
 from latency import ort_session, time_sessions  # noqa: E402
 
 SHARED_NWPU = ROOT.parent / "shared" / "data" / "nwpu_vhr10"
@@ -138,9 +139,7 @@ def training(out: Path, config: TrainConfig, console: Console, callbacks=None) -
     last, earlier = out / "last.pt", 0.0
     start = time.perf_counter()
     if interrupted(last, config):
-        # the minutes of the epochs before the interruption, from the run's own log
-        earlier = sum(json.loads(line).get("seconds", 0.0) for line in
-                      (out / "results.jsonl").read_text().splitlines() if line.strip()) / 60
+        earlier = logged_minutes(out / "results.jsonl")     # the epochs before the interruption
         console.print(f"resuming the interrupted run {out}")
         trainer = resume(last, callbacks=callbacks, console=console)
     else:
@@ -166,7 +165,8 @@ def interrupted(last: Path, config: TrainConfig) -> bool:
         saved, _ = load_resume(last)
     except (gp.GraphpruneError, RuntimeError, OSError, KeyError, ValueError):
         return False
-    return asdict(saved) == {**asdict(config), "out": saved.out}
+    # compared as the checkpoint stores it (JSON: a tuple reads back as a list)
+    return asdict(saved) == json.loads(json.dumps({**asdict(config), "out": saved.out}))
 
 
 class TorchPruningRegularizer:
@@ -350,7 +350,6 @@ def run_seed(args, preset, seed: int, console: Console) -> dict[str, Any]:
                 **{**common, **ft_settings}), console)
             out["reference"] = point_row(name, ("none", 0.0), sparse, sparse, example, device,
                                          out["runs"][name], ft, {})
-            out["reference_ft_minutes"] = ft["minutes"]
             continue
         ops = [("flops", f) for f in args.flops_targets]
         if spec["kind"] == "gp":
@@ -401,9 +400,9 @@ def run_seed(args, preset, seed: int, console: Console) -> dict[str, Any]:
                              "flops": count_flops(model, (example,)), "map50": info["map50"],
                              "map": info["map"], "path": str(run / "last.pt"),
                              "minutes": info["minutes"]})
+    fine_tunes = [*out["points"], out.get("reference") or {}]
     out["train_minutes"] = sum(r.get("minutes", 0.0) for r in out["runs"].values()) + \
-        sum(r["minutes"] for r in out["dense"]) + out.get("reference_ft_minutes", 0.0) + \
-        sum(p.get("ft_minutes", 0.0) for p in out["points"])
+        sum(r["minutes"] for r in out["dense"]) + sum(p.get("ft_minutes", 0.0) for p in fine_tunes)
     latency(out, example, console, args.rounds)
     return out
 
