@@ -44,7 +44,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from graphprune import data as gpdata  # noqa: E402
 from graphprune.detect.train import TrainConfig, train  # noqa: E402
 from graphprune.detect.val import resolve_device, validate  # noqa: E402
-from graphprune.export import load  # noqa: E402
+from graphprune.checkpoint import load  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data" / "nwpu_vhr10"

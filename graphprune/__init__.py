@@ -13,9 +13,9 @@
 """
 
 from .attention import CalibrationSet, feature_attention, lfa
+from .checkpoint import load
 from .errors import (CheckpointError, GraphpruneError, GraphpruneWarning, MaskError, TraceFailure,
                      VerificationError)
-from .export import load
 from .masks import zero_mask
 from .pipeline import CompileResult, ModelReport, analyze, compile
 from .search import prune_to_target

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .data.labels import targets_per_image
 from .errors import GraphpruneError
 
 LFA_MODES = ("confidence", "features")
@@ -127,7 +128,6 @@ def _as_calibration(data: Any) -> Iterable[tuple[torch.Tensor, list[np.ndarray]]
     if isinstance(data, CalibrationSet):
         yield from data
         return
-    from .detect.val import targets_per_image
     for batch in data:
         images, second = batch[0], batch[1]
         if images.dtype == torch.uint8:

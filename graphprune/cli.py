@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 import warnings
@@ -23,7 +24,21 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
+from . import data as gpdata
+from .checkpoint import open_model
+from .data.cli import add_data_parser
+from .detect.train import TrainConfig, default_workers, resume, train
+from .detect.val import resolve_device, validate
 from .errors import GraphpruneError
+from .export import atomic_directory, atomic_path
+from .integrations.ultralytics import is_detection_model, save_ultralytics_checkpoint
+from .masks import batchnorms
+from .models import randomize_batchnorm
+from .pipeline import analyze
+from .pipeline import compile as gp_compile
+from .report import accuracy_rows, fold_sentence
+from .sparsity import default_phases
+from .workflow import run_demo, target_compile
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -274,16 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json-out", type=Path, default=None, help="also write the metrics as JSON")
     v.set_defaults(func=cmd_val)
 
-    from .data.cli import add_data_parser
     add_data_parser(sub)
     return parser
 
 
 # -- shared ---------------------------------------------------------------------------------
 def _open(args) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
-    from .loading import open_model
-    from .models import randomize_batchnorm
-
     model = open_model(args.model, trust=args.trust_checkpoint, num_classes=args.num_classes)
     if args.random_bn is not None:
         randomize_batchnorm(model, args.random_bn)
@@ -304,8 +315,6 @@ def _open(args) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
 
 def _nothing_to_prune(model, spec) -> bool:
     """Say so when the model has no BatchNorm at all (graphprune prunes BatchNorm channels)."""
-    from .masks import batchnorms
-
     if batchnorms(model):
         return False
     err_console.print(f"graphprune: nothing to prune: {spec} has no BatchNorm layer (graphprune "
@@ -337,9 +346,6 @@ def _read_masks(path: Path) -> dict[str, list]:
 
 # -- compile --------------------------------------------------------------------------------
 def cmd_compile(args) -> int:
-    import graphprune as gp
-    from .export import atomic_directory
-
     if args.min_channels < 1:
         raise GraphpruneError(f"--min-channels must be >= 1, got {args.min_channels}")
     if args.round_to < 1:
@@ -373,7 +379,7 @@ def cmd_compile(args) -> int:
     with err_console.status("compiling (trace, analyse, mask, reconstruct, slim, verify)"), \
             warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
-        result = gp.compile(model, inputs, masks=masks, threshold=args.threshold,
+        result = gp_compile(model, inputs, masks=masks, threshold=args.threshold,
                             prune_ratio=args.prune_ratio, residual=args.residual,
                             min_channels=args.min_channels, exclude=args.exclude,
                             leaves=args.leaf, fold_pruned_bias=args.fold_pruned_bias,
@@ -393,7 +399,6 @@ def cmd_compile(args) -> int:
                 result.export_onnx(tmp / "slim.onnx")
                 written.append("slim.onnx")
         if args.ultralytics_checkpoint is not None:
-            from .integrations.ultralytics import save_ultralytics_checkpoint
             with err_console.status("writing the ultralytics checkpoint"):
                 save_ultralytics_checkpoint(result, model, args.ultralytics_checkpoint,
                                             extra={"model": str(args.model)})
@@ -415,8 +420,6 @@ def cmd_compile(args) -> int:
 
 
 def cmd_compile_target(args) -> int:
-    from .workflow import target_compile
-
     if args.calib_images < 1:
         raise GraphpruneError(f"--calib-images must be >= 1, got {args.calib_images}")
     if args.finetune_epochs < 0:
@@ -434,7 +437,6 @@ def cmd_compile_target(args) -> int:
     if args.baseline is not None:
         if not args.eval:
             raise GraphpruneError("--baseline is compared by mAP", hint="add --eval")
-        from .loading import open_model
         with err_console.status("loading the baseline"):
             baseline = open_model(args.baseline, trust=args.trust_checkpoint)
     report = target_compile(
@@ -480,8 +482,6 @@ def _training_recipe(spec: str) -> dict[str, Any] | None:
 def _check_ultralytics_model(args, model) -> None:
     """--ultralytics-checkpoint needs an ultralytics DetectionModel, and --eval (graphprune's
     YOLOv5 evaluator) cannot read one: say so before any work."""
-    from .integrations.ultralytics import is_detection_model
-
     if getattr(args, "eval", False) and is_detection_model(model):
         raise GraphpruneError("--eval measures mAP with graphprune's YOLOv5 evaluator, which "
                               "cannot read an ultralytics model's outputs",
@@ -511,7 +511,6 @@ def print_target_summary(report: dict[str, Any], out: Path) -> None:
     t.add_row("GFLOPs (2×MACs)", f"{r['flops_before'] / 1e9:.3f}",
               f"{r['flops_after'] / 1e9:.3f}", f"{r['flops_after'] / max(r['flops_before'], 1):.3f}")
     console.print(t)
-    from .report import accuracy_rows
     rows = accuracy_rows(r)
     if rows:
         a = Table(show_edge=False)
@@ -534,7 +533,6 @@ def print_target_summary(report: dict[str, Any], out: Path) -> None:
     for note in r.get("notes", []):
         console.print(f"[yellow]note[/yellow] {note}")
     if r.get("fold_pruned_bias"):
-        from .report import fold_sentence
         console.print(fold_sentence(r["fold_pruned_bias"]), markup=False)
     console.print(f"verified: slim == zero-masked (max |diff| {r['max_error']:.2e}); "
                   f"{r['seconds']:.1f} s → {out}/ ({', '.join(r['artifacts'])})")
@@ -571,7 +569,6 @@ def print_compile_summary(result, args, inputs, report: dict[str, Any]) -> None:
     console.print(f"verified: slim == zero-masked on the example input "
                   f"(max |diff| {result.max_error:.2e})")
     if result.fold:
-        from .report import fold_sentence
         console.print(fold_sentence(result.fold), markup=False)
     pieces = result.emit_stats
     console.print(f"residual reconstruction: {pieces.get('residual_pieces', 0)} add pieces, "
@@ -600,8 +597,6 @@ def gamma_histogram(gammas: Sequence[np.ndarray]) -> list[tuple[str, int]]:
 
 
 def cmd_inspect(args) -> int:
-    from .pipeline import analyze
-
     with err_console.status("loading the model"):
         model, inputs = _open(args)
     with err_console.status("tracing and analysing"), warnings.catch_warnings():
@@ -706,8 +701,6 @@ def cmd_train(args) -> int:
 
 def _sparsity_settings(args) -> dict[str, Any]:
     """Phase settings (mode-dependent defaults) and the progressive mode's options."""
-    from .sparsity import default_phases
-
     options = {}
     if args.sparsity_target is not None:
         options["target"] = args.sparsity_target
@@ -726,9 +719,6 @@ def _sparsity_settings(args) -> dict[str, Any]:
 
 
 def _run_training(args):
-    import shutil
-    from .detect.train import TrainConfig, resume, train
-
     if args.resume is not None:
         return resume(args.resume, epochs=args.epochs, console=err_console)
     if not args.data:
@@ -756,11 +746,6 @@ def _run_training(args):
 
 
 def cmd_val(args) -> int:
-    from . import data as gpdata
-    from .detect.train import default_workers
-    from .detect.val import resolve_device, validate
-    from .loading import open_model
-
     device = resolve_device(args.device)
     model = open_model(args.weights, trust=args.trust_checkpoint).to(device)
     config = gpdata.load_data_config(args.data)
@@ -777,15 +762,12 @@ def cmd_val(args) -> int:
                            max_det=args.max_det)
     console.print(metrics.table())
     if args.json_out is not None:
-        from .export import atomic_path
         with atomic_path(args.json_out) as tmp:
             tmp.write_text(json.dumps(metrics.as_dict(), indent=2) + "\n")
     return 0
 
 
 def cmd_demo(args) -> int:
-    from .workflow import run_demo
-
     s = run_demo(args.out, quick=args.quick, overwrite=args.overwrite,
                  lfa_target=args.lfa_target, device=args.device, mode=args.sparsity,
                  finetune=not args.no_finetune, lfa_criterion=args.lfa_criterion,

@@ -18,6 +18,8 @@ from typing import Any, Iterable
 import numpy as np
 import torch.nn as nn
 
+from .channels import spec_of
+
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 # One extra slice/concatenation node in onnxruntime on the CPU costs about as much time as this
@@ -39,8 +41,6 @@ class LayerCost:
 
 def layer_costs(A, prunable: Iterable[str]) -> list[LayerCost]:
     """The Conv/Linear layers called once, and the BatchNorms named in ``prunable``."""
-    from .channels import spec_of
-
     prunable = set(prunable)
     out = []
     for node in A.nodes:

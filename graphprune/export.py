@@ -1,10 +1,9 @@
-"""Artifacts: the graphprune checkpoint, ``slim.pt2`` (torch.export) and ``slim.onnx``.
+"""Writing artifacts: the graphprune checkpoint, ``slim.pt2`` (torch.export) and ``slim.onnx``.
 
 * The checkpoint holds only tensors and plain data — ``{"format", "version", "recipe" (a JSON
   string), "state_dict"}`` — so it loads with ``torch.load(weights_only=True)``.  The recipe names
   a built-in builder and its arguments, the applied masks and the example input shapes;
-  ``graphprune.load`` rebuilds the slim module from it deterministically, then loads the
-  weights.  A model graphprune did not build is rebuilt from an instance the caller passes.
+  ``graphprune.checkpoint`` reads it back (``graphprune.load``).
 * ``slim.pt2``: ``torch.export`` program (pickle-free); ``torch.export.load(p).module()`` runs it.
 * ``slim.onnx``: TorchScript-based exporter (``dynamo=False``: an order of magnitude faster than
   the dynamo exporter here, see DESIGN.md), opset ``ONNX_OPSET``, dynamic batch axis, checked
@@ -25,12 +24,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import onnxruntime as ort
 import torch
 import torch.nn as nn
 from torch.utils._pytree import tree_flatten
 
 from .context import ATOL, RTOL
-from .errors import CheckpointError, GraphpruneError, VerificationError
+from .errors import GraphpruneError, VerificationError
 
 FORMAT = "graphprune"
 VERSION = 1
@@ -87,107 +87,6 @@ def save_checkpoint(module: nn.Module, recipe: dict[str, Any], path: str | Path)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return Path(path)
-
-
-def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(recipe, state_dict) of a graphprune checkpoint, read without executing any pickle."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist",
-                              hint="check the path")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{str(path)!r} is not a graphprune checkpoint "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})",
-                              hint="graphprune checkpoints are written by `graphprune compile` "
-                                   "or CompileResult.save") from None
-    return parse_checkpoint(payload, path)
-
-
-def parse_checkpoint(payload: Any, path: str | Path
-                     ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(recipe, state_dict) of an already-loaded checkpoint payload."""
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{str(path)!r} is a torch file but not a graphprune checkpoint",
-                              hint="graphprune checkpoints are written by `graphprune compile` "
-                                   "or CompileResult.save")
-    if payload.get("version") != VERSION:
-        raise CheckpointError(f"{str(path)!r} has checkpoint version {payload.get('version')}, "
-                              f"this graphprune reads version {VERSION}",
-                              hint="upgrade graphprune")
-    try:
-        recipe = json.loads(payload["recipe"])
-        state = dict(payload["state_dict"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{str(path)!r} has a damaged recipe ({exc})") from None
-    return recipe, state
-
-
-def decode_masks(recipe: dict[str, Any]) -> dict[str, np.ndarray] | None:
-    masks = recipe.get("masks")
-    if masks is None:
-        return None
-    return {n: np.frombuffer(s.encode(), dtype=np.uint8) == ord("1") for n, s in masks.items()}
-
-
-def example_inputs_of(recipe: dict[str, Any]) -> tuple[torch.Tensor, ...]:
-    return tuple(torch.zeros(spec["shape"], dtype=getattr(torch, spec["dtype"]))
-                 for spec in recipe.get("inputs", []))
-
-
-def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
-    """Rebuild the module a graphprune checkpoint describes and load its weights.
-
-    ``model``: an instance of the original architecture, needed when the checkpoint was made
-    from a model graphprune cannot build itself (its recipe names no builder)."""
-    recipe, state = read_checkpoint(path)
-    return rebuild(recipe, state, path, model)
-
-
-def build_structure(recipe: dict[str, Any], path: str | Path, model: nn.Module | None) -> nn.Module:
-    """The (untrained) module a recipe describes: the base model, then each compile in turn
-    (a slim model compiled again records the earlier recipe as its ``parent``)."""
-    from . import models
-    from .pipeline import compile as gp_compile
-
-    if recipe.get("parent") is not None:
-        model = build_structure(recipe["parent"], path, model)
-    elif model is None:
-        builder = recipe.get("builder")
-        if builder is None:
-            raise CheckpointError(
-                f"{str(path)!r} was compiled from {recipe.get('model_class', 'a custom model')}, "
-                "which graphprune cannot build by itself",
-                hint="pass an instance of that architecture: graphprune.load(path, model=...)")
-        try:
-            model = models.build(builder, **recipe.get("kwargs", {}))
-        except (ValueError, TypeError) as exc:
-            raise CheckpointError(f"{str(path)!r} names a model graphprune cannot build: {exc}") \
-                from None
-    masks = decode_masks(recipe)
-    if masks is None:
-        return model
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return gp_compile(model, example_inputs_of(recipe), masks=masks,
-                          leaves=recipe.get("leaves", []), verify=False,
-                          dependency_groups=False).module
-
-
-def rebuild(recipe: dict[str, Any], state: dict[str, torch.Tensor], path: str | Path,
-            model: nn.Module | None = None) -> nn.Module:
-    """The module a checkpoint's recipe describes, with its weights loaded."""
-    module = build_structure(recipe, path, model)
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"the weights in {str(path)!r} do not fit the rebuilt model: "
-                              f"{str(exc).splitlines()[0][:200]}",
-                              hint="was it saved by another graphprune version, or is `model` "
-                                   "a different architecture?") from None
-    module.graphprune_recipe = recipe
-    return module.eval()
 
 
 class _Exportable(nn.Module):
@@ -249,7 +148,7 @@ def export_onnx(module: nn.Module, example_inputs: tuple[Any, ...], path: str | 
                 opset: int = ONNX_OPSET, dynamic_batch: bool = True, check: bool = True,
                 atol: float = ATOL, rtol: float = RTOL) -> Path:
     """Export to ONNX, check the file and compare onnxruntime with the module."""
-    import onnx
+    import onnx  # deferred: ~0.7 s to import, and only ONNX export needs it
 
     module = module.eval()
     inputs = tuple(example_inputs)
@@ -280,8 +179,6 @@ def export_onnx(module: nn.Module, example_inputs: tuple[Any, ...], path: str | 
 def onnx_parity(path: str | Path, inputs: tuple[Any, ...], expected: list[torch.Tensor],
                 atol: float = ATOL, rtol: float = RTOL) -> str | None:
     """Run ``path`` in onnxruntime; None if every output matches, else what differs."""
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -299,6 +196,5 @@ def onnx_parity(path: str | Path, inputs: tuple[Any, ...], expected: list[torch.
     return None
 
 
-__all__ = ["FORMAT", "ONNX_OPSET", "VERSION", "atomic_directory", "atomic_path", "build_structure", "decode_masks",
-           "example_inputs_of", "export_onnx", "export_pt2", "load", "onnx_parity",
-           "parse_checkpoint", "read_checkpoint", "rebuild", "save_checkpoint"]
+__all__ = ["FORMAT", "ONNX_OPSET", "VERSION", "atomic_directory", "atomic_path", "export_onnx",
+           "export_pt2", "onnx_parity", "save_checkpoint"]

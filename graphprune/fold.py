@@ -30,8 +30,10 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.utils._pytree import tree_flatten
 
 from .masks import masked_copy, zero_mask
+from .tracing import as_inputs
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -122,8 +124,6 @@ def fold_pruned_bias(model: nn.Module, masks: Mapping[str, Any], example_inputs:
     Returns (folded model, report).  ``zero_mask(folded, masks)`` is ``folded`` itself; it
     equals :func:`gamma_zeroed` ``(model, masks)`` except at the padded borders of
     convolutions (and after any convolution the report lists as unfoldable)."""
-    from .pipeline import as_inputs
-
     inputs = as_inputs(example_inputs)
     ref = gamma_zeroed(model, masks).eval()
     work = zero_mask(model, masks).eval()
@@ -191,8 +191,6 @@ def _fold_one(conv: nn.Module, bn: nn.Module | None, delta: torch.Tensor, rtol: 
 def border_deviation(slim_out: Any, ref_out: Any) -> dict[str, float]:
     """Max |slim − γ-zeroed| over all outputs, and over the interior (one cell in from every
     edge) of the outputs that are spatial maps."""
-    from torch.utils._pytree import tree_flatten
-
     overall = interior = 0.0
     for s, r in zip(tree_flatten(slim_out)[0], tree_flatten(ref_out)[0]):
         diff = (s.float() - r.float()).abs()

@@ -28,6 +28,7 @@ import networkx as nx
 import numpy as np
 import torch
 import torch.nn as nn
+import torch_pruning as tp
 
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
@@ -116,10 +117,9 @@ def _separators() -> tuple:
     """torch-pruning node types that never tie two producers' channels one to one: routing
     (concat/split/slice/unbind: offsets only) and reshapes (whose consumers the channel
     analysis keeps whole anyway).  Ties are only counted across other ops."""
-    from torch_pruning import ops
-    return tuple(getattr(ops.OPTYPE, name) for name in
+    return tuple(getattr(tp.ops.OPTYPE, name) for name in
                  ("CONCAT", "SPLIT", "SLICE", "UNBIND", "RESHAPE", "EXPAND", "OUTPUT")
-                 if hasattr(ops.OPTYPE, name))
+                 if hasattr(tp.ops.OPTYPE, name))
 
 
 def _is_add(tp_node) -> bool:
@@ -140,8 +140,6 @@ def build_groups(model: nn.Module, example_inputs: tuple[Any, ...],
     should not look into (graphprune's leaves, whose input channels the compiler handles
     itself).  Never raises: a failure is reported in ``.error``.
     """
-    import torch_pruning as tp
-
     names = {m: n for n, m in model.named_modules()}
     separators = _separators()
     start = time.perf_counter()

@@ -6,7 +6,6 @@ request, runs them on a private copy of the model and packages the result.
 
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -18,20 +17,15 @@ import torch
 import torch.fx
 import torch.nn as nn
 
+from . import passes as gp_passes
 from .context import ATOL, RESIDUAL_MODES, RTOL, CompileConfig, CompileContext
-from .errors import GraphpruneError, GraphpruneWarning, MaskError
+from .errors import GraphpruneWarning, MaskError
+from .export import export_onnx, export_pt2, save_checkpoint
+from .fold import border_deviation, fold_pruned_bias, gamma_zeroed
+from .passes.mask_channels import structural_pins
+from .passes.reconstruct_residuals import residual_sets
 from .stats import ModelStats, count_flops, count_params
-from .tracing import trace
-
-
-def as_inputs(example_inputs: Any) -> tuple[Any, ...]:
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    if isinstance(example_inputs, (tuple, list)):
-        return tuple(example_inputs)
-    raise GraphpruneError(f"example_inputs must be a tensor or a tuple of them, got "
-                          f"{type(example_inputs).__name__}",
-                          hint="e.g. torch.zeros(1, 3, 640, 640)")
+from .tracing import as_inputs, trace, working_copy
 
 
 def _validate(config: CompileConfig) -> None:
@@ -62,8 +56,6 @@ def run_passes(gm: torch.fx.GraphModule, ctx: CompileContext,
                passes: Sequence[Callable] | None = None) -> torch.fx.GraphModule:
     """Run the compiler passes in order.  (torch.fx's ``PassManager`` would re-wrap our
     errors in a bare ``Exception``; these passes run once each, so a loop suffices.)"""
-    from . import passes as gp_passes
-
     for fn in (passes if passes is not None else gp_passes.PIPELINE):
         gm = fn(gm, ctx).graph_module
     return gm
@@ -92,15 +84,12 @@ class CompileResult:
 
     def save(self, path: str | Path) -> Path:
         """Write a graphprune checkpoint: weights + JSON recipe, no pickled code."""
-        from .export import save_checkpoint
         return save_checkpoint(self.module, self.recipe, path)
 
     def export_onnx(self, path: str | Path, **kwargs) -> Path:
-        from .export import export_onnx
         return export_onnx(self.module, self.example_inputs, path, **kwargs)
 
     def export_pt2(self, path: str | Path) -> Path:
-        from .export import export_pt2
         return export_pt2(self.module, self.example_inputs, path)
 
     def summary(self) -> dict[str, Any]:
@@ -135,14 +124,6 @@ def _recipe(model: nn.Module, config: CompileConfig, inputs: tuple[Any, ...],
                    for x in inputs if isinstance(x, torch.Tensor)],
         "masks": {n: "".join("1" if k else "0" for k in m) for n, m in masks.items()},
     }
-
-
-def working_copy(model: nn.Module, inputs: tuple[Any, ...]) -> nn.Module:
-    """A private eval-mode copy of ``model`` on the device of the example inputs (a CUDA
-    model with CPU inputs is compiled on the CPU; the caller's model stays where it is)."""
-    work = copy.deepcopy(model).eval()
-    device = next((t.device for t in inputs if isinstance(t, torch.Tensor)), None)
-    return work if device is None else work.to(device)
 
 
 def prepare(model: nn.Module, example_inputs: Any, config: CompileConfig):
@@ -229,8 +210,6 @@ def compile(model: nn.Module, example_inputs: Any, *, masks: Mapping[str, Any] |
 
 def _compile_folded(model: nn.Module, example_inputs: Any, **options) -> CompileResult:
     """Find the applied masks, fold the pruned channels' constants, compile the folded model."""
-    from .fold import fold_pruned_bias
-
     inputs = as_inputs(example_inputs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GraphpruneWarning)
@@ -248,8 +227,6 @@ def attach_fold(result: CompileResult, model: nn.Module, applied: Mapping[str, A
                 report) -> None:
     """Record bias folding on ``result``: the folds, and how far the slim model is from the
     γ-zeroed reference on the example inputs (only at padded borders, where folding is exact)."""
-    from .fold import border_deviation, gamma_zeroed
-
     inputs = result.example_inputs
     with torch.no_grad():
         deviation = border_deviation(result.module(*inputs),
@@ -276,10 +253,6 @@ class ModelReport:
 def analyze(model: nn.Module, example_inputs: Any, *, leaves: Iterable[str] = ()
             ) -> ModelReport:
     """Trace and analyse ``model`` without pruning it (``graphprune inspect``)."""
-    from . import passes as gp_passes
-    from .passes.mask_channels import structural_pins
-    from .passes.reconstruct_residuals import residual_sets
-
     traced, ctx = prepare(model, example_inputs, CompileConfig(leaves=tuple(leaves)))
     work, inputs = ctx.model, ctx.example_inputs
     run_passes(traced.graph_module, ctx, [gp_passes.propagate_shapes,
@@ -293,5 +266,5 @@ def analyze(model: nn.Module, example_inputs: Any, *, leaves: Iterable[str] = ()
                        warnings=list(ctx.warnings), residual=residual_sets(ctx.analysis))
 
 
-__all__ = ["CompileResult", "ModelReport", "analyze", "as_inputs", "attach_fold", "compile",
+__all__ = ["CompileResult", "ModelReport", "analyze", "attach_fold", "compile",
            "prepare", "run_passes"]

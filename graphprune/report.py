@@ -10,11 +10,13 @@ Plots (matplotlib, Agg backend, written only for target-guided compiles):
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from PIL import Image
 
 
 def _fmt_count(n: float | None) -> str:
@@ -26,16 +28,21 @@ def _fmt_count(n: float | None) -> str:
     return f"{n:.0f}"
 
 
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend."""
+    import matplotlib  # deferred: ~0.6 s to import, and only the plots need it
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # deferred: as above
+    return plt
+
+
 def _pct(x: float | None, digits: int = 1) -> str:
     return "–" if x is None else f"{100 * x:.{digits}f} %"
 
 
 def plot_search(path: Path, probes: Sequence[dict[str, Any]], chosen: dict[str, Any],
                 target: float | None, goal: str, maps: dict[str, float] | None = None) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     measured = sorted((p for p in probes if p.get("lfa_plus") is not None),
                       key=lambda p: p["prune_ratio"])
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
@@ -92,10 +99,8 @@ def plot_attention(path: Path, images: Sequence[np.ndarray], boxes: Sequence[np.
                    sparse: Sequence[Sequence[np.ndarray]],
                    pruned: Sequence[Sequence[np.ndarray]]) -> Path:
     """``images``: HWC uint8; ``sparse``/``pruned``: per image, the F map of each level."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.patches as patches
-    import matplotlib.pyplot as plt
+    plt = pyplot()
+    import matplotlib.patches as patches  # deferred: part of matplotlib (see pyplot)
 
     n = len(images)
     fig, axes = plt.subplots(n, 3, figsize=(9, 3 * n), dpi=80, squeeze=False)
@@ -126,10 +131,6 @@ def plot_attention(path: Path, images: Sequence[np.ndarray], boxes: Sequence[np.
 
 def _save_small(fig, path: Path) -> None:
     """Save as a 256-colour PNG: photos under heatmaps compress badly in full colour."""
-    import io
-
-    from PIL import Image
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     buffer.seek(0)

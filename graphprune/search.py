@@ -25,12 +25,19 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .context import CompileConfig
-from .errors import GraphpruneError, GraphpruneWarning
+from . import fold as bias_folding
+from . import passes as gp_passes
 from .attention import (LFA, LFA_CRITERIA, AttentionReader, CalibrationSet, FeatureAttention,
                         feature_attention, lfa)
-from .masks import global_order, masks_from_ranking, zero_mask
+from .channels import LEAF_USAGE
+from .context import CompileConfig
 from .costs import LayerCost, estimate, layer_costs
+from .errors import GraphpruneError, GraphpruneWarning
+from .masks import global_order, masks_from_ranking, zero_mask
+from .passes.mask_channels import mask_channels
+from .pipeline import attach_fold
+from .pipeline import compile as gp_compile
+from .pipeline import prepare, run_passes
 from .stats import count_flops, count_params
 
 
@@ -60,9 +67,6 @@ class MaskPlanner:
     def __init__(self, model: nn.Module, example_inputs: Any, *, residual: str = "reconstruct",
                  min_channels: int = 1, round_to: int = 1, exclude: Iterable[str] = (),
                  leaves: Iterable[str] = ()):
-        from . import passes as gp_passes
-        from .pipeline import prepare, run_passes
-
         self.config = CompileConfig(residual=residual, min_channels=min_channels,
                                     round_to=round_to,
                                     exclude=tuple(exclude), leaves=tuple(leaves), verify=False)
@@ -91,8 +95,6 @@ class MaskPlanner:
 
     # -- masks -------------------------------------------------------------------------------
     def _masks(self, count: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        from .passes.mask_channels import mask_channels
-
         self.config.prune_ratio = None
         self.config.masks = None
         if count:
@@ -121,8 +123,6 @@ class MaskPlanner:
     def cost(self, requested: dict[str, np.ndarray]) -> tuple[int, int]:
         """(params, FLOPs) left by the keep-masks ``requested`` (layers not named keep every
         channel), as compile would apply them."""
-        from .passes.mask_channels import mask_channels
-
         self.config.prune_ratio = None
         self.config.masks = {n: np.asarray(m, dtype=bool) for n, m in requested.items()
                              if n in self.gammas}
@@ -133,8 +133,6 @@ class MaskPlanner:
     def _layer_costs(self) -> None:
         """Per Conv/Linear/BatchNorm node of the trace, its full parameter and FLOP count; what
         the estimate scales.  Everything else (kept-whole modules, attention) stays fixed."""
-        from .channels import LEAF_USAGE
-
         A = self.ctx.analysis
         self.layers = layer_costs(A, self.gammas)
         # the Conv/Linear layers inside kept-whole modules lose the pruned input columns too
@@ -296,8 +294,7 @@ class Searcher:
     def pruned_model(self, plan: Plan) -> nn.Module:
         """What the compiled model will equal: zero-masked, or folded (``fold``)."""
         if self.fold:
-            from .fold import fold_pruned_bias
-            return fold_pruned_bias(self.model, plan.masks, self.fold_inputs)[0]
+            return bias_folding.fold_pruned_bias(self.model, plan.masks, self.fold_inputs)[0]
         with torch.no_grad():
             return zero_mask(self.model, {n: torch.as_tensor(m) for n, m in plan.masks.items()})
 
@@ -408,8 +405,6 @@ def prune_to_target(model: nn.Module, example_inputs: Any, calibration: Calibrat
     model.  ``calibration``: images with ground-truth boxes (:class:`CalibrationSet`), or None
     for a FLOPs/params goal without LFA.  ``fold_pruned_bias``: every probe and the emitted
     model keep the pruned channels' constants (``graphprune.fold``)."""
-    from .pipeline import attach_fold, compile as gp_compile
-
     reader = AttentionReader(mode, layers)
     planner = MaskPlanner(model, example_inputs, residual=residual, min_channels=min_channels,
                           round_to=round_to, exclude=exclude, leaves=leaves)
@@ -425,10 +420,9 @@ def prune_to_target(model: nn.Module, example_inputs: Any, calibration: Calibrat
     on_cpu = all(p.device.type == "cpu" for p in model.parameters())
     cpu_model = source = model if on_cpu else copy.deepcopy(model).cpu()
     if fold_pruned_bias:        # compile the folded model, with the masks already applied
-        from .fold import fold_pruned_bias as fold
-        source, fold_report = fold(cpu_model, plan.masks,
-                                   tuple(t.cpu() if isinstance(t, torch.Tensor) else t
-                                         for t in searcher.fold_inputs))
+        source, fold_report = bias_folding.fold_pruned_bias(
+            cpu_model, plan.masks,
+            tuple(t.cpu() if isinstance(t, torch.Tensor) else t for t in searcher.fold_inputs))
         chosen = plan.masks
     else:
         chosen = plan.requested

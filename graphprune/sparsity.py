@@ -84,6 +84,10 @@ import torch
 import torch.nn as nn
 
 from .errors import GraphpruneError, GraphpruneWarning
+from .export import atomic_path
+from .pipeline import analyze
+from .report import pyplot
+from .search import MaskPlanner
 
 MODES = ("l1rr", "dsm", "ns", "si", "polar", "hoyer", "progressive")
 # modes that follow L1RR's phases (the first phase is ordinary training)
@@ -108,8 +112,6 @@ def default_phases(mode: str, epochs: int) -> tuple[int, int]:
 def prunable_batchnorms(model: nn.Module, example_inputs: Any) -> list[str]:
     """The BatchNorms the compiler could actually shrink (not those reaching the outputs or
     consumed by ops it keeps whole), found by graphprune's own analysis."""
-    from .pipeline import analyze
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GraphpruneWarning)
         report = analyze(model, example_inputs)
@@ -296,8 +298,6 @@ class SparsityRegularizer:
         """The compiler's mask planner for this model (what a set of removed channels leaves of
         the FLOPs, as compile would prune it) and each layer's FLOPs per channel: the FLOPs one
         removed channel of the layer saves on its own."""
-        from .search import MaskPlanner
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", GraphpruneWarning)
             self.planner = MaskPlanner(model, example_inputs)
@@ -552,12 +552,7 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
 def plot_sparsity(log: str | Path, out: str | Path) -> list[Path]:
     """Draw ``gamma_distribution.png`` (the |γ| histogram, epoch by epoch) and
     ``layer_sparsity.png`` (each layer's near-zero share, epoch by epoch) from a sparsity log."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .export import atomic_path
-
+    plt = pyplot()
     rows = read_log(log)
     if not rows:
         return []

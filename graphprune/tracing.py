@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -26,7 +27,7 @@ import torch.nn as nn
 from torch.fx.immutable_collections import immutable_dict, immutable_list
 from torch.fx.proxy import Proxy
 
-from .errors import TraceFailure
+from .errors import GraphpruneError, TraceFailure
 
 MAX_LEAF_RETRIES = 64
 
@@ -179,4 +180,24 @@ def flat_tensor_args(node: torch.fx.Node) -> list[torch.fx.Node]:
     return found
 
 
-__all__ = ["GraphpruneTracer", "Interpreter", "TraceResult", "flat_tensor_args", "module_call_counts", "trace"]
+def as_inputs(example_inputs: Any) -> tuple[Any, ...]:
+    """The example inputs as a tuple (a single tensor becomes a 1-tuple)."""
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs)
+    raise GraphpruneError(f"example_inputs must be a tensor or a tuple of them, got "
+                          f"{type(example_inputs).__name__}",
+                          hint="e.g. torch.zeros(1, 3, 640, 640)")
+
+
+def working_copy(model: nn.Module, inputs: tuple[Any, ...]) -> nn.Module:
+    """A private eval-mode copy of ``model`` on the device of the example inputs (a CUDA
+    model with CPU inputs is compiled on the CPU; the caller's model stays where it is)."""
+    work = copy.deepcopy(model).eval()
+    device = next((t.device for t in inputs if isinstance(t, torch.Tensor)), None)
+    return work if device is None else work.to(device)
+
+
+__all__ = ["GraphpruneTracer", "Interpreter", "TraceResult", "as_inputs", "flat_tensor_args",
+           "module_call_counts", "trace", "working_copy"]

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import tempfile
 import time
-from contextlib import contextmanager
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +18,20 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from . import data as gpdata
+from .attention import CalibrationSet
+from .checkpoint import load
+from .detect.train import TrainConfig, default_workers, train
+from .detect.val import resolve_device, validate
 from .errors import GraphpruneError
+from .export import atomic_directory
+from .integrations.ultralytics import save_ultralytics_checkpoint
+from .report import markdown, plot_attention, plot_search
+from .search import prune_to_target
+from .stats import count_flops, count_params
 
 
 def calibration_set(data, imgsz: int, count: int):
-    from . import data as gpdata
-    from .attention import CalibrationSet
-
     images = data.val or data.train
     if not images:
         raise GraphpruneError("the dataset has neither val nor train images for calibration",
@@ -34,10 +42,6 @@ def calibration_set(data, imgsz: int, count: int):
 
 def evaluate_map(model: torch.nn.Module, data, imgsz: int, device: torch.device,
                  batch: int = 16, console: Console | None = None, label: str = "") -> Any:
-    from . import data as gpdata
-    from .detect.train import default_workers
-    from .detect.val import validate
-
     dataset = gpdata.DetectionDataset(data.val, data.names, imgsz, augment=False)
     loader = gpdata.make_loader(dataset, batch, shuffle=False, workers=default_workers(),
                                 epoch_seed=0)
@@ -74,12 +78,6 @@ def target_compile(model: torch.nn.Module, example: torch.Tensor, *, data_yaml: 
     heads the report's accuracy table, so the drop is measured from it, not from the sparse
     model.  ``finetune_recipe``: TrainConfig settings for the fine-tune (e.g. the recipe the
     model was trained with)."""
-    from . import data as gpdata
-    from .detect.val import resolve_device
-    from .export import atomic_directory
-    from .report import markdown, plot_attention, plot_search
-    from .search import prune_to_target
-
     console = console or Console(stderr=True)
     start = time.perf_counter()
     if out.exists() and not overwrite:
@@ -159,7 +157,6 @@ def target_compile(model: torch.nn.Module, example: torch.Tensor, *, data_yaml: 
 
     maps = None
     if evaluate and baseline is not None:
-        from .stats import count_flops, count_params
         baseline = baseline.to(dev).eval()
         base = evaluate_map(baseline, data, imgsz, dev, console=console, label="baseline")
         report.update(baseline_model=baseline_name, baseline_map50=base.map50,
@@ -190,7 +187,6 @@ def target_compile(model: torch.nn.Module, example: torch.Tensor, *, data_yaml: 
                 compiled.export_onnx(tmp / "slim.onnx")
                 written.append("slim.onnx")
         if ultralytics_checkpoint is not None:
-            from .integrations.ultralytics import save_ultralytics_checkpoint
             with console.status("writing the ultralytics checkpoint"):
                 save_ultralytics_checkpoint(compiled, model, ultralytics_checkpoint,
                                             extra={"model": model_name, "data": data_yaml,
@@ -226,8 +222,6 @@ FINETUNE_DEFAULTS = dict(lr0=0.002, warmup_epochs=0)
 def _finetune(compiled, data_yaml: str, imgsz: int, epochs: int, device: str, out: Path,
               console: Console, recipe: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fine-tune the slim model: ``recipe`` (TrainConfig settings) over FINETUNE_DEFAULTS."""
-    from .detect.train import TrainConfig, train
-
     settings = {**FINETUNE_DEFAULTS, **(recipe or {})}
     with tempfile.TemporaryDirectory() as tmp:
         start = Path(tmp) / "slim.graphprune.pt"
@@ -287,11 +281,6 @@ def run_demo(out: Path, quick: bool = False, overwrite: bool = False, lfa_target
              ) -> dict[str, Any]:
     """Synthetic data → baseline → sparse training → ``--lfa-target`` compile (→ a short
     fine-tune) → report with baseline, sparse, pruned (and fine-tuned) mAP."""
-    import shutil
-
-    from . import data as gpdata
-    from .detect.train import TrainConfig, train
-    from .export import load
 
     console = console or Console(stderr=True)
     s = DEMO_SETTINGS["quick" if quick else "full"]
@@ -321,9 +310,9 @@ def run_demo(out: Path, quick: bool = False, overwrite: bool = False, lfa_target
                   **DEMO_RECIPE)
     with step("baseline", f"2/{steps} baseline: {s['model']} from scratch, {s['base_epochs']} "
                           "epochs"):
-        base = train(TrainConfig(model=s["model"], epochs=s["base_epochs"],
-                                 out=str(out / "baseline"), val_every=s["base_epochs"],
-                                 **common), console=console)
+        train(TrainConfig(model=s["model"], epochs=s["base_epochs"],
+                          out=str(out / "baseline"), val_every=s["base_epochs"],
+                          **common), console=console)
     settings = ", ".join(f"{k} = {v}" for k, v in sparsity.items() if k != "sparsity")
     with step("sparse", f"3/{steps} {mode} sparse training from the baseline: "
                         f"{s['sparse_epochs']} epochs ({settings})"):

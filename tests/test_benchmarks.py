@@ -69,7 +69,8 @@ def test_ablation_trajectory_compiles_every_kept_checkpoint(tmp_path):
     import graphprune as gp
     from graphprune import data as gpdata
     from graphprune.detect.train import TrainConfig, train
-    from graphprune.export import read_checkpoint, save_checkpoint
+    from graphprune.checkpoint import read_checkpoint
+    from graphprune.export import save_checkpoint
 
     ablation = _script("ablation")
     data = gpdata.make_synthetic_dataset(tmp_path / "syn", n_train=16, n_val=8, seed=3)

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import graphprune as gp
-from graphprune.export import onnx_parity, read_checkpoint
+from graphprune.checkpoint import read_checkpoint
+from graphprune.export import onnx_parity
 from graphprune.models import randomize_batchnorm, tiny_resnet, yolov5n
 from conftest import random_masks
 

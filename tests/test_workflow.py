@@ -14,7 +14,8 @@ import graphprune as gp
 from graphprune import data as gpdata
 from graphprune.cli import main
 from graphprune.detect.train import model_recipe
-from graphprune.export import decode_masks, onnx_parity, save_checkpoint
+from graphprune.checkpoint import decode_masks
+from graphprune.export import onnx_parity, save_checkpoint
 from graphprune.models import randomize_batchnorm, yolov5n
 
 from conftest import assert_close

@@ -99,8 +99,8 @@ def _root(entry: Any, path: Path) -> Path:
         return root
     if Path(str(entry)).exists():
         return Path(str(entry))
-    try:                                   # only when ultralytics is installed
-        from ultralytics.utils import SETTINGS
+    try:
+        from ultralytics.utils import SETTINGS  # deferred: ultralytics is optional
         shared = Path(SETTINGS["datasets_dir"]) / str(entry)
     except Exception:
         return root

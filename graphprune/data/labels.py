@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
+import torch
 
 TOLERANCE = 1e-3     # normalised coordinates this far outside [0, 1] are clipped, not rejected
 
@@ -129,4 +130,18 @@ def cxcywh_to_xyxy(labels: np.ndarray, width: float, height: float) -> np.ndarra
     out[:, 0] = labels[:, 0]
     out[:, 1:3] = (labels[:, 1:3] - labels[:, 3:5] / 2) * scale
     out[:, 3:5] = (labels[:, 1:3] + labels[:, 3:5] / 2) * scale
+    return out
+
+
+def targets_per_image(labels: torch.Tensor, batch: int, size: Sequence[int]) -> list[np.ndarray]:
+    """Batch labels ``[M, 6]`` (image, cls, cx, cy, w, h normalised) as per-image
+    ``[n, 5]`` (cls, x1, y1, x2, y2) in input pixels; ``size`` = (height, width)."""
+    h, w = size
+    labels = labels.detach().cpu().numpy()
+    out = []
+    for i in range(batch):
+        t = labels[labels[:, 0] == i]
+        cx, cy, bw, bh = t[:, 2] * w, t[:, 3] * h, t[:, 4] * w, t[:, 5] * h
+        out.append(np.stack([t[:, 1], cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1)
+                   .astype(np.float32))
     return out

@@ -32,14 +32,17 @@ import torch.nn as nn
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from graphprune.errors import CheckpointError, GraphpruneError
-from graphprune.sparsity import SparsityRegularizer
-from graphprune.export import FORMAT, VERSION, atomic_path, build_structure, load, read_checkpoint
-
 from .anchors import fit_anchors
 from .loss import LossGains, YOLOv5Loss, find_detect
 from .val import resolve_device, to_input, validate
-
+from graphprune import data as gpdata
+from graphprune.checkpoint import build_structure, load, read_checkpoint
+from graphprune.data.augment import DEFAULT_HYP
+from graphprune.errors import CheckpointError, GraphpruneError
+from graphprune.export import FORMAT, VERSION, atomic_path
+from graphprune.models import build
+from graphprune.models.yolov5 import DEFAULT_ANCHORS
+from graphprune.sparsity import SparsityRegularizer
 
 MAX_GRAD_NORM = 10.0      # YOLOv5's clipping of the task gradient
 
@@ -83,7 +86,6 @@ class TrainConfig:
     sparsity_options: dict[str, float] = field(default_factory=dict)   # eps, near_zero, a, t, ...
 
     def augmentation(self) -> dict[str, float]:
-        from graphprune.data.augment import DEFAULT_HYP
         unknown = set(self.hyp) - set(DEFAULT_HYP)
         if unknown:
             raise GraphpruneError(f"unknown augmentation setting(s) {', '.join(sorted(unknown))}",
@@ -186,9 +188,6 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, callbacks: list | None = None,
                  console: Console | None = None, resume: dict[str, Any] | None = None):
-        from graphprune import data as gpdata
-        from graphprune.models import build
-
         self.config = config
         self.callbacks = list(callbacks or [])
         self.console = console or Console(stderr=True)
@@ -247,7 +246,6 @@ class Trainer:
 
     # -- set-up ------------------------------------------------------------------------------
     def _anchors(self):
-        from graphprune.models.yolov5 import DEFAULT_ANCHORS
         if self.config.anchors == "keep":
             return None
         wh = self.train_set.box_sizes(self.config.imgsz)
@@ -301,8 +299,6 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------
     def fit(self, stop_after: int | None = None) -> list[EpochRecord]:
         """Train from ``start_epoch`` to ``epochs``; ``stop_after`` ends early (tests, budgets)."""
-        from graphprune import data as gpdata
-
         cfg = self.config
         self.out.mkdir(parents=True, exist_ok=True)
         for cb in self.callbacks:
@@ -388,7 +384,6 @@ class Trainer:
             self.ema.update(self.model)
 
     def evaluate(self):
-        from graphprune import data as gpdata
         model = self.ema.ema if self.ema is not None else self.model
         loader = gpdata.make_loader(self.val_set, self.config.batch * 2, shuffle=False,
                                     workers=self.workers, epoch_seed=0)

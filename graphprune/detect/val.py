@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 
+from ..data.labels import targets_per_image
 from .metrics import DetectionMetrics, MetricAccumulator
 from .nms import non_max_suppression
+from graphprune.errors import GraphpruneError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -22,24 +23,9 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        from graphprune.errors import GraphpruneError
         raise GraphpruneError(f"device {name!r} was asked for but CUDA is not available",
                               hint="use --device cpu (or auto)")
     return device
-
-
-def targets_per_image(labels: torch.Tensor, batch: int, size: Sequence[int]) -> list[np.ndarray]:
-    """Batch labels ``[M, 6]`` (image, cls, cx, cy, w, h normalised) as per-image
-    ``[n, 5]`` (cls, x1, y1, x2, y2) in input pixels; ``size`` = (height, width)."""
-    h, w = size
-    labels = labels.detach().cpu().numpy()
-    out = []
-    for i in range(batch):
-        t = labels[labels[:, 0] == i]
-        cx, cy, bw, bh = t[:, 2] * w, t[:, 3] * h, t[:, 4] * w, t[:, 5] * h
-        out.append(np.stack([t[:, 1], cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1)
-                   .astype(np.float32))
-    return out
 
 
 def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -70,4 +56,4 @@ def validate(model: nn.Module, loader, names: Sequence[str], device: torch.devic
     return acc.compute()
 
 
-__all__ = ["resolve_device", "targets_per_image", "to_input", "validate"]
+__all__ = ["resolve_device", "to_input", "validate"]

@@ -39,9 +39,13 @@ from typing import Any, Callable
 import torch
 import torch.fx
 import torch.nn as nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torch.utils._pytree import tree_flatten
 
+from .. import __version__
+from ..attention import find_head
 from ..errors import GraphpruneError, GraphpruneWarning, VerificationError
+from ..export import atomic_path
 from ..sparsity import SparsityRegularizer, prunable_batchnorms
 
 STATE_FILE = "sparsity.pt"
@@ -103,7 +107,6 @@ class SparsityCallbacks:
         self.regularizer.on_epoch_end(_RunDir(trainer.save_dir), None)
 
     def on_model_save(self, trainer) -> None:
-        from ..export import atomic_path
         with atomic_path(Path(trainer.wdir) / STATE_FILE) as tmp:
             torch.save(self.regularizer.state_dict(), tmp)
 
@@ -140,15 +143,13 @@ def is_detection_model(model: nn.Module) -> bool:
     """Whether ``model`` is an ultralytics ``DetectionModel`` (False when ultralytics is not
     installed)."""
     try:
-        from ultralytics.nn.tasks import DetectionModel
+        from ultralytics.nn.tasks import DetectionModel  # deferred: ultralytics is optional
     except ImportError:
         return False
     return isinstance(model, DetectionModel)
 
 
 def _head_name(net: nn.Module) -> str:
-    from ..attention import find_head
-
     found = find_head(net)
     if found is None or not found[0]:
         raise GraphpruneError("the slim model has no detection head (no module with nc and "
@@ -160,8 +161,6 @@ def _head_name(net: nn.Module) -> str:
 def fold_batchnorms(gm: torch.fx.GraphModule) -> int:
     """Fold every BatchNorm2d that follows a Conv2d into it, in place, where both are called
     once and the convolution feeds only the BatchNorm; returns how many were folded."""
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
     calls: dict[str, int] = {}
     for node in gm.graph.nodes:
         if node.op == "call_module":
@@ -192,6 +191,7 @@ def fold_batchnorms(gm: torch.fx.GraphModule) -> int:
 
 def _fuse_kept_modules(net: nn.Module) -> None:
     """ultralytics' own fusing, for its modules the compile kept whole (the head)."""
+    # deferred: ultralytics is optional
     from ultralytics.nn.modules import Conv, Conv2, Detect, RepConv
     from ultralytics.utils.torch_utils import fuse_conv_and_bn
 
@@ -215,7 +215,7 @@ def _slim_class() -> type:
     global _SLIM_CLASS
     if _SLIM_CLASS is not None:
         return _SLIM_CLASS
-    from ultralytics.nn.tasks import DetectionModel
+    from ultralytics.nn.tasks import DetectionModel  # deferred: ultralytics is optional
 
     class SlimDetectionModel(DetectionModel):
         """An ultralytics ``DetectionModel`` whose forward is graphprune's compiled slim graph.
@@ -306,9 +306,7 @@ def save_ultralytics_checkpoint(result, source: nn.Module, path: str | Path,
     plus a ``graphprune`` entry (plain data: the compile's statistics and ``extra``).  Before
     the file is moved into place it is read back and its model's outputs are checked to be
     exactly the compiled module's on the compile's example input."""
-    import ultralytics
-
-    from ..export import atomic_path
+    import ultralytics  # deferred: ultralytics is optional
 
     path = Path(path)
     if path.suffix != ".pt":
@@ -350,7 +348,6 @@ def save_ultralytics_checkpoint(result, source: nn.Module, path: str | Path,
 
 
 def _graphprune_version() -> str:
-    from .. import __version__
     return __version__
 
 

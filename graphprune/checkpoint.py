@@ -1,0 +1,213 @@
+"""Reading checkpoints: the graphprune checkpoint and the MODEL a user names on the command line.
+
+* A graphprune checkpoint (``graphprune.export.save_checkpoint``) holds tensors and a JSON recipe
+  only, so it is read with ``torch.load(weights_only=True)``.  The recipe names a built-in builder
+  and its arguments, the applied masks and the example input shapes; ``load`` rebuilds the slim
+  module from it deterministically (compiling the base model again with the recorded masks),
+  then loads the weights.  A model graphprune did not build is rebuilt from an instance the
+  caller passes.
+* ``open_model`` takes what a user gives the CLI as MODEL: a built-in architecture name (built
+  with random weights), a graphprune checkpoint, or a pickled ``nn.Module`` / a checkpoint dict
+  holding one (``{"model": module}``, the ultralytics layout).  Unpickling can run arbitrary
+  code, so that needs ``trust=True`` (``--trust-checkpoint``); without it graphprune refuses and
+  explains why.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from . import models
+from .errors import CheckpointError
+from .export import FORMAT, VERSION
+from .pipeline import compile as gp_compile
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(recipe, state_dict) of a graphprune checkpoint, read without executing any pickle."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist",
+                              hint="check the path")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{str(path)!r} is not a graphprune checkpoint "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})",
+                              hint="graphprune checkpoints are written by `graphprune compile` "
+                                   "or CompileResult.save") from None
+    return parse_checkpoint(payload, path)
+
+
+def parse_checkpoint(payload: Any, path: str | Path
+                     ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(recipe, state_dict) of an already-loaded checkpoint payload."""
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{str(path)!r} is a torch file but not a graphprune checkpoint",
+                              hint="graphprune checkpoints are written by `graphprune compile` "
+                                   "or CompileResult.save")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(f"{str(path)!r} has checkpoint version {payload.get('version')}, "
+                              f"this graphprune reads version {VERSION}",
+                              hint="upgrade graphprune")
+    try:
+        recipe = json.loads(payload["recipe"])
+        state = dict(payload["state_dict"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{str(path)!r} has a damaged recipe ({exc})") from None
+    return recipe, state
+
+
+def decode_masks(recipe: dict[str, Any]) -> dict[str, np.ndarray] | None:
+    masks = recipe.get("masks")
+    if masks is None:
+        return None
+    return {n: np.frombuffer(s.encode(), dtype=np.uint8) == ord("1") for n, s in masks.items()}
+
+
+def example_inputs_of(recipe: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.zeros(spec["shape"], dtype=getattr(torch, spec["dtype"]))
+                 for spec in recipe.get("inputs", []))
+
+
+def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
+    """Rebuild the module a graphprune checkpoint describes and load its weights.
+
+    ``model``: an instance of the original architecture, needed when the checkpoint was made
+    from a model graphprune cannot build itself (its recipe names no builder)."""
+    recipe, state = read_checkpoint(path)
+    return rebuild(recipe, state, path, model)
+
+
+def build_structure(recipe: dict[str, Any], path: str | Path, model: nn.Module | None) -> nn.Module:
+    """The (untrained) module a recipe describes: the base model, then each compile in turn
+    (a slim model compiled again records the earlier recipe as its ``parent``)."""
+    if recipe.get("parent") is not None:
+        model = build_structure(recipe["parent"], path, model)
+    elif model is None:
+        builder = recipe.get("builder")
+        if builder is None:
+            raise CheckpointError(
+                f"{str(path)!r} was compiled from {recipe.get('model_class', 'a custom model')}, "
+                "which graphprune cannot build by itself",
+                hint="pass an instance of that architecture: graphprune.load(path, model=...)")
+        try:
+            model = models.build(builder, **recipe.get("kwargs", {}))
+        except (ValueError, TypeError) as exc:
+            raise CheckpointError(f"{str(path)!r} names a model graphprune cannot build: {exc}") \
+                from None
+    masks = decode_masks(recipe)
+    if masks is None:
+        return model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return gp_compile(model, example_inputs_of(recipe), masks=masks,
+                          leaves=recipe.get("leaves", []), verify=False,
+                          dependency_groups=False).module
+
+
+def rebuild(recipe: dict[str, Any], state: dict[str, torch.Tensor], path: str | Path,
+            model: nn.Module | None = None) -> nn.Module:
+    """The module a checkpoint's recipe describes, with its weights loaded."""
+    module = build_structure(recipe, path, model)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"the weights in {str(path)!r} do not fit the rebuilt model: "
+                              f"{str(exc).splitlines()[0][:200]}",
+                              hint="was it saved by another graphprune version, or is `model` "
+                                   "a different architecture?") from None
+    module.graphprune_recipe = recipe
+    return module.eval()
+
+
+def _pickled_module(path: Path) -> nn.Module:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+    except (ModuleNotFoundError, AttributeError) as exc:
+        raise CheckpointError(f"{str(path)!r} pickles classes that cannot be imported here "
+                              f"({exc})",
+                              hint="install the package that defines the model, or export it "
+                                   "as a graphprune checkpoint") from None
+    except Exception as exc:
+        raise CheckpointError(f"{str(path)!r} cannot be read as a torch checkpoint "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})",
+                              hint="is the file complete?") from None
+    if isinstance(obj, dict):
+        for key in ("ema", "model"):
+            if isinstance(obj.get(key), nn.Module):
+                obj = obj[key]
+                break
+    if not isinstance(obj, nn.Module):
+        raise CheckpointError(f"{str(path)!r} holds a {type(obj).__name__}, not a model",
+                              hint="a state_dict alone cannot be pruned: save the nn.Module, or "
+                                   "build the architecture in Python and call graphprune.compile")
+    return obj.float().eval()
+
+
+def _looks_pickled(path: Path) -> bool:
+    """A torch zip archive, or a raw pickle (protocol 2+ starts with the PROTO opcode)."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
+def open_model(spec: str, *, trust: bool = False, num_classes: int | None = None) -> nn.Module:
+    """The model ``spec`` names (see the module docstring)."""
+    path = Path(spec)
+    if not path.exists():
+        if spec in models.BUILDERS:
+            kwargs = {} if num_classes is None else {"num_classes": num_classes}
+            return models.build(spec, **kwargs)
+        raise CheckpointError(f"{spec!r} is neither a file nor a built-in model",
+                              hint=f"built-in models: {', '.join(sorted(models.BUILDERS))}")
+    if path.is_dir():
+        raise CheckpointError(f"{spec!r} is a directory", hint="give a checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{spec!r} is empty", hint="is the file complete?")
+    try:
+        with warnings.catch_warnings():      # torch's own notes about pickle protocols
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not _looks_pickled(path):
+            raise CheckpointError(f"{spec!r} is not a checkpoint: neither a torch archive nor "
+                                  "a pickle", hint="is the file complete, and the right "
+                                                   "file?") from None
+        if "weights_only" not in str(exc) and "GLOBAL" not in str(exc):
+            raise CheckpointError(f"{spec!r} is not a readable checkpoint "
+                                  f"({str(exc).splitlines()[0][:120]})",
+                                  hint="is the file complete?") from None
+        if not trust:
+            raise CheckpointError(
+                f"{spec!r} contains pickled Python objects; loading it could run arbitrary code",
+                hint="if you trust its source, pass --trust-checkpoint") from None
+        return _pickled_module(path)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+        raise CheckpointError(f"{spec!r} is not a readable checkpoint "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})",
+                              hint="is the file complete?") from None
+    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+        return rebuild(*parse_checkpoint(payload, path), path)
+    what = "only tensors (a state_dict?)" if isinstance(payload, dict) else \
+        f"a {type(payload).__name__} of plain data"
+    raise CheckpointError(f"{spec!r} holds {what}, not a model",
+                          hint="build the architecture in Python and call graphprune.compile, "
+                               "or save a graphprune checkpoint")
+
+
+__all__ = ["build_structure", "decode_masks", "example_inputs_of", "load", "open_model",
+           "parse_checkpoint", "read_checkpoint", "rebuild"]
