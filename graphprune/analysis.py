@@ -38,7 +38,7 @@ class ChannelAnalysis:
         self.producer_orders: dict[torch.fx.Node, np.ndarray] = {}
         # conv -> (rank, partner): order the conv's kept rows like the other operand of the
         # residual add it feeds, when that operand's order is known first (see
-        # passes/reconstruct_residuals.py)
+        # graphprune/residuals.py)
         self.producer_partners: dict[torch.fx.Node, tuple[np.ndarray, torch.fx.Node]] = {}
         self.ranks: dict[torch.fx.Node, np.ndarray] = {}
         self.rules = {n: ch.rule_for(n, self) for n in self.nodes}

@@ -6,7 +6,7 @@ columns, a residual add ties the channels of its two operands, and so on.  graph
 structural ties (the layers must keep the same channels) and drops the ties that come only from
 elementwise residual adds, which the residual reconstruction handles (paper §3.2).  The residual
 ties are described by ``graphprune inspect``; the coupling ``residual="couple"`` applies is
-taken from the channel analysis instead (``passes.reconstruct_residuals.residual_sets``), which
+taken from the channel analysis instead (``residuals.residual_sets``), which
 also follows shortcuts through chunk pieces (C2f) where torch-pruning's graph has no edge.
 
 We build one graph of torch-pruning's nodes (networkx) with an edge per dependency; the

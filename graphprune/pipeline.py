@@ -22,8 +22,8 @@ from .context import ATOL, RESIDUAL_MODES, RTOL, CompileConfig, CompileContext
 from .errors import GraphpruneWarning, MaskError
 from .export import export_onnx, export_pt2, save_checkpoint
 from .fold import border_deviation, fold_pruned_bias, gamma_zeroed
-from .passes.mask_channels import structural_pins
-from .passes.reconstruct_residuals import residual_sets
+from .planning import structural_pins
+from .residuals import residual_sets
 from .stats import ModelStats, count_flops, count_params
 from .tracing import as_inputs, trace, working_copy
 
@@ -50,6 +50,10 @@ def _validate(config: CompileConfig) -> None:
     if config.masks is not None and not isinstance(config.masks, Mapping):
         raise MaskError(f"masks must be a mapping of BatchNorm name to keep mask, got "
                         f"{type(config.masks).__name__}")
+
+
+# the passes that find facts without choosing masks
+ANALYSIS_PASSES = (gp_passes.propagate_shapes, gp_passes.collect_statistics)
 
 
 def run_passes(gm: torch.fx.GraphModule, ctx: CompileContext,
@@ -135,6 +139,15 @@ def prepare(model: nn.Module, example_inputs: Any, config: CompileConfig):
                          leaves={**{name: "requested" for name in config.leaves},
                                  **traced.leaves})
     return traced, ctx
+
+
+def prepare_analysis(model: nn.Module, example_inputs: Any, config: CompileConfig):
+    """``prepare``, then the passes that analyse without choosing masks (shapes, statistics, the
+    channel analysis, dependency groups): (traced GraphModule, its CompileContext).  What
+    ``analyze`` and ``search.MaskPlanner`` start from."""
+    traced, ctx = prepare(model, example_inputs, config)
+    gm = run_passes(traced.graph_module, ctx, ANALYSIS_PASSES)
+    return gm, ctx
 
 
 def compile(model: nn.Module, example_inputs: Any, *, masks: Mapping[str, Any] | None = None,
@@ -253,10 +266,8 @@ class ModelReport:
 def analyze(model: nn.Module, example_inputs: Any, *, leaves: Iterable[str] = ()
             ) -> ModelReport:
     """Trace and analyse ``model`` without pruning it (``graphprune inspect``)."""
-    traced, ctx = prepare(model, example_inputs, CompileConfig(leaves=tuple(leaves)))
+    _, ctx = prepare_analysis(model, example_inputs, CompileConfig(leaves=tuple(leaves)))
     work, inputs = ctx.model, ctx.example_inputs
-    run_passes(traced.graph_module, ctx, [gp_passes.propagate_shapes,
-                                          gp_passes.collect_statistics])
     pins, reasons = structural_pins(ctx.analysis)
     return ModelReport(params=count_params(work), flops=count_flops(work, inputs),
                        leaves=dict(ctx.leaves), statistics=dict(ctx.statistics),
@@ -266,5 +277,5 @@ def analyze(model: nn.Module, example_inputs: Any, *, leaves: Iterable[str] = ()
                        warnings=list(ctx.warnings), residual=residual_sets(ctx.analysis))
 
 
-__all__ = ["CompileResult", "ModelReport", "analyze", "attach_fold", "compile",
-           "prepare", "run_passes"]
+__all__ = ["ANALYSIS_PASSES", "CompileResult", "ModelReport", "analyze", "attach_fold", "compile",
+           "prepare", "prepare_analysis", "run_passes"]

@@ -16,6 +16,7 @@ whose applied masks equal an earlier probe's reuse its measurement.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -26,18 +27,16 @@ import torch
 import torch.nn as nn
 
 from . import fold as bias_folding
-from . import passes as gp_passes
 from .attention import (LFA, LFA_CRITERIA, AttentionReader, CalibrationSet, FeatureAttention,
                         feature_attention, lfa)
 from .channels import LEAF_USAGE
 from .context import CompileConfig
 from .costs import LayerCost, estimate, layer_costs
 from .errors import GraphpruneError, GraphpruneWarning
-from .masks import global_order, masks_from_ranking, zero_mask
-from .passes.mask_channels import mask_channels
-from .pipeline import attach_fold
+from .masks import batchnorms, global_order, masks_from_ranking, zero_mask
+from .pipeline import attach_fold, prepare_analysis
 from .pipeline import compile as gp_compile
-from .pipeline import prepare, run_passes
+from .planning import MaskPlan, plan_masks
 from .stats import count_flops, count_params
 
 
@@ -70,13 +69,12 @@ class MaskPlanner:
         self.config = CompileConfig(residual=residual, min_channels=min_channels,
                                     round_to=round_to,
                                     exclude=tuple(exclude), leaves=tuple(leaves), verify=False)
-        traced, self.ctx = prepare(model, example_inputs, self.config)
-        self.inputs, work = self.ctx.example_inputs, self.ctx.model
-        self.gm = traced.graph_module
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", GraphpruneWarning)
-            run_passes(self.gm, self.ctx, [gp_passes.propagate_shapes,
-                                           gp_passes.collect_statistics])
+            self.gm, self.ctx = prepare_analysis(model, example_inputs, self.config)
+        self.inputs, work = self.ctx.example_inputs, self.ctx.model
+        self.sizes = {n: m.num_features for n, m in batchnorms(work).items()}
+        self.last: MaskPlan | None = None
         self.gammas = {n: s.gamma for n, s in self.ctx.statistics.items()}
         if not self.gammas:
             raise GraphpruneError("the model has no prunable BatchNorm layer: nothing to prune",
@@ -84,8 +82,7 @@ class MaskPlanner:
         self.params_before = count_params(work)
         self.flops_before = count_flops(work, self.inputs)
         self._layer_costs()
-        self._masks(0)                                 # finds the candidates
-        self.candidates = {n: c.copy() for n, c in self.ctx.candidates.items()}
+        self.candidates = {n: c.copy() for n, c in self._plan({}).candidates.items()}
         self.ranked, self.names = global_order(self.gammas, self.candidates)
 
     @property
@@ -94,17 +91,22 @@ class MaskPlanner:
         return len(self.ranked)
 
     # -- masks -------------------------------------------------------------------------------
+    def _plan(self, masks: dict[str, np.ndarray]) -> MaskPlan:
+        """The masks compile would apply for the keep-masks ``masks`` (layers not named keep
+        every channel); the analysis is left holding them, for the estimate."""
+        config = dataclasses.replace(self.config, masks=masks)
+        self.last = plan_masks(self.ctx.analysis, self.ctx.statistics, self.ctx.groups, config,
+                               sizes=self.sizes, unprunable=self.ctx.unprunable)
+        return self.last
+
     def _masks(self, count: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        self.config.prune_ratio = None
-        self.config.masks = None
-        if count:
-            self.config.masks = masks_from_ranking(self.gammas, self.candidates, count)
-        mask_channels(self.gm, self.ctx)
-        return ({n: m.copy() for n, m in self.ctx.requested.items()},
-                {n: m.copy() for n, m in self.ctx.masks.items()})
+        plan = self._plan(masks_from_ranking(self.gammas, self.candidates, count) if count
+                          else {})
+        return ({n: m.copy() for n, m in plan.requested.items()},
+                {n: m.copy() for n, m in plan.masks.items()})
 
     def pinned(self) -> dict[str, str]:
-        return dict(self.ctx.pinned)
+        return dict(self.last.pinned) if self.last is not None else {}
 
     def threshold(self, count: int) -> float:
         """δ of a prune of ``count`` channels: |γ| of the first channel kept (∞ for all)."""
@@ -123,10 +125,8 @@ class MaskPlanner:
     def cost(self, requested: dict[str, np.ndarray]) -> tuple[int, int]:
         """(params, FLOPs) left by the keep-masks ``requested`` (layers not named keep every
         channel), as compile would apply them."""
-        self.config.prune_ratio = None
-        self.config.masks = {n: np.asarray(m, dtype=bool) for n, m in requested.items()
-                             if n in self.gammas}
-        mask_channels(self.gm, self.ctx)
+        self._plan({n: np.asarray(m, dtype=bool) for n, m in requested.items()
+                    if n in self.gammas})
         return self._estimate()
 
     # -- cost estimate -----------------------------------------------------------------------
@@ -169,7 +169,7 @@ class MaskPlanner:
     def _estimate(self) -> tuple[int, int]:
         A = self.ctx.analysis
         A.compute_lives()
-        params, flops = estimate(A, self.ctx.masks, self.layers)
+        params, flops = estimate(A, self.last.masks, self.layers)
         return self.fixed_params + params, self.fixed_flops + flops
 
 

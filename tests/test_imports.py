@@ -145,3 +145,15 @@ def test_writing_artifacts_does_not_depend_on_reading_checkpoints(module):
     compiling), so export, pipeline and fold imported one another."""
     graph = import_graph()
     assert not nx.has_path(graph, module, "graphprune.checkpoint")
+
+
+def test_only_the_pipeline_imports_the_passes():
+    """The passes are thin: the library holds the logic, and nothing but the pipeline (and the
+    passes package itself) reaches into them."""
+    graph = import_graph()
+    passes = {m for m in graph if m == "graphprune.passes" or m.startswith("graphprune.passes.")}
+    importers = {a for a, b in graph.edges if b in passes and a not in passes}
+    assert importers == {"graphprune.pipeline"}
+    for name in passes - {"graphprune.passes"}:
+        # a pass calls the library; no pass imports another
+        assert not [b for b in graph.successors(name) if b in passes], name

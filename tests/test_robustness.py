@@ -212,7 +212,7 @@ def test_ctrl_c_during_compile_writes_nothing(tmp_path, capsys, monkeypatch):
     def interrupted(*_args, **_kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(gp, "compile", interrupted)
+    monkeypatch.setattr("graphprune.cli.gp_compile", interrupted)     # what `compile` calls
     out = tmp_path / "out"
     assert main(["compile", "tiny_resnet", "--prune-ratio", "0.5", *SMALL, "--out",
                  str(out)]) == 130

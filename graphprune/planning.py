@@ -1,0 +1,208 @@
+"""Mask planning: from the request to the masks the compiler really applies (run by the
+``mask_channels`` pass, and by ``graphprune.search.MaskPlanner`` for every candidate prune).
+
+1. Structural pins: channels no mask may remove, whatever is asked — those reaching the model's
+   outputs (the detection head's output layers), those an op the compiler does not understand
+   consumes, those a kept-whole module uses other than through its own convolutions.  Found by
+   solving the channel requirements with every mask empty.
+2. The request: explicit masks; a global threshold δ on |γ| (Algorithm 2: channels with
+   |γ| < δ go); or a global prune ratio, the same ranking cut at a count.  The ranking is |γ|,
+   then layer order, then channel index, over the candidate channels (not pinned, not
+   excluded), so ties (an untrained model has every γ = 1) are broken deterministically.
+3. Safety rails and coupling, repeated until nothing changes: ``exclude``d layers keep all;
+   ``min_channels`` per layer; ``round_to`` (kept counts rounded up to a multiple, the extra
+   channels taken by |γ|); structurally coupled channels (torch-pruning) keep or go
+   together — and so do the channels tied by residual adds (``residual_sets``: every
+   BatchNorm feeding a residual group, through chunk pieces too) when ``residual="couple"``,
+   or in the groups ``residual="auto"`` finds not worth reconstructing (``choose_coupling``);
+   every requirement of the channel analysis is met (``ChannelAnalysis.solve``).
+
+``plan_masks`` returns the request, the applied masks and the reason for every layer where they
+differ (``MaskPlan``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch.fx
+
+from . import channels as ch
+from . import costs
+from .context import CompileConfig, LayerStatistics
+from .groups import CouplingSet, apply_coupling
+from .masks import (as_mask, count_below, enforce_min_channels, masks_from_ranking, matches,
+                    round_up_channels, unknown_layer_error)
+from .residuals import plan_orders, residual_sets
+
+
+@dataclass
+class MaskPlan:
+    """What ``plan_masks`` decides: every map is keyed by BatchNorm name."""
+
+    candidates: dict[str, np.ndarray]        # channels a ranking may remove (not pinned/excluded)
+    requested: dict[str, np.ndarray]         # keep masks as asked
+    masks: dict[str, np.ndarray]             # keep masks as applied
+    pinned: dict[str, str]                   # where they differ from the request, and why
+    residual_choice: dict[str, dict] = field(default_factory=dict)   # residual="auto": per set
+    warnings: list[str] = field(default_factory=list)
+
+
+def structural_pins(analysis) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Channels of each prunable BatchNorm that stay whatever the masks ask, and why."""
+    saved = analysis.masks
+    analysis.masks = {n: np.zeros_like(m) for n, m in saved.items()}
+    try:
+        analysis.solve(structural_only=True)
+        pins = analysis.masks
+        reasons = {n: whys[0] for n, whys in analysis.reasons.items()}
+    finally:
+        analysis.masks = saved
+        analysis.reasons = {}
+    return pins, reasons
+
+
+def request(config: CompileConfig, gammas: dict[str, np.ndarray],
+            candidates: dict[str, np.ndarray], sizes: dict[str, int]) -> dict[str, np.ndarray]:
+    """{BatchNorm: keep mask} as asked: every prunable layer, plus any other the user named
+    (``sizes``: channels of every BatchNorm of the model, prunable or not)."""
+    if config.masks is not None:
+        asked = {n: np.ones(len(g), dtype=bool) for n, g in gammas.items()}
+        for name, value in config.masks.items():
+            if name not in sizes:
+                raise unknown_layer_error(name, list(gammas) or list(sizes))
+            asked[name] = as_mask(value, name, sizes[name])
+        return asked
+    if config.threshold is not None:
+        return masks_from_ranking(gammas, candidates,
+                                  count_below(gammas, candidates, config.threshold))
+    if config.prune_ratio is not None:
+        total = int(sum(c.sum() for c in candidates.values()))
+        return masks_from_ranking(gammas, candidates, int(round(config.prune_ratio * total)))
+    return {n: np.ones(len(g), dtype=bool) for n, g in gammas.items()}
+
+
+def settle(A, applied: dict[str, np.ndarray], coupling: list[CouplingSet], fixed: set[str],
+           gammas: dict[str, np.ndarray], round_to: int, reasons: dict[str, str]) -> None:
+    """Rounding, coupling and the channel requirements, until none changes anything; grows
+    ``applied`` in place (it becomes ``A.masks``) and records why in ``reasons``."""
+    A.masks = applied
+    A.reasons = {}
+    while True:
+        rounded = round_up_channels(applied, gammas, round_to)
+        for n, why in rounded.items():
+            reasons.setdefault(n, why)
+        for n, why in apply_coupling(applied, coupling, fixed).items():
+            reasons.setdefault(n, why)
+        rounds = A.solve()
+        for n, whys in A.reasons.items():
+            reasons.setdefault(n, whys[0])
+        A.reasons = {}
+        if rounds == 1 and not rounded:
+            break
+
+
+def choose_coupling(A, residual: list[CouplingSet], settled: dict[str, np.ndarray],
+                    fixed: set[str]) -> tuple[list[CouplingSet], dict[str, dict]]:
+    """``residual="auto"``: the residual sets worth coupling, given the reconstructed masks.
+
+    For each set of BatchNorms tied by residual adds, reconstructing it saves the FLOPs its
+    coupled masks would add (``graphprune.costs``) and costs the extra nodes the rebuilt adds
+    take (``AddPlan.nodes`` minus one plain add each), priced at ``costs.NODE_FLOPS``.  A set is
+    coupled when the nodes cost more than the FLOPs saved.  Returns the sets to couple and, per
+    set (keyed by its first BatchNorm), the numbers the choice was made on."""
+    layers = costs.layer_costs(A, settled)
+    groups = plan_orders(A)
+    _, base_flops = costs.estimate(A, settled, layers)
+    extra: dict[str, int] = {}             # BatchNorm -> extra nodes of its residual group
+    for adds, sources in groups:
+        nodes = 0
+        for add in adds:
+            plan = A.plans.get(add)
+            if plan is not None:
+                nodes += plan.nodes(A.physical(add.args[0]), A.physical(add.args[1])) - 1
+        for src in sources:
+            if A.rules[src].name == "batchnorm":
+                extra[src.target] = max(extra.get(src.target, 0), nodes)
+    chosen, report = [], {}
+    for cs in residual:
+        nodes = max((extra.get(n, 0) for n in cs.names), default=0)
+        trial = {n: m.copy() for n, m in settled.items()}
+        apply_coupling(trial, [cs], fixed)
+        A.masks, A.reasons = trial, {}
+        A.solve()
+        A.compute_lives()
+        saved = costs.estimate(A, trial, layers)[1] - base_flops
+        couple = nodes > 0 and saved < nodes * costs.NODE_FLOPS
+        layers_of = [n for n in cs.names if n in settled]
+        report[(layers_of or cs.names)[0]] = {"layers": layers_of, "extra_nodes": nodes,
+                                              "flops_saved": saved, "coupled": couple}
+        if couple:
+            chosen.append(cs)
+    A.masks, A.reasons = settled, {}
+    A.compute_lives()
+    return chosen, report
+
+
+def plan_masks(analysis, statistics: dict[str, LayerStatistics], groups, config: CompileConfig,
+               *, sizes: dict[str, int], unprunable: dict[str, str]) -> MaskPlan:
+    """The masks the compiler applies for ``config``'s request (see the module docstring).
+
+    ``analysis``: the ``ChannelAnalysis`` of the traced model, left holding the applied masks
+    (the passes after this one read them); ``statistics``: γ of each prunable BatchNorm;
+    ``groups``: torch-pruning's ``DependencyGroups`` (or None); ``sizes``: channels of every
+    BatchNorm of the model; ``unprunable``: the BatchNorms that cannot be pruned, and why."""
+    A = analysis
+    names = list(A.masks)
+    pins, _ = structural_pins(A)
+    excluded = {n for n in names if matches(n, config.exclude)}
+    candidates = {n: np.zeros(len(pins[n]), dtype=bool) if n in excluded else ~pins[n]
+                  for n in names}
+    gammas = {n: s.gamma for n, s in statistics.items()}
+    requested = request(config, gammas, candidates, sizes)
+
+    applied = {n: requested[n].copy() for n in names}
+    reasons: dict[str, str] = {}
+    for n in excluded:
+        if not applied[n].all():
+            applied[n][:] = True
+            reasons[n] = "excluded by the user"
+    for n, why in enforce_min_channels(applied, gammas, config.min_channels).items():
+        reasons.setdefault(n, why)
+
+    coupling = list(groups.structural) if groups is not None else []
+    residual = residual_sets(A) if config.residual != "reconstruct" else []
+    fixed = set(unprunable) | excluded
+    residual_choice: dict[str, dict] = {}
+    if config.residual == "couple":
+        coupling += residual
+    elif config.residual == "auto" and residual:
+        asked = {n: m.copy() for n, m in applied.items()}
+        settle(A, applied, coupling, fixed, gammas, config.round_to, {})
+        chosen, residual_choice = choose_coupling(A, residual, applied, fixed)
+        applied = asked
+        coupling += chosen
+    settle(A, applied, coupling, fixed, gammas, config.round_to, reasons)
+
+    warnings: list[str] = []
+    unknown = [n for n in A.nodes if A.rules[n].name == "unknown"
+               and any(isinstance(a, torch.fx.Node) and ch.is_tensor(a)
+                       for a in ch.flat_tensor_args(n))]
+    if unknown:
+        shown = ", ".join(ch.describe(n, A.module_of(n)) for n in unknown[:8])
+        more = f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""
+        warnings.append(f"{len(unknown)} op(s) without a channel rule keep every channel "
+                        f"flowing into them (pinned): {shown}{more}")
+    masks = dict(applied)
+    # BatchNorms the user named but the compiler cannot prune stay whole, and say so.
+    for n, asked in requested.items():
+        if n not in applied:
+            masks[n] = np.ones(len(asked), dtype=bool)
+            reasons[n] = f"not prunable: {unprunable.get(n, 'unknown layer')}"
+    pinned = {n: reasons.get(n, "kept by the channel analysis")
+              for n, asked in requested.items() if not np.array_equal(masks[n], asked)}
+    return MaskPlan(candidates, requested, masks, pinned, residual_choice, warnings)
+
+
+__all__ = ["MaskPlan", "choose_coupling", "plan_masks", "request", "settle", "structural_pins"]
