@@ -18,8 +18,6 @@ import torch.nn as nn
 from . import channels as ch
 from .tracing import module_call_counts
 
-BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-
 
 class ChannelAnalysis:
     def __init__(self, gm: torch.fx.GraphModule, masks: dict[str, np.ndarray]):

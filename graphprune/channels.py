@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .emit import Emitter, slim_batchnorm, slim_conv, slim_linear
+from .masks import BATCHNORMS, CONVS
 from .tracing import flat_tensor_args
 
 SPEC = "graphprune.spec"          # TensorSpec (or a tuple of them) of the node's example value
@@ -287,7 +288,6 @@ class ShapeQuery(Rule):
 
 
 # -- layers -------------------------------------------------------------------------------------
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 class Convolution(Rule):
@@ -302,7 +302,7 @@ class Convolution(Rule):
         x = node.args[0]
         if not is_tensor(x):
             return False
-        if isinstance(m, _CONVS):
+        if isinstance(m, CONVS):
             return m.groups == 1
         if isinstance(m, nn.Linear):
             return len(spec_of(x).shape) == 2
@@ -336,7 +336,7 @@ class DepthwiseConvolution(Rule):
 
     def accepts(self, node, A) -> bool:
         m = A.module_of(node)
-        return isinstance(m, _CONVS) and A.call_count(node) == 1 and len(node.args) == 1 \
+        return isinstance(m, CONVS) and A.call_count(node) == 1 and len(node.args) == 1 \
             and not node.kwargs and m.groups > 1 and m.groups == m.in_channels == \
             m.out_channels and m.bias is None and is_tensor(node.args[0])
 
@@ -734,9 +734,7 @@ class BroadcastMultiply(Passthrough):
 
     def emit(self, node, E, A):
         x = self.tensor_input(node)
-        other = [n for n in node.args if n is not x][0]
         args = tuple(E.env[n] if n is x else A.emit_full(E, n) for n in node.args)
-        del other
         return E.copy_node(node, args, {})
 
 
@@ -753,10 +751,6 @@ class AddPlan:
     order: np.ndarray
     a_take: list[int] | None = None
     b_take: list[int] | None = None
-
-    @property
-    def strategy(self) -> str:
-        return "gather" if self.a_take is not None or self.b_take is not None else "slices"
 
     def nodes(self, na: int, nb: int) -> int:
         """Nodes ``Add.emit`` writes for this plan (operands of ``na``, ``nb`` physical
@@ -952,9 +946,9 @@ _POINTWISE_MODULES = (
 )
 register_module_rule(_POINTWISE_MODULES, _PASS)
 register_module_rule((nn.Flatten,), Flatten())
-register_module_rule(_CONVS + (nn.Linear,), Convolution())
-register_module_rule(_CONVS, DepthwiseConvolution())
-register_module_rule((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d), BatchNorm())
+register_module_rule(CONVS + (nn.Linear,), Convolution())
+register_module_rule(CONVS, DepthwiseConvolution())
+register_module_rule(BATCHNORMS, BatchNorm())
 
 _passthrough = Passthrough()
 register_function_rule([
@@ -993,15 +987,6 @@ register_method_rule(["flatten"], _flatten)
 _shape = ShapeQuery()
 register_function_rule([getattr], _shape)
 register_method_rule(["size", "dim", "ndimension"], _shape)
-
-
-def rule_names() -> dict[str, list[str]]:
-    """What the registry knows, for documentation and ``graphprune inspect``."""
-    return {
-        "modules": sorted({t.__name__ for types, _ in _MODULE_RULES for t in types}),
-        "functions": sorted({getattr(t, "__name__", str(t)) for t in _FUNCTION_RULES}),
-        "methods": sorted(_METHOD_RULES),
-    }
 
 
 __all__ = ["AddPlan", "LeafUsage", "Rule", "TensorSpec", "channels", "plan_add", "split_segments",

@@ -323,13 +323,6 @@ def _nothing_to_prune(model, spec) -> bool:
     return True
 
 
-def _si(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return f"{n:.0f}"
-
-
 def _read_masks(path: Path) -> dict[str, list]:
     try:
         data = json.loads(path.read_text())

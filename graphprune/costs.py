@@ -19,8 +19,7 @@ import numpy as np
 import torch.nn as nn
 
 from .channels import spec_of
-
-CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+from .masks import CONVS
 
 # One extra slice/concatenation node in onnxruntime on the CPU costs about as much time as this
 # many FLOPs of convolution.  benchmarks/node_cost.py on 2 shared x86_64 cores (2 threads), two
@@ -47,7 +46,7 @@ def layer_costs(A, prunable: Iterable[str]) -> list[LayerCost]:
         m = A.module_of(node)
         if m is None or A.call_count(node) != 1:
             continue
-        if isinstance(m, CONV_TYPES) or isinstance(m, nn.Linear):
+        if isinstance(m, CONVS + (nn.Linear,)):
             spec = spec_of(node)
             shape = spec.shape if spec is not None and hasattr(spec, "shape") else None
             if shape is None:
@@ -85,4 +84,4 @@ def estimate(A, masks: dict[str, np.ndarray], layers: Iterable[LayerCost]) -> tu
     return params, flops
 
 
-__all__ = ["CONV_TYPES", "LayerCost", "NODE_FLOPS", "estimate", "layer_costs"]
+__all__ = ["LayerCost", "NODE_FLOPS", "estimate", "layer_costs"]

@@ -60,16 +60,12 @@ class Emitter:
         self.graph = torch.fx.Graph()
         self.env: dict[torch.fx.Node, Any] = {}
         self.attrs: dict[str, Any] = {}
-        self._modules = dict(source.named_modules())
         self._n_index = 0
         # channel indices live on the device of the weights they select for
         self.device = next(source.parameters(), torch.empty(0)).device
         self.stats = {"slices": 0, "gathers": 0, "residual_pieces": 0}
 
     # -- structure ---------------------------------------------------------------------------
-    def module(self, name: str) -> nn.Module:
-        return self._modules[name]
-
     def add_module(self, name: str, module: nn.Module) -> None:
         self.attrs[name] = module
 

@@ -32,10 +32,8 @@ import torch
 import torch.nn as nn
 from torch.utils._pytree import tree_flatten
 
-from .masks import masked_copy, zero_mask
+from .masks import CONVS, masked_copy, zero_mask
 from .tracing import as_inputs
-
-CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 @dataclass

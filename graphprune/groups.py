@@ -30,9 +30,9 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
-          nn.ConvTranspose3d, nn.Linear)
+from .masks import BATCHNORMS, CONVS
+
+LAYERS = CONVS + (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
 # Building torch-pruning's graph is one forward and backward pass on a small input; past this,
 # give up loudly (the channel analysis alone still compiles correctly).
 DEFAULT_TIME_LIMIT_S = 60.0

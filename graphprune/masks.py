@@ -19,7 +19,9 @@ import torch.nn as nn
 
 from .errors import MaskError
 
+# the layer types the compiler slims: every module that reads them imports them from here
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def as_mask(value: Any, name: str, size: int) -> np.ndarray:

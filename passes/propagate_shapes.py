@@ -22,11 +22,12 @@ from torch.utils._pytree import tree_flatten
 
 from graphprune.channels import LEAF_USAGE, SPEC, LeafUsage, TensorSpec
 from graphprune.context import CompileContext
+from graphprune.masks import BATCHNORMS, CONVS
 from graphprune.tracing import Interpreter, flat_tensor_args
 
 _CONV_FUNCTIONS = {F.conv1d: nn.Conv1d, F.conv2d: nn.Conv2d, F.conv3d: nn.Conv3d,
                    F.linear: nn.Linear}
-_LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_LAYER_TYPES = CONVS + (nn.Linear,)
 
 
 def spec_of_value(value: Any) -> Any:
@@ -124,7 +125,7 @@ class _LeafRecorder(TorchFunctionMode):
         name, layer = self.stack[-1]
         if type(layer) is not _CONV_FUNCTIONS[func] or not args:
             return None
-        if isinstance(layer, _LAYER_TYPES[:3]):
+        if isinstance(layer, CONVS):
             if layer.groups != 1 or layer.padding_mode != "zeros":
                 return None
         elif args[0].dim() != 2:          # Linear on [N, C] only: channels are the last dim
@@ -219,8 +220,7 @@ class _ShapeInterpreter(Interpreter):
 
 
 # Modules whose own rules the registry knows: no need to watch their inputs.
-_KNOWN = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d,
-          nn.BatchNorm3d)
+_KNOWN = CONVS + (nn.Linear,) + BATCHNORMS
 
 
 def propagate_shapes(gm: torch.fx.GraphModule, ctx: CompileContext) -> PassResult:
