@@ -18,7 +18,6 @@ regulariser's options such as target), e.g. ``si:theta=0.05`` or
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -38,6 +37,8 @@ from rich.table import Table
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import graphprune as gp  # noqa: E402
 from graphprune import data as gpdata  # noqa: E402
+# the recipe benchmarks/synthetic.py measured to learn fastest on 2 CPU cores
+from graphprune.demo import DEMO_RECIPE as RECIPE  # noqa: E402
 from graphprune.detect.train import TrainConfig, train  # noqa: E402
 from graphprune.detect.val import resolve_device, validate  # noqa: E402
 from graphprune.sparsity import prunable_batchnorms  # noqa: E402
@@ -46,8 +47,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import compare_residual_modes, logged_minutes, write_results  # noqa: E402
 from latency import ort_latency  # noqa: E402
-# the recipe benchmarks/synthetic.py measured to learn fastest on 2 CPU cores
-RECIPE = dict(batch=8, nominal_batch=8, lr0=0.02, warmup_epochs=1, cls=2.0)
 
 
 # every mode on one budget: the paper's Table 5 rows (none, NS, DSM, L1RR), the scale-aware

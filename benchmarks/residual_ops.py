@@ -7,7 +7,7 @@ shared channels in different places, a consumer of a split piece, ...), the slim
 not contiguously can be built from ``P`` slice-adds, or gather the trunk operand first so that
 three pieces suffice.  This script times both choices, interleaved, in onnxruntime and in eager
 PyTorch, and prints the ratios.  The compiler's cut-overs (``emit.MAX_SLICE_RUNS`` and
-``channels.PIECES_BEFORE_GATHER``) come from these tables.
+``adds.PIECES_BEFORE_GATHER``) come from these tables.
 
     python benchmarks/residual_ops.py [--quick] [--out benchmarks/results]
 """
@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from graphprune import channels  # noqa: E402
+from graphprune import adds  # noqa: E402
 from graphprune.emit import runs  # noqa: E402
 
 
@@ -103,14 +103,14 @@ def add_plans(channels_: int, runs_in_trunk: int, seed: int):
     branch_only = [channels_ + i for i in range(channels_ // 4)]     # channels only b keeps
     branch = np.array([c for c in trunk if c in shared] + branch_only)
     rank = np.arange(channels_ + len(branch_only))
-    saved = channels.PIECES_BEFORE_GATHER
+    saved = adds.PIECES_BEFORE_GATHER
     try:
-        channels.PIECES_BEFORE_GATHER = 10 ** 6
-        slices = channels.plan_add(trunk, branch, rank)
-        channels.PIECES_BEFORE_GATHER = 0
-        gather = channels.plan_add(trunk, branch, rank)
+        adds.PIECES_BEFORE_GATHER = 10 ** 6
+        slices = adds.plan_add(trunk, branch, rank)
+        adds.PIECES_BEFORE_GATHER = 0
+        gather = adds.plan_add(trunk, branch, rank)
     finally:
-        channels.PIECES_BEFORE_GATHER = saved
+        adds.PIECES_BEFORE_GATHER = saved
     return slices, gather, len(trunk), len(branch)
 
 

@@ -63,7 +63,8 @@ from graphprune.export import export_onnx  # noqa: E402
 from graphprune.search import prune_to_target  # noqa: E402
 from graphprune.stats import count_flops, count_params  # noqa: E402
 from graphprune.sparsity import default_phases  # noqa: E402
-from graphprune.workflow import DEMO_RECIPE, DEMO_SPARSITY, calibration_set, evaluate_map  # noqa: E402
+from graphprune.demo import DEMO_RECIPE, DEMO_SPARSITY  # noqa: E402
+from graphprune.workflow import calibration_set, evaluate_map  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

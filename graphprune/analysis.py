@@ -16,6 +16,7 @@ import torch.fx
 import torch.nn as nn
 
 from . import channels as ch
+from . import specs
 from .tracing import module_call_counts
 
 
@@ -41,7 +42,7 @@ class ChannelAnalysis:
         self.ranks: dict[torch.fx.Node, np.ndarray] = {}
         self.rules = {n: ch.rule_for(n, self) for n in self.nodes}
         for n, rule in self.rules.items():
-            n.meta[ch.RULE] = rule.name
+            n.meta[specs.RULE] = rule.name
         self.producers = self._find_producers()
 
     # -- facts about nodes -----------------------------------------------------------------
@@ -54,7 +55,7 @@ class ChannelAnalysis:
     def is_prunable_node(self, node: torch.fx.Node) -> bool:
         return node.op == "call_module" and node.target in self.masks and \
             self.call_count(node) == 1 and len(node.args) == 1 and not node.kwargs and \
-            ch.is_tensor(node.args[0]) and ch.channels(node.args[0]) == len(self.masks[node.target])
+            specs.is_tensor(node.args[0]) and specs.channels(node.args[0]) == len(self.masks[node.target])
 
     def _find_producers(self) -> dict[torch.fx.Node, torch.fx.Node]:
         """Conv/Linear nodes whose only user is a prunable BatchNorm: conv -> BatchNorm."""
@@ -80,7 +81,7 @@ class ChannelAnalysis:
         self.lives = {}
         for n in self.nodes:
             self.lives[n] = self.rules[n].live(n, self)
-            n.meta[ch.LIVE] = self.lives[n]
+            n.meta[specs.LIVE] = self.lives[n]
 
     # -- requirements ------------------------------------------------------------------------
     def required(self, node: torch.fx.Node):
@@ -89,14 +90,14 @@ class ChannelAnalysis:
 
     def required_elements(self, node: torch.fx.Node) -> list:
         req = self.requirements.get(node)
-        n = len(ch.spec_of(node))
+        n = len(specs.spec_of(node))
         return list(req) if isinstance(req, list) else [None] * n
 
     def need(self, node: Any, channels: np.ndarray, reason: str, element: int | None = None):
         if not isinstance(node, torch.fx.Node) or not channels.any():
             return
         if element is not None:
-            slots = self.requirements.setdefault(node, [None] * len(ch.spec_of(node)))
+            slots = self.requirements.setdefault(node, [None] * len(specs.spec_of(node)))
             old = slots[element]
             slots[element] = (channels.copy(), reason) if old is None else \
                 (old[0] | channels, old[1])
@@ -109,12 +110,12 @@ class ChannelAnalysis:
         """Require every channel of a tensor (or of each tensor in a tuple-valued node)."""
         if not isinstance(node, torch.fx.Node):
             return
-        s = ch.spec_of(node)
-        if isinstance(s, ch.TensorSpec) and s.channels is not None:
+        s = specs.spec_of(node)
+        if isinstance(s, specs.TensorSpec) and s.channels is not None:
             self.need(node, np.ones(s.channels, dtype=bool), reason)
         elif isinstance(s, tuple):
             for k, e in enumerate(s):
-                if isinstance(e, ch.TensorSpec) and e.channels is not None:
+                if isinstance(e, specs.TensorSpec) and e.channels is not None:
                     self.need(node, np.ones(e.channels, dtype=bool), reason, element=k)
 
     def grow(self, name: str, channels: np.ndarray, reason: str) -> None:
@@ -158,7 +159,7 @@ class ChannelAnalysis:
 
     def physical(self, node: torch.fx.Node) -> int:
         o = self.orders.get(node)
-        return ch.channels(node) if o is None else len(o)
+        return specs.channels(node) if o is None else len(o)
 
     def producer_order(self, conv: torch.fx.Node) -> np.ndarray | None:
         """Physical order of a producer convolution's output rows (its kept channels)."""
@@ -183,7 +184,7 @@ class ChannelAnalysis:
         for n in self.nodes:
             o = self.rules[n].order(n, self)
             self.orders[n] = o
-            n.meta[ch.ORDER] = o
+            n.meta[specs.ORDER] = o
 
     def emit_full(self, E, node: torch.fx.Node):
         """The slim value of ``node`` in its original, complete layout."""
@@ -194,7 +195,7 @@ class ChannelAnalysis:
             return tuple(v if o is None else E.reorder(v, o, None, len(o)) for v, o in
                          zip(value if isinstance(value, tuple) else
                              [value[i] for i in range(len(order))], order))
-        return E.reorder(value, order, None, ch.channels(node))
+        return E.reorder(value, order, None, specs.channels(node))
 
     def check_consistency(self) -> list[str]:
         """Each value's physical channels must be exactly its live channels (producer convs

@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import copy
 import operator
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -31,58 +30,13 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import adds
+from .adds import AddPlan
 from .emit import Emitter, slim_batchnorm, slim_conv, slim_linear
 from .masks import BATCHNORMS, CONVS
+from .specs import (LEAF_USAGE, LeafUsage, TensorSpec, channels, describe, full_like_spec,
+                    is_tensor, spec_of)
 from .tracing import flat_tensor_args
-
-SPEC = "graphprune.spec"          # TensorSpec (or a tuple of them) of the node's example value
-LEAF_USAGE = "graphprune.leaf"    # LeafUsage of a call_module node kept whole
-RULE = "graphprune.rule"          # name of the rule the node dispatched to
-LIVE = "graphprune.live"
-ORDER = "graphprune.order"
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-
-    @property
-    def channels(self) -> int | None:
-        return self.shape[1] if len(self.shape) >= 2 else None
-
-
-def spec_of(node: Any) -> Any:
-    return node.meta.get(SPEC) if isinstance(node, torch.fx.Node) else None
-
-
-def is_tensor(node: Any) -> bool:
-    return isinstance(spec_of(node), TensorSpec)
-
-
-def channels(node: Any) -> int | None:
-    s = spec_of(node)
-    return s.channels if isinstance(s, TensorSpec) else None
-
-
-def full_like_spec(s: Any) -> Any:
-    """All-live structure matching a spec: arrays for tensors with channels, else None."""
-    if isinstance(s, TensorSpec):
-        return None if s.channels is None else np.ones(s.channels, dtype=bool)
-    if isinstance(s, (tuple, list)):
-        return tuple(full_like_spec(x) for x in s)
-    return None
-
-
-def describe(node: torch.fx.Node, module: nn.Module | None = None) -> str:
-    if node.op == "call_module":
-        return f"module {node.target!r} ({type(module).__name__ if module else 'module'})"
-    if node.op == "call_method":
-        return f"node {node.name!r} (method .{node.target}())"
-    if node.op == "call_function":
-        name = getattr(node.target, "__name__", str(node.target))
-        return f"node {node.name!r} ({name})"
-    return f"node {node.name!r} ({node.op})"
 
 
 def _arg(node: torch.fx.Node, index: int, name: str, default: Any = None) -> Any:
@@ -95,14 +49,6 @@ def _dim(dim: Any, ndim: int) -> int | None:
     if not isinstance(dim, int):
         return None
     return dim + ndim if dim < 0 else dim
-
-
-@dataclass
-class LeafUsage:
-    """How a module kept whole used each of its input nodes, seen on the example inputs."""
-
-    consumers: dict[torch.fx.Node, list[str]] = field(default_factory=dict)  # -> inner layers
-    others: dict[torch.fx.Node, list[str]] = field(default_factory=dict)     # -> other ops
 
 
 # -- base rules -------------------------------------------------------------------------------
@@ -738,94 +684,6 @@ class BroadcastMultiply(Passthrough):
         return E.copy_node(node, args, {})
 
 
-@dataclass
-class AddPlan:
-    """How a residual add with different operand masks is rebuilt (paper Eq. 13-14).
-
-    ``pieces``: ("ab", i, j, n) adds a[i:i+n] + b[j:j+n]; ("a", i, -1, n) and ("b", -1, j, n)
-    copy one operand; the output is their concatenation.  ``a_take``/``b_take`` optionally
-    gather an operand first (its positions), used when that is cheaper than many slices.
-    """
-
-    pieces: list[tuple[str, int, int, int]]
-    order: np.ndarray
-    a_take: list[int] | None = None
-    b_take: list[int] | None = None
-
-    def nodes(self, na: int, nb: int) -> int:
-        """Nodes ``Add.emit`` writes for this plan (operands of ``na``, ``nb`` physical
-        channels): gathers, slices, partial adds and the concatenation."""
-        count = (self.a_take is not None) + (self.b_take is not None)
-        for kind, i, j, n in self.pieces:
-            count += kind != "b" and (i, n) != (0, na)
-            count += kind != "a" and (j, n) != (0, nb)
-            count += kind == "ab"
-        return count + (len(self.pieces) > 1)
-
-
-def _merge_pieces(oa: np.ndarray, ob: np.ndarray, rank: np.ndarray | None):
-    """Merge two orders whose shared channels appear in the same relative order."""
-    in_a, in_b = set(oa.tolist()), set(ob.tolist())
-    i = j = 0
-    steps: list[tuple[str, int, int]] = []
-    out: list[int] = []
-    while i < len(oa) or j < len(ob):
-        a_only = i < len(oa) and oa[i] not in in_b
-        b_only = j < len(ob) and ob[j] not in in_a
-        if a_only and b_only:
-            pick_a = rank is None or rank[oa[i]] <= rank[ob[j]]
-            a_only, b_only = pick_a, not pick_a
-        if a_only:
-            steps.append(("a", i, -1)), out.append(int(oa[i]))
-            i += 1
-        elif b_only:
-            steps.append(("b", -1, j)), out.append(int(ob[j]))
-            j += 1
-        else:
-            steps.append(("ab", i, j)), out.append(int(oa[i]))
-            i += 1
-            j += 1
-    pieces: list[tuple[str, int, int, int]] = []
-    for kind, i, j in steps:
-        if pieces:
-            pk, pi, pj, pn = pieces[-1]
-            if pk == kind and (kind == "b" or pi + pn == i) and (kind == "a" or pj + pn == j):
-                pieces[-1] = (pk, pi, pj, pn + 1)
-                continue
-        pieces.append((kind, i, j, 1))
-    return pieces, np.asarray(out, dtype=np.int64)
-
-
-def plan_add(oa: np.ndarray, ob: np.ndarray, rank: np.ndarray | None) -> AddPlan:
-    """Pieces for ``a + b`` where ``a`` holds channels ``oa`` and ``b`` holds ``ob``."""
-    in_a, in_b = set(oa.tolist()), set(ob.tolist())
-    shared_a = [int(c) for c in oa if c in in_b]
-    shared_b = [int(c) for c in ob if c in in_a]
-    if shared_a == shared_b:
-        pieces, out = _merge_pieces(oa, ob, rank)
-        if len(pieces) <= PIECES_BEFORE_GATHER:
-            return AddPlan(pieces, out)
-    # Gather form: shared channels first in both operands, then what only one of them has.
-    pos_a = {int(c): i for i, c in enumerate(oa)}
-    pos_b = {int(c): i for i, c in enumerate(ob)}
-    only_a = [int(c) for c in oa if c not in in_b]
-    only_b = [int(c) for c in ob if c not in in_a]
-    a_take = [pos_a[c] for c in shared_a + only_a]
-    b_take = [pos_b[c] for c in shared_a + only_b]
-    k = len(shared_a)
-    pieces = [p for p in (("ab", 0, 0, k), ("a", k, -1, len(only_a)), ("b", -1, k, len(only_b)))
-              if p[3] > 0]
-    return AddPlan(pieces, np.asarray(shared_a + only_a + only_b, dtype=np.int64),
-                   None if a_take == list(range(len(oa))) else a_take,
-                   None if b_take == list(range(len(ob))) else b_take)
-
-
-# Above this many pieces a residual add gathers its operands into shared-first order instead
-# (at most two gathers, three pieces).  benchmarks/residual_ops.py on these 2 cores: P slice-adds
-# cost 0.8-0.97x the gather form in onnxruntime up to P = 9, and more from P = 13 on.
-PIECES_BEFORE_GATHER = 9
-
-
 class Add(Rule):
     """Residual add with independent masks (paper §3.2): shared channels are added, channels
     only one branch keeps are copied, channels neither keeps are dropped."""
@@ -863,7 +721,7 @@ class Add(Rule):
         c = channels(a)
         oa = np.arange(c) if oa is None else oa
         ob = np.arange(c) if ob is None else ob
-        plan = plan_add(oa, ob, A.rank(node))
+        plan = adds.plan_add(oa, ob, A.rank(node))
         A.plans[node] = plan
         if len(plan.order) == c and np.array_equal(plan.order, np.arange(c)):
             return None
@@ -892,28 +750,98 @@ class Add(Rule):
 
 # -- registry -----------------------------------------------------------------------------------
 UNKNOWN = Rule()
-_MODULE_RULES: list[tuple[tuple[type, ...], Rule]] = []
+PLACEHOLDER, GET_ATTR, OUTPUT, LEAF = Placeholder(), GetAttr(), Output(), Leaf()
+
+_POINTWISE_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.SiLU, nn.LeakyReLU, nn.Hardswish, nn.GELU, nn.Mish, nn.ELU, nn.CELU,
+    nn.SELU, nn.Tanh, nn.Softsign, nn.Hardtanh, nn.Tanhshrink, nn.Hardshrink, nn.Softshrink,
+    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+    nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
+)
+_passthrough, _flatten, _scale, _reduce = Passthrough(), Flatten(), ScaleByConstant(), ReduceSpatial()
+_mul, _bmul, _add, _split, _shape = Multiply(), BroadcastMultiply(), Add(), Split(), ShapeQuery()
+
+# The built-in rules, read top-down: a node goes to the first rule of its table that matches
+# its module type (or call target, or method name) and accepts it.  So within a target the
+# specific rules come before the general ones (a depthwise convolution before a convolution, a
+# product of two live tensors before a broadcast scaling before a scaling by a constant).
+MODULE_TABLE: list[tuple[tuple[type, ...], Rule]] = [
+    (BATCHNORMS, BatchNorm()),
+    (CONVS, DepthwiseConvolution()),
+    (CONVS + (nn.Linear,), Convolution()),
+    ((nn.Flatten,), _flatten),
+    (_POINTWISE_MODULES, ZeroPreservingModule()),
+]
+FUNCTION_TABLE: list[tuple[tuple[Any, ...], Rule]] = [
+    ((F.relu, torch.relu, F.relu_, torch.relu_, F.relu6, F.silu, F.leaky_relu, F.hardswish,
+      F.gelu, F.mish, F.elu, F.celu, F.selu, torch.tanh, F.tanh, F.hardtanh, torch.neg,
+      operator.neg, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d,
+      F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+      F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.interpolate,
+      torch.clone), _passthrough),
+    ((torch.mean, torch.sum, torch.amax), _reduce),
+    ((operator.mul, torch.mul), _mul),
+    ((operator.mul, torch.mul), _bmul),
+    ((operator.mul, torch.mul, operator.truediv, torch.div), _scale),
+    ((operator.add, torch.add, operator.iadd), _add),
+    ((torch.cat, torch.concat, torch.concatenate), Concat()),
+    ((torch.chunk, torch.split, torch.tensor_split), _split),
+    ((operator.getitem,), GetItem()),
+    ((torch.flatten,), _flatten),
+    ((getattr,), _shape),
+]
+METHOD_TABLE: list[tuple[tuple[str, ...], Rule]] = [
+    (("relu", "relu_", "tanh", "neg", "contiguous", "clone", "detach", "float", "half", "double",
+      "bfloat16"), _passthrough),
+    (("mean", "sum", "amax"), _reduce),
+    (("mul",), _mul),
+    (("mul",), _bmul),
+    (("mul", "div"), _scale),
+    (("add",), _add),
+    (("chunk", "split", "tensor_split"), _split),
+    (("flatten",), _flatten),
+    (("size", "dim", "ndimension"), _shape),
+]
+
+# What ``rule_for`` searches: rules registered at run time first (the latest first), then the
+# tables above in their order.
+_MODULE_RULES: list[tuple[tuple[type, ...], Rule]] = list(MODULE_TABLE)
 _FUNCTION_RULES: dict[Any, list[Rule]] = {}
 _METHOD_RULES: dict[str, list[Rule]] = {}
-PLACEHOLDER, GET_ATTR, OUTPUT, LEAF = Placeholder(), GetAttr(), Output(), Leaf()
+for _targets, _rule in FUNCTION_TABLE:
+    for _t in _targets:
+        _FUNCTION_RULES.setdefault(_t, []).append(_rule)
+for _names, _rule in METHOD_TABLE:
+    for _n in _names:
+        _METHOD_RULES.setdefault(_n, []).append(_rule)
 
 
 def register_module_rule(types: Iterable[type], rule: Rule) -> None:
-    """Dispatch ``call_module`` nodes of these module types to ``rule`` (checked first)."""
+    """Dispatch ``call_module`` nodes of these module types to ``rule``, checked before every
+    rule registered earlier and every built-in one."""
     _MODULE_RULES.insert(0, (tuple(types), rule))
 
 
 def register_function_rule(targets: Iterable[Callable], rule: Rule) -> None:
+    """``call_function`` nodes of these targets go to ``rule`` first (see
+    ``register_module_rule``)."""
     for t in targets:
         _FUNCTION_RULES.setdefault(t, []).insert(0, rule)
 
 
 def register_method_rule(names: Iterable[str], rule: Rule) -> None:
+    """``call_method`` nodes of these method names go to ``rule`` first (see
+    ``register_module_rule``)."""
     for n in names:
         _METHOD_RULES.setdefault(n, []).insert(0, rule)
 
 
 def rule_for(node: torch.fx.Node, A) -> Rule:
+    """The rule ``node`` dispatches to: the first that matches and accepts it, else ``UNKNOWN``
+    (a module without a rule is a ``LEAF``: kept whole)."""
     if node.op == "placeholder":
         return PLACEHOLDER
     if node.op == "get_attr":
@@ -934,61 +862,5 @@ def rule_for(node: torch.fx.Node, A) -> Rule:
     return UNKNOWN
 
 
-_PASS = ZeroPreservingModule()
-_POINTWISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.SiLU, nn.LeakyReLU, nn.Hardswish, nn.GELU, nn.Mish, nn.ELU, nn.CELU,
-    nn.SELU, nn.Tanh, nn.Softsign, nn.Hardtanh, nn.Tanhshrink, nn.Hardshrink, nn.Softshrink,
-    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
-    nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
-)
-register_module_rule(_POINTWISE_MODULES, _PASS)
-register_module_rule((nn.Flatten,), Flatten())
-register_module_rule(CONVS + (nn.Linear,), Convolution())
-register_module_rule(CONVS, DepthwiseConvolution())
-register_module_rule(BATCHNORMS, BatchNorm())
-
-_passthrough = Passthrough()
-register_function_rule([
-    F.relu, torch.relu, F.relu_, torch.relu_, F.relu6, F.silu, F.leaky_relu, F.hardswish,
-    F.gelu, F.mish, F.elu, F.celu, F.selu, torch.tanh, F.tanh, F.hardtanh, torch.neg,
-    operator.neg, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d,
-    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
-    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.interpolate,
-    torch.clone,
-], _passthrough)
-register_method_rule(["relu", "relu_", "tanh", "neg", "contiguous", "clone", "detach", "float",
-                      "half", "double", "bfloat16"], _passthrough)
-_reduce = ReduceSpatial()
-register_function_rule([torch.mean, torch.sum, torch.amax], _reduce)
-register_method_rule(["mean", "sum", "amax"], _reduce)
-_scale = ScaleByConstant()
-register_function_rule([operator.mul, torch.mul, operator.truediv, torch.div], _scale)
-register_method_rule(["mul", "div"], _scale)
-_mul, _bmul = Multiply(), BroadcastMultiply()
-register_function_rule([operator.mul, torch.mul], _bmul)
-register_function_rule([operator.mul, torch.mul], _mul)
-register_method_rule(["mul"], _bmul)
-register_method_rule(["mul"], _mul)
-_add = Add()
-register_function_rule([operator.add, torch.add, operator.iadd], _add)
-register_method_rule(["add"], _add)
-_cat = Concat()
-register_function_rule([torch.cat, torch.concat, torch.concatenate], _cat)
-_split = Split()
-register_function_rule([torch.chunk, torch.split, torch.tensor_split], _split)
-register_method_rule(["chunk", "split", "tensor_split"], _split)
-register_function_rule([operator.getitem], GetItem())
-_flatten = Flatten()
-register_function_rule([torch.flatten], _flatten)
-register_method_rule(["flatten"], _flatten)
-_shape = ShapeQuery()
-register_function_rule([getattr], _shape)
-register_method_rule(["size", "dim", "ndimension"], _shape)
-
-
-__all__ = ["AddPlan", "LeafUsage", "Rule", "TensorSpec", "channels", "plan_add", "split_segments",
-           "register_function_rule", "register_method_rule", "register_module_rule",
-           "rule_for", "spec_of", "Sequence"]
+__all__ = ["FUNCTION_TABLE", "METHOD_TABLE", "MODULE_TABLE", "Rule", "register_function_rule",
+           "register_method_rule", "register_module_rule", "rule_for", "split_segments"]

@@ -26,19 +26,22 @@ from rich.table import Table
 from . import __version__
 from . import data as gpdata
 from .checkpoint import open_model
+from .context import CompileConfig
 from .data.cli import add_data_parser
 from .detect.train import TrainConfig, default_workers, resume, train
 from .detect.val import resolve_device, validate
 from .errors import GraphpruneError
-from .export import atomic_directory, atomic_path
+from .export import atomic_directory, atomic_path, refuse_existing_output
 from .integrations.ultralytics import is_detection_model, save_ultralytics_checkpoint
 from .masks import batchnorms
 from .models import randomize_batchnorm
 from .pipeline import analyze
 from .pipeline import compile as gp_compile
+from .pipeline import validate_request
 from .report import accuracy_rows, fold_sentence
 from .sparsity import default_phases
-from .workflow import run_demo, target_compile
+from .demo import run_demo
+from .workflow import target_compile
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -89,36 +92,32 @@ def _period(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="graphprune",
-        description="Structured-pruning compiler for PyTorch object detectors (L1RR).")
-    parser.add_argument("--version", action="version", version=f"graphprune {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _model_args(p: argparse.ArgumentParser) -> None:
+    """MODEL and the options that open it (compile, inspect)."""
+    p.add_argument("model", metavar="MODEL",
+                   help="a graphprune checkpoint, a pickled nn.Module (with "
+                        "--trust-checkpoint), or a built-in name such as yolov5s")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="classes of a built-in model (default: its own default)")
+    p.add_argument("--example-shape", type=_shape, default=None, metavar="N,C,H,W",
+                   help="example input shape (default: the checkpoint's, else "
+                        "1,3,640,640)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow unpickling MODEL (runs code stored in the file: only for "
+                        "files you trust)")
+    p.add_argument("--leaf", action="append", default=[], metavar="MODULE",
+                   help="keep this submodule whole in the trace (repeatable)")
+    p.add_argument("--random-bn", type=int, default=None, metavar="SEED",
+                   help="randomise the BatchNorm γ/β and statistics first (a stand-in "
+                        "for a trained model when trying a built-in one)")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show tracebacks on errors")
 
-    def model_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("model", metavar="MODEL",
-                       help="a graphprune checkpoint, a pickled nn.Module (with "
-                            "--trust-checkpoint), or a built-in name such as yolov5s")
-        p.add_argument("--num-classes", type=int, default=None,
-                       help="classes of a built-in model (default: its own default)")
-        p.add_argument("--example-shape", type=_shape, default=None, metavar="N,C,H,W",
-                       help="example input shape (default: the checkpoint's, else "
-                            "1,3,640,640)")
-        p.add_argument("--trust-checkpoint", action="store_true",
-                       help="allow unpickling MODEL (runs code stored in the file: only for "
-                            "files you trust)")
-        p.add_argument("--leaf", action="append", default=[], metavar="MODULE",
-                       help="keep this submodule whole in the trace (repeatable)")
-        p.add_argument("--random-bn", type=int, default=None, metavar="SEED",
-                       help="randomise the BatchNorm γ/β and statistics first (a stand-in "
-                            "for a trained model when trying a built-in one)")
-        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                       help="show tracebacks on errors")
 
+def _compile_parser(sub) -> None:
+    """graphprune compile MODEL ..."""
     c = sub.add_parser("compile", help="prune MODEL into a slim, verified model + ONNX")
-    model_args(c)
+    _model_args(c)
     how = c.add_mutually_exclusive_group(required=True)
     how.add_argument("--prune-ratio", type=_ratio, metavar="R",
                      help="prune this share of the prunable BatchNorm channels (lowest |γ| "
@@ -186,11 +185,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-pt2", action="store_true", help="do not write slim.pt2")
     c.set_defaults(func=cmd_compile)
 
+
+def _inspect_parser(sub) -> None:
+    """graphprune inspect MODEL"""
     i = sub.add_parser("inspect", help="show dependency groups, prunable channels, pins and "
                                        "the γ histogram; writes nothing")
-    model_args(i)
+    _model_args(i)
     i.set_defaults(func=cmd_inspect)
 
+
+def _train_parser(sub) -> None:
+    """graphprune train --data D.yaml ..."""
     t = sub.add_parser("train", help="train a built-in YOLOv5 on a YOLO-format dataset")
     t.add_argument("--data", help="dataset data.yaml (ultralytics convention)")
     t.add_argument("--model", default="yolov5s", help="built-in architecture (default yolov5s)")
@@ -254,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="progressive: how channels are ranked (default taylor)")
     t.set_defaults(func=cmd_train)
 
+
+def _demo_parser(sub) -> None:
+    """graphprune demo (make demo)"""
     d = sub.add_parser("demo", help="the embedded default: synthetic data → baseline → sparse "
                                     "training → compile at --lfa-target → fine-tune → report")
     d.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR")
@@ -272,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="auto")
     d.set_defaults(func=cmd_demo)
 
+
+def _val_parser(sub) -> None:
+    """graphprune val --weights CKPT --data D.yaml"""
     v = sub.add_parser("val", help="mAP of a model on a dataset (YOLOv5 val protocol)")
     v.add_argument("--weights", required=True, metavar="CKPT",
                    help="graphprune checkpoint, or a pickled model with --trust-checkpoint")
@@ -289,7 +300,17 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json-out", type=Path, default=None, help="also write the metrics as JSON")
     v.set_defaults(func=cmd_val)
 
-    add_data_parser(sub)
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="graphprune",
+        description="Structured-pruning compiler for PyTorch object detectors (L1RR).")
+    parser.add_argument("--version", action="version", version=f"graphprune {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_compile_parser, _inspect_parser, _train_parser, _demo_parser, _val_parser,
+                add_data_parser):
+        add(sub)
     return parser
 
 
@@ -339,10 +360,9 @@ def _read_masks(path: Path) -> dict[str, list]:
 
 # -- compile --------------------------------------------------------------------------------
 def cmd_compile(args) -> int:
-    if args.min_channels < 1:
-        raise GraphpruneError(f"--min-channels must be >= 1, got {args.min_channels}")
-    if args.round_to < 1:
-        raise GraphpruneError(f"--round-to must be >= 1, got {args.round_to}")
+    validate_request(CompileConfig(threshold=args.threshold, prune_ratio=args.prune_ratio,
+                                   residual=args.residual, min_channels=args.min_channels,
+                                   round_to=args.round_to))
     if args.ultralytics_checkpoint is not None:
         if args.ultralytics_checkpoint.suffix != ".pt":
             raise GraphpruneError(f"--ultralytics-checkpoint {str(args.ultralytics_checkpoint)!r}"
@@ -360,9 +380,7 @@ def cmd_compile(args) -> int:
         raise GraphpruneError("--eval and --finetune-epochs come with a target-guided compile",
                               hint="add --lfa-target T (or --flops-target / --params-target)")
     masks = _read_masks(args.masks) if args.masks else None
-    if args.out.exists() and not args.overwrite:
-        raise GraphpruneError(f"output directory {str(args.out)!r} already exists",
-                              hint="choose another --out or pass --overwrite")
+    refuse_existing_output(args.out, args.overwrite)
     start = time.perf_counter()
     with err_console.status("loading the model"):
         model, inputs = _open(args)
@@ -718,10 +736,9 @@ def _run_training(args):
         raise GraphpruneError("--data is required (or --resume a run)",
                               hint="e.g. --data datasets/nwpu/data.yaml")
     out = args.out or Path("runs") / "train"
+    refuse_existing_output(out, args.overwrite,
+                           "choose another --out, --resume it, or pass --overwrite")
     if out.exists():
-        if not args.overwrite:
-            raise GraphpruneError(f"output directory {str(out)!r} already exists",
-                                  hint="choose another --out, --resume it, or pass --overwrite")
         shutil.rmtree(out)
     config = TrainConfig(data=args.data, model=args.model, weights=args.weights,
                          imgsz=args.imgsz, epochs=args.epochs or 100, batch=args.batch,

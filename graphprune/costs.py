@@ -18,8 +18,8 @@ from typing import Any, Iterable
 import numpy as np
 import torch.nn as nn
 
-from .channels import spec_of
 from .masks import CONVS
+from .specs import spec_of
 
 # One extra slice/concatenation node in onnxruntime on the CPU costs about as much time as this
 # many FLOPs of convolution.  benchmarks/node_cost.py on 2 shared x86_64 cores (2 threads), two

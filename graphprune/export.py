@@ -52,14 +52,19 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def refuse_existing_output(path: str | Path, overwrite: bool,
+                           hint: str = "choose another --out or pass --overwrite") -> None:
+    """The one check every command that writes an output directory makes first."""
+    if Path(path).exists() and not overwrite:
+        raise GraphpruneError(f"output directory {str(path)!r} already exists", hint=hint)
+
+
 @contextmanager
 def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty temporary directory beside ``path``; when the block succeeds it becomes
     ``path`` (replacing an existing one only with ``overwrite``).  On failure nothing changes."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise GraphpruneError(f"output directory {str(path)!r} already exists",
-                              hint="choose another output directory or pass --overwrite")
+    refuse_existing_output(path, overwrite, "choose another output directory or pass --overwrite")
     if path.exists() and not path.is_dir():
         raise GraphpruneError(f"{str(path)!r} exists and is not a directory",
                               hint="choose another output directory")
@@ -197,4 +202,4 @@ def onnx_parity(path: str | Path, inputs: tuple[Any, ...], expected: list[torch.
 
 
 __all__ = ["FORMAT", "ONNX_OPSET", "VERSION", "atomic_directory", "atomic_path", "export_onnx",
-           "export_pt2", "onnx_parity", "save_checkpoint"]
+           "export_pt2", "onnx_parity", "refuse_existing_output", "save_checkpoint"]

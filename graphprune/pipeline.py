@@ -28,7 +28,9 @@ from .stats import ModelStats, count_flops, count_params
 from .tracing import as_inputs, trace, working_copy
 
 
-def _validate(config: CompileConfig) -> None:
+def validate_request(config: CompileConfig) -> None:
+    """Refuse a request ``compile`` cannot carry out (the one place the options are checked;
+    the CLI calls it before loading the model)."""
     chosen = [k for k in ("masks", "threshold", "prune_ratio") if getattr(config, k) is not None]
     if len(chosen) > 1:
         raise MaskError(f"give one of masks, threshold and prune_ratio, not {' and '.join(chosen)}")
@@ -189,7 +191,7 @@ def compile(model: nn.Module, example_inputs: Any, *, masks: Mapping[str, Any] |
                            residual=residual, min_channels=min_channels, round_to=round_to,
                            exclude=tuple(exclude), leaves=tuple(leaves), verify=verify,
                            atol=atol, rtol=rtol, dependency_groups=dependency_groups)
-    _validate(config)
+    validate_request(config)
     traced, ctx = prepare(model, example_inputs, config)
     work, inputs = ctx.model, ctx.example_inputs
     for name, why in traced.leaves.items():
@@ -278,4 +280,4 @@ def analyze(model: nn.Module, example_inputs: Any, *, leaves: Iterable[str] = ()
 
 
 __all__ = ["ANALYSIS_PASSES", "CompileResult", "ModelReport", "analyze", "attach_fold", "compile",
-           "prepare", "prepare_analysis", "run_passes"]
+           "prepare", "prepare_analysis", "run_passes", "validate_request"]

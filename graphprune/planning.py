@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch.fx
 
-from . import channels as ch
-from . import costs
+from . import costs, specs
 from .context import CompileConfig, LayerStatistics
 from .groups import CouplingSet, apply_coupling
 from .masks import (as_mask, count_below, enforce_min_channels, masks_from_ranking, matches,
                     round_up_channels, unknown_layer_error)
 from .residuals import plan_orders, residual_sets
+from .tracing import flat_tensor_args
 
 
 @dataclass
@@ -187,10 +187,10 @@ def plan_masks(analysis, statistics: dict[str, LayerStatistics], groups, config:
 
     warnings: list[str] = []
     unknown = [n for n in A.nodes if A.rules[n].name == "unknown"
-               and any(isinstance(a, torch.fx.Node) and ch.is_tensor(a)
-                       for a in ch.flat_tensor_args(n))]
+               and any(isinstance(a, torch.fx.Node) and specs.is_tensor(a)
+                       for a in flat_tensor_args(n))]
     if unknown:
-        shown = ", ".join(ch.describe(n, A.module_of(n)) for n in unknown[:8])
+        shown = ", ".join(specs.describe(n, A.module_of(n)) for n in unknown[:8])
         more = f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""
         warnings.append(f"{len(unknown)} op(s) without a channel rule keep every channel "
                         f"flowing into them (pinned): {shown}{more}")

@@ -16,7 +16,7 @@ other free source of the group is ordered by one key — membership in each sour
 in graph order, then the channel index.  So the first add of a chain is
 ``cat(a[:k] + b[:k], a[k:], b[k:])``, and in every later add the branch needs no gather; where
 the shared channels are scattered over the trunk in many runs the plan switches from slice-adds
-to one gather of the trunk (``channels.plan_add``, cut-over measured by
+to one gather of the trunk (``adds.plan_add``, cut-over measured by
 ``benchmarks/residual_ops.py``).  Producers outside residual groups keep their kept channels in
 ascending order.
 """
@@ -27,6 +27,7 @@ import numpy as np
 import torch.fx
 
 from . import channels as ch
+from . import specs
 from .groups import CouplingSet
 
 # Rules a residual operand is walked back through: one tensor in, same channels out.
@@ -93,7 +94,7 @@ def _source_channels(A, operand: torch.fx.Node) -> tuple[torch.fx.Node, int]:
             split, piece = operand.args
             offset += ch.split_segments(split)[piece][0]
             operand = split.args[0]
-        elif rule.name == "getitem" and not isinstance(ch.spec_of(operand.args[0]), tuple):
+        elif rule.name == "getitem" and not isinstance(specs.spec_of(operand.args[0]), tuple):
             offset += rule.channel_slice(operand)[0]
             operand = operand.args[0]
         else:
@@ -119,7 +120,7 @@ def residual_sets(A) -> list[CouplingSet]:
                 feeds[add].append((src, offset))
     members: dict = {}
     for add in adds:
-        width = ch.channels(add)
+        width = specs.channels(add)
         root = np.arange(width)
         for src, offset in feeds[add]:
             name = src.target if A.rules[src].name == "batchnorm" else f"<{src.name}>"

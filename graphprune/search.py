@@ -29,14 +29,15 @@ import torch.nn as nn
 from . import fold as bias_folding
 from .attention import (LFA, LFA_CRITERIA, AttentionReader, CalibrationSet, FeatureAttention,
                         feature_attention, lfa)
-from .channels import LEAF_USAGE
 from .context import CompileConfig
 from .costs import LayerCost, estimate, layer_costs
 from .errors import GraphpruneError, GraphpruneWarning
 from .masks import batchnorms, global_order, masks_from_ranking, zero_mask
-from .pipeline import attach_fold, prepare_analysis
+from .pipeline import attach_fold
 from .pipeline import compile as gp_compile
+from .pipeline import prepare_analysis
 from .planning import MaskPlan, plan_masks
+from .specs import LEAF_USAGE
 from .stats import count_flops, count_params
 
 

@@ -20,9 +20,9 @@ from torch.fx.passes.infra.pass_base import PassResult
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from graphprune.channels import LEAF_USAGE, SPEC, LeafUsage, TensorSpec
 from graphprune.context import CompileContext
 from graphprune.masks import BATCHNORMS, CONVS
+from graphprune.specs import LEAF_USAGE, SPEC, LeafUsage, TensorSpec
 from graphprune.tracing import Interpreter, flat_tensor_args
 
 _CONV_FUNCTIONS = {F.conv1d: nn.Conv1d, F.conv2d: nn.Conv2d, F.conv3d: nn.Conv3d,

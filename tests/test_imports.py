@@ -157,3 +157,38 @@ def test_only_the_pipeline_imports_the_passes():
     for name in passes - {"graphprune.passes"}:
         # a pass calls the library; no pass imports another
         assert not [b for b in graph.successors(name) if b in passes], name
+
+
+def readme_layers() -> list[list[str]]:
+    """The layers the README's Layout section lists: lines ``  name, name, ...`` (two spaces,
+    then the modules; the description follows after two or more spaces or on its own lines)."""
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index("## Layout"):]
+    block = block[block.index("```") + 3:]
+    block = block[:block.index("```")]
+    layers = []
+    for line in block.splitlines():
+        if line.startswith("  ") and not line.startswith("   ") and line.strip():
+            names = line.strip().split("  ")[0]
+            layers.append([n.strip() for n in names.split(",")])
+    return layers
+
+
+def layer_of(module: str, layers: list[list[str]]) -> int | None:
+    parts = module.split(".")
+    key = "__init__" if module == "graphprune" else \
+        parts[1] + "/" if len(parts) > 2 or parts[1] in ("data", "detect", "models",
+                                                         "integrations", "passes") \
+        else parts[1]
+    return next((k for k, names in enumerate(layers) if key in names), None)
+
+
+def test_the_readme_layers_hold():
+    layers = readme_layers()
+    assert len(layers) >= 5 and ["planning"] in layers
+    graph = import_graph()
+    unplaced = sorted(m for m in graph if layer_of(m, layers) is None)
+    assert not unplaced, f"modules the README's Layout does not place: {unplaced}"
+    upward = [f"{a} (layer {layer_of(a, layers)}) imports {b} (layer {layer_of(b, layers)})"
+              for a, b in graph.edges if layer_of(b, layers) > layer_of(a, layers)]
+    assert not upward, "imports against the README's layers:\n" + "\n".join(upward)
