@@ -676,6 +676,9 @@ def main(argv=None) -> int:
                         help="what the LFA targets bound: plus (LFA⁺), two-sided (LFA±)")
     parser.add_argument("--flops-targets", default="0.5,0.7,0.85")
     parser.add_argument("--seeds", default=None, help="comma-separated (default: the preset's)")
+    parser.add_argument("--widths", default=None,
+                        help="dense family width multipliers, comma-separated (default: the "
+                             "preset's)")
     parser.add_argument("--rounds", type=int, default=30, help="latency rounds")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--work", type=Path, default=None,
@@ -697,6 +700,13 @@ def main(argv=None) -> int:
         parser.error(f"unknown LFA criterion {exc}")
     args.flops_targets = [float(v) for v in args.flops_targets.split(",") if v]
     seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else list(preset["seeds"])
+    if args.widths:
+        try:
+            preset["widths"] = tuple(float(v) for v in args.widths.split(",") if v)
+        except ValueError:
+            parser.error(f"--widths takes numbers, got {args.widths!r}")
+        if not preset["widths"] or any(not 0 < w <= 2 for w in preset["widths"]):
+            parser.error(f"--widths must be in (0, 2], got {args.widths!r}")
     if args.quick:
         args.rounds = min(args.rounds, 3)
     args.work = args.work or ROOT / "runs" / f"tradeoff-{preset_name}"

@@ -198,6 +198,10 @@ def test_tradeoff_benchmark_measures_every_method_and_yardstick(tmp_path):
     assert [(p["method"], p["op"], p.get("map50_ft"), p.get("flops")) for p in again] == \
         [(p["method"], p["op"], p.get("map50_ft"), p.get("flops"))
          for p in payload["summary"]["points"]]
+    # --widths chooses the dense family (a subset of the finished runs here: nothing retrains)
+    assert tradeoff.main(["--quick", "--work", str(tmp_path / "work"), "--flops-targets",
+                          "0.5,0.7", "--widths", "0.25", "--json-out", str(out)]) == 0
+    assert [d["width"] for d in json.loads(out.read_text())["per_seed"][0]["dense"]] == [0.25]
 
 
 def test_tradeoff_front_comparison():
