@@ -25,14 +25,15 @@ from rich.table import Table
 
 from . import __version__
 from . import data as gpdata
+from .artifacts import new_report, plain_goal, write_artifacts
 from .checkpoint import open_model
 from .context import CompileConfig
 from .data.cli import add_data_parser
 from .detect.train import TrainConfig, default_workers, resume, train
 from .detect.val import resolve_device, validate
 from .errors import GraphpruneError
-from .export import atomic_directory, atomic_path, refuse_existing_output
-from .integrations.ultralytics import is_detection_model, save_ultralytics_checkpoint
+from .export import atomic_path, refuse_existing_output
+from .integrations.ultralytics import is_detection_model
 from .masks import batchnorms
 from .models import randomize_batchnorm
 from .pipeline import analyze
@@ -395,37 +396,19 @@ def cmd_compile(args) -> int:
                             min_channels=args.min_channels, exclude=args.exclude,
                             leaves=args.leaf, fold_pruned_bias=args.fold_pruned_bias,
                             round_to=args.round_to)
-    compile_s = time.perf_counter() - start
-    written = []
-    with atomic_directory(args.out, overwrite=args.overwrite) as tmp:
-        with err_console.status("writing the graphprune checkpoint"):
-            result.save(tmp / "slim.graphprune.pt")
-            written.append("slim.graphprune.pt")
-        if not args.no_pt2:
-            with err_console.status("exporting slim.pt2 (torch.export)"):
-                result.export_pt2(tmp / "slim.pt2")
-                written.append("slim.pt2")
-        if not args.no_onnx:
-            with err_console.status("exporting slim.onnx and checking it in onnxruntime"):
-                result.export_onnx(tmp / "slim.onnx")
-                written.append("slim.onnx")
-        if args.ultralytics_checkpoint is not None:
-            with err_console.status("writing the ultralytics checkpoint"):
-                save_ultralytics_checkpoint(result, model, args.ultralytics_checkpoint,
-                                            extra={"model": str(args.model)})
-        report = result.summary()
-        report.update(model=args.model, example_shape=list(inputs[0].shape),
-                      request={"prune_ratio": args.prune_ratio, "threshold": args.threshold,
-                               "masks": str(args.masks) if args.masks else None,
-                               "residual": args.residual, "min_channels": args.min_channels,
-                               "round_to": args.round_to,
-                               "exclude": args.exclude},
-                      ultralytics_checkpoint=str(args.ultralytics_checkpoint)
-                      if args.ultralytics_checkpoint is not None else None,
-                      compile_seconds=round(compile_s, 3),
-                      total_seconds=round(time.perf_counter() - start, 3),
-                      artifacts=written + ["report.json"])
-        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    request = {"prune_ratio": args.prune_ratio, "threshold": args.threshold,
+               "masks": str(args.masks) if args.masks else None, "residual": args.residual,
+               "min_channels": args.min_channels, "round_to": args.round_to,
+               "exclude": list(args.exclude), "leaves": list(args.leaf),
+               "fold_pruned_bias": args.fold_pruned_bias}
+    report = new_report(result, model=str(args.model), example=inputs[0], request=request,
+                        goal=plain_goal(request))
+    report = write_artifacts(result, args.out, report, overwrite=args.overwrite,
+                             pt2=not args.no_pt2, onnx=not args.no_onnx,
+                             ultralytics_checkpoint=args.ultralytics_checkpoint,
+                             source_model=model,
+                             ultralytics_extra={"model": str(args.model)}, started=start,
+                             console=err_console)
     print_compile_summary(result, args, inputs, report)
     return 0
 
@@ -589,7 +572,7 @@ def print_compile_summary(result, args, inputs, report: dict[str, Any]) -> None:
         console.print(f"residual auto: {len(result.residual_choice) - len(coupled)} residual "
                       f"group(s) reconstructed, {len(coupled)} coupled (their extra nodes would "
                       f"cost more than the FLOPs they save)")
-    console.print(f"compile {report['compile_seconds']:.2f} s, total {report['total_seconds']:.2f} s"
+    console.print(f"compile {sum(result.timings.values()):.2f} s, total {report['seconds']:.2f} s"
                   f" → {args.out}/ ({', '.join(report['artifacts'])})")
     if report.get("ultralytics_checkpoint"):
         console.print(f"ultralytics checkpoint: {report['ultralytics_checkpoint']} (YOLO(path) "

@@ -195,6 +195,13 @@ def markdown(report: dict[str, Any], plots: Sequence[str] = ()) -> str:
                         else "") + ").")
     elif goal in ("flops", "params"):
         lines.append(f"Goal: remove at least {_pct(r[f'{goal}_target'])} of the {goal}.")
+    elif goal == "prune_ratio":
+        lines.append(f"Goal: prune {_pct(r['request']['prune_ratio'])} of the prunable BatchNorm "
+                     f"channels, smallest |γ| first.")
+    elif goal == "threshold":
+        lines.append(f"Goal: prune the channels whose |γ| < δ = {r['threshold']:.4g}.")
+    elif goal == "masks":
+        lines.append(f"Goal: the keep masks in `{r['request']['masks']}`.")
     else:
         lines.append(f"Request: {r.get('request')}")
     lines += ["", "## Result", "", "| | before | after | after / before |", "|---|---|---|---|",

@@ -3,7 +3,6 @@ report — the command-line flow around :func:`graphprune.search.prune_to_target
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 import warnings
@@ -20,9 +19,9 @@ from .attention import CalibrationSet
 from .detect.train import TrainConfig, default_workers, train
 from .detect.val import resolve_device, validate
 from .errors import GraphpruneError
-from .export import atomic_directory, refuse_existing_output
-from .integrations.ultralytics import save_ultralytics_checkpoint
-from .report import markdown, plot_attention, plot_search
+from .artifacts import new_report, write_artifacts
+from .export import refuse_existing_output
+from .report import plot_attention, plot_search
 from .search import prune_to_target
 from .stats import count_flops, count_params
 
@@ -121,33 +120,29 @@ def target_compile(model: torch.nn.Module, example: torch.Tensor, *, data_yaml: 
     compiled, found = result.compiled, result.search
     s = compiled.stats
     with_lfa = data is not None
-    report: dict[str, Any] = {
-        "model": model_name, "data": data_yaml, "imgsz": imgsz,
-        "goal": found.goal, "lfa_target": lfa_target, "flops_target": flops_target,
-        "params_target": params_target, "lfa_mode": lfa_mode, "lfa_layers": lfa_layers,
-        "params_before": s.params_before, "params_after": s.params_after,
-        "flops_before": s.flops_before, "flops_after": s.flops_after,
-        "threshold": None if np.isinf(found.plan.threshold) else found.plan.threshold,
-        "prune_ratio": s.channels_pruned,
-        "lfa_criterion": lfa_criterion,
-        "lfa": result.lfa_slim.value(lfa_criterion) if with_lfa else None,
-        "lfa_plus": result.lfa_slim.plus if with_lfa else None,
-        "lfa_two_sided": result.lfa_slim.two_sided if with_lfa else None,
-        "lfa_signed": result.lfa_slim.signed if with_lfa else None,
-        "lfa_per_level": result.lfa_slim.per_level if with_lfa else None,
-        "lfa_levels_skipped": result.lfa_slim.skipped if with_lfa else None,
-        "lfa_probe": found.lfa.value(lfa_criterion) if (with_lfa and found.lfa) else None,
-        "fa_sparse": found.fa_sparse.levels if with_lfa else None,
-        "fa_pruned": result.fa_slim.levels if with_lfa else None,
-        "probes": [p.as_dict() for p in found.probes],
-        "evaluations": found.evaluations, "candidates": found.candidates,
-        "calibration_images": len(calibration) if with_lfa else 0,
-        "feasible": found.feasible, "notes": list(found.notes),
-        "max_error": compiled.max_error, "pinned": dict(compiled.pinned),
-        "warnings": list(compiled.warnings), "device": str(dev),
-        "fold_pruned_bias": compiled.fold,
-    }
-    report["compile"] = compiled.summary()
+    request = {"lfa_target": lfa_target, "flops_target": flops_target,
+               "params_target": params_target, "lfa_mode": lfa_mode, "lfa_layers": lfa_layers,
+               "lfa_criterion": lfa_criterion, "calib_images": calib_images,
+               "residual": residual, "min_channels": min_channels, "round_to": round_to,
+               "exclude": list(exclude), "leaves": list(leaves),
+               "fold_pruned_bias": fold_pruned_bias, "evaluate": evaluate,
+               "finetune_epochs": finetune_epochs}
+    report = new_report(compiled, model=model_name, example=example, request=request,
+                        goal=found.goal, device=str(dev), data=data_yaml)
+    report.update(
+        lfa_target=lfa_target, flops_target=flops_target, params_target=params_target,
+        lfa_mode=lfa_mode, lfa_layers=lfa_layers, lfa_criterion=lfa_criterion,
+        threshold=None if np.isinf(found.plan.threshold) else found.plan.threshold,
+        probes=[p.as_dict() for p in found.probes], evaluations=found.evaluations,
+        candidates=found.candidates, calibration_images=len(calibration) if with_lfa else 0,
+        feasible=found.feasible, notes=list(found.notes))
+    if with_lfa:
+        report.update(
+            lfa=result.lfa_slim.value(lfa_criterion), lfa_plus=result.lfa_slim.plus,
+            lfa_two_sided=result.lfa_slim.two_sided, lfa_signed=result.lfa_slim.signed,
+            lfa_per_level=result.lfa_slim.per_level, lfa_levels_skipped=result.lfa_slim.skipped,
+            lfa_probe=found.lfa.value(lfa_criterion) if found.lfa else None,
+            fa_sparse=found.fa_sparse.levels, fa_pruned=result.fa_slim.levels)
 
     maps = None
     if evaluate and baseline is not None:
@@ -164,49 +159,33 @@ def target_compile(model: torch.nn.Module, example: torch.Tensor, *, data_yaml: 
                       map_before=before.map, map_after=after.map)
         maps = {"map50_before": before.map50, "map50_after": after.map50}
 
-    written: list[str] = []
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    def extra(tmp: Path) -> list[str]:
+        """The fine-tune run and the plots, inside the directory being written."""
+        written = []
         if finetune_epochs:
             report.update(_finetune(compiled, data_yaml, imgsz, finetune_epochs, device, tmp,
                                     console, finetune_recipe))
-            written += ["finetune/"]
-        with console.status("writing the graphprune checkpoint, slim.pt2 and slim.onnx"):
-            compiled.module.cpu()
-            compiled.save(tmp / "slim.graphprune.pt")
-            written.append("slim.graphprune.pt")
-            if pt2:
-                compiled.export_pt2(tmp / "slim.pt2")
-                written.append("slim.pt2")
-            if onnx:
-                compiled.export_onnx(tmp / "slim.onnx")
-                written.append("slim.onnx")
-        if ultralytics_checkpoint is not None:
-            with console.status("writing the ultralytics checkpoint"):
-                save_ultralytics_checkpoint(compiled, model, ultralytics_checkpoint,
-                                            extra={"model": model_name, "data": data_yaml,
-                                                   "lfa": report["lfa"],
-                                                   "lfa_target": lfa_target})
-            report["ultralytics_checkpoint"] = str(ultralytics_checkpoint)
-        plots = []
+            written.append("finetune/")
         if with_lfa:
             chosen = {"prune_ratio": s.channels_pruned, "lfa_plus": report["lfa_plus"],
                       "lfa_cut": report["lfa"]}
             plot_search(tmp / "lfa_vs_prune.png", report["probes"], chosen, lfa_target,
                         found.goal, maps)
-            plots.append("lfa_vs_prune.png")
+            written.append("lfa_vs_prune.png")
             if heatmaps and result.fa_slim.maps:
                 k = len(result.fa_slim.maps)
                 images = [calibration.image(i) for i in range(k)]
                 boxes = [calibration.boxes_of(i) for i in range(k)]
                 plot_attention(tmp / "attention.png", images, boxes,
                                found.fa_sparse.maps[:k], result.fa_slim.maps[:k])
-                plots.append("attention.png")
-        written += plots + ["report.json", "report.md"]
-        report["artifacts"] = written
-        report["seconds"] = round(time.perf_counter() - start, 2)
-        (tmp / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
-        (tmp / "report.md").write_text(markdown(report, plots))
-    return report
+                written.append("attention.png")
+        return written
+
+    return write_artifacts(compiled, out, report, overwrite=overwrite, pt2=pt2, onnx=onnx,
+                           ultralytics_checkpoint=ultralytics_checkpoint, source_model=model,
+                           ultralytics_extra={"model": model_name, "data": data_yaml,
+                                              "lfa": report["lfa"], "lfa_target": lfa_target},
+                           extra=extra, started=start, console=console)
 
 
 # the fine-tune's defaults: a tenth of YOLOv5's lr0, no warm-up (the weights are trained)

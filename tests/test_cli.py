@@ -21,10 +21,11 @@ def test_compile_writes_every_artifact_and_a_report(tmp_path, capsys):
     code = main(["compile", "tiny_resnet", "--prune-ratio", "0.4", "--random-bn", "1", *SMALL,
                  "--out", str(out)])
     assert code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["report.json", "slim.graphprune.pt",
-                                                     "slim.onnx", "slim.pt2"]
+    assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.md",
+                                                     "slim.graphprune.pt", "slim.onnx",
+                                                     "slim.pt2"]
     report = json.loads((out / "report.json").read_text())
-    stats = report["stats"]
+    stats = report["compile"]["stats"]
     assert stats["params_after"] < stats["params_before"]
     assert report["max_error"] <= 1e-4 and report["example_shape"] == [2, 3, 32, 32]
     text = capsys.readouterr().out
@@ -42,7 +43,8 @@ def test_compile_with_a_mask_file_and_couple(tmp_path):
                  "--residual", "couple", "--no-onnx", "--no-pt2", "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     assert "stem.1" in report["pinned"]          # coupled through residual adds with layer1
-    assert sorted(p.name for p in out.iterdir()) == ["report.json", "slim.graphprune.pt"]
+    assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.md",
+                                                     "slim.graphprune.pt"]
 
 
 def test_compile_with_residual_auto_reports_its_choice_and_rebuilds(tmp_path, capsys):
@@ -51,11 +53,11 @@ def test_compile_with_residual_auto_reports_its_choice_and_rebuilds(tmp_path, ca
                  "--residual", "auto", "--no-onnx", "--no-pt2", "--out", str(out)]) == 0
     assert "residual auto:" in capsys.readouterr().out
     report = json.loads((out / "report.json").read_text())
-    choice = report["residual_choice"]
+    choice = report["compile"]["residual_choice"]
     assert choice and all({"layers", "extra_nodes", "flops_saved", "coupled"} <= set(c)
                           for c in choice.values())
     slim = gp.load(out / "slim.graphprune.pt")
-    assert sum(p.numel() for p in slim.parameters()) == report["stats"]["params_after"]
+    assert sum(p.numel() for p in slim.parameters()) == report["compile"]["stats"]["params_after"]
 
 
 def test_existing_output_is_refused_unless_overwrite(tmp_path, capsys):
@@ -67,7 +69,8 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert main(args + ["--overwrite", "--no-onnx", "--no-pt2"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["report.json", "slim.graphprune.pt"]
+    assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.md",
+                                                     "slim.graphprune.pt"]
 
 
 def test_compile_a_graphprune_checkpoint_again(tmp_path):
@@ -77,8 +80,8 @@ def test_compile_a_graphprune_checkpoint_again(tmp_path):
     second = tmp_path / "two"
     assert main(["compile", str(first / "slim.graphprune.pt"), "--prune-ratio", "0.3",
                  "--no-onnx", "--no-pt2", "--out", str(second)]) == 0
-    one = json.loads((first / "report.json").read_text())["stats"]
-    two = json.loads((second / "report.json").read_text())["stats"]
+    one = json.loads((first / "report.json").read_text())["compile"]["stats"]
+    two = json.loads((second / "report.json").read_text())["compile"]["stats"]
     assert two["params_before"] == one["params_after"]
     assert two["params_after"] < two["params_before"]
     # the twice-compiled checkpoint rebuilds through both recipes

@@ -139,7 +139,7 @@ def test_untraceable_parts_become_leaves_with_a_warning(tmp_path, capsys):
                  "--example-shape", "1,3,64,64", "--no-onnx", "--no-pt2", "--out",
                  str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert "model.24" in report["leaves"]
+    assert "model.24" in report["compile"]["leaves"]
     assert any("model.24" in w and "cannot be traced" in w for w in report["warnings"])
 
 

@@ -12,11 +12,12 @@ from torch.utils._pytree import tree_flatten
 
 import graphprune as gp
 from graphprune import data as gpdata
+from graphprune.artifacts import REPORT_KEYS, REPORT_SCHEMA, new_report, write_artifacts
 from graphprune.cli import main
 from graphprune.detect.train import model_recipe
 from graphprune.checkpoint import decode_masks
 from graphprune.export import onnx_parity, save_checkpoint
-from graphprune.models import randomize_batchnorm, yolov5n
+from graphprune.models import randomize_batchnorm, tiny_resnet, yolov5n
 
 from conftest import assert_close
 
@@ -65,6 +66,54 @@ def test_lfa_target_compile_writes_a_verified_model_a_report_and_plots(tiny_data
     assert onnx_parity(out / "slim.onnx", (x,), tree_flatten(got)[0]) is None
     assert "LFA⁺" in capsys.readouterr().out
     assert ckpt.read_bytes() == before                    # the input is never modified
+
+
+def test_plain_and_target_guided_compiles_write_one_report_schema(tiny_data, tmp_path):
+    """Both command-line compiles write through artifacts.write_artifacts: the same
+    report.json keys (REPORT_KEYS), the same artifact names, and a report.md."""
+    runs = {
+        "ratio": ["--prune-ratio", "0.3", "--example-shape", "1,3,64,64"],
+        "masks": ["--masks", str(tmp_path / "masks.json"), "--example-shape", "1,3,64,64"],
+        "lfa": ["--data", str(tiny_data), "--lfa-target", "0.05", "--calib-images", "4",
+                "--heatmaps", "0", "--eval", "--imgsz", "64"],
+        "flops": ["--flops-target", "0.4", "--imgsz", "64"],
+    }
+    (tmp_path / "masks.json").write_text(json.dumps({"model.0.bn": [1, 0] * 8}))
+    reports = {}
+    for name, extra in runs.items():
+        out = tmp_path / name
+        assert main(["compile", "yolov5n", "--num-classes", "3", "--random-bn", "1",
+                     "--no-onnx", *extra, "--out", str(out)]) == 0
+        reports[name] = json.loads((out / "report.json").read_text())
+        assert sorted(reports[name]["artifacts"]) == sorted(p.name for p in out.iterdir()
+                                                           if not p.is_dir()), name
+        assert (out / "report.md").read_text().startswith("# graphprune compile report")
+    for name, report in reports.items():
+        assert list(report) == list(REPORT_KEYS), name
+        assert report["schema"] == REPORT_SCHEMA
+        assert report["example_shape"] == [1, 3, 64, 64]
+        assert report["compile"]["stats"]["params_after"] == report["params_after"]
+        assert {"slim.graphprune.pt", "slim.pt2", "report.json", "report.md"} <= \
+            set(report["artifacts"])
+    assert [reports[n]["goal"] for n in runs] == ["prune_ratio", "masks", "lfa", "flops"]
+    assert reports["ratio"]["lfa"] is None and reports["ratio"]["probes"] == []
+    assert reports["lfa"]["map50_after"] is not None and reports["lfa"]["lfa"] <= 0.05
+    assert reports["masks"]["request"]["masks"] == str(tmp_path / "masks.json")
+
+
+def test_a_report_outside_the_schema_is_refused_and_nothing_is_written(tmp_path):
+    model = randomize_batchnorm(tiny_resnet(), 0)
+    compiled = gp.compile(model, torch.rand(1, 3, 32, 32), prune_ratio=0.3)
+    report = new_report(compiled, model="tiny_resnet", example=torch.rand(1, 3, 32, 32),
+                        request={"prune_ratio": 0.3}, goal="prune_ratio")
+    report["surprise"] = 1
+    with pytest.raises(ValueError, match="surprise"):
+        write_artifacts(compiled, tmp_path / "out", report, pt2=False, onnx=False)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.iterdir())
+    del report["surprise"], report["lfa"]
+    with pytest.raises(ValueError, match="missing.*lfa"):
+        write_artifacts(compiled, tmp_path / "out", report, pt2=False, onnx=False)
+    assert not list(tmp_path.iterdir())
 
 
 def test_flops_target_without_data(tmp_path):
