@@ -47,30 +47,30 @@ demo: install
 # several hours on 2 CPU cores (the training runs take most of it; tradeoff.py alone about
 # 3 h on the synthetic set and 5 h on NWPU, both reusing finished runs when run again)
 bench: install
-	$(BIN)/python benchmarks/compile_yolov5.py
-	$(BIN)/python benchmarks/residual_ops.py
-	$(BIN)/python benchmarks/node_cost.py
-	$(BIN)/python benchmarks/flops.py
-	$(BIN)/python benchmarks/latency.py --round-to 8 --profile
-	$(BIN)/python benchmarks/residual.py --random yolov5s --imgsz 640
-	$(BIN)/python benchmarks/residual_headroom.py
+	$(BIN)/python -m benchmarks.compile_yolov5
+	$(BIN)/python -m benchmarks.residual_ops
+	$(BIN)/python -m benchmarks.node_cost
+	$(BIN)/python -m benchmarks.flops
+	$(BIN)/python -m benchmarks.latency --round-to 8 --profile
+	$(BIN)/python -m benchmarks.residual --random yolov5s --imgsz 640
+	$(BIN)/python -m benchmarks.residual_headroom
 	$(MAKE) bench-zoo
-	$(BIN)/python benchmarks/sparsity_overhead.py
-	$(BIN)/python benchmarks/synthetic.py
-	$(BIN)/python benchmarks/ablation.py
-	$(BIN)/python benchmarks/ablation.py --reuse --lfa-criterion two-sided --tag _two_sided
+	$(BIN)/python -m benchmarks.sparsity_overhead
+	$(BIN)/python -m benchmarks.synthetic
+	$(BIN)/python -m benchmarks.ablation
+	$(BIN)/python -m benchmarks.ablation --reuse --lfa-criterion two-sided --tag _two_sided
 	# bias folding and reconstruct-vs-couple were measured on the demo's L1RR model
 	test -f runs/demo-l1rr/sparse/last.pt || $(BIN)/graphprune demo --sparsity l1rr --no-finetune --lfa-criterion plus --out runs/demo-l1rr --overwrite
-	$(BIN)/python benchmarks/fold.py --weights runs/demo-l1rr/sparse/last.pt --data runs/demo-l1rr/data/data.yaml
-	$(BIN)/python benchmarks/residual.py --weights runs/demo-l1rr/sparse/last.pt --data runs/demo-l1rr/data/data.yaml
-	$(BIN)/python benchmarks/nwpu.py
-	$(BIN)/python benchmarks/tradeoff.py --data synthetic
-	$(BIN)/python benchmarks/residual_headroom.py --weights runs/tradeoff-synthetic/seed0/sparse-progressive/last.pt --threshold 0.01 --tag _synthetic_progressive
-	$(BIN)/python benchmarks/tradeoff.py --data nwpu
+	$(BIN)/python -m benchmarks.fold --weights runs/demo-l1rr/sparse/last.pt --data runs/demo-l1rr/data/data.yaml
+	$(BIN)/python -m benchmarks.residual --weights runs/demo-l1rr/sparse/last.pt --data runs/demo-l1rr/data/data.yaml
+	$(BIN)/python -m benchmarks.nwpu
+	$(BIN)/python -m benchmarks.tradeoff --data synthetic
+	$(BIN)/python -m benchmarks.residual_headroom --weights runs/tradeoff-synthetic/seed0/sparse-progressive/last.pt --threshold 0.01 --tag _synthetic_progressive
+	$(BIN)/python -m benchmarks.tradeoff --data nwpu
 
 # the prunability zoo needs torchvision and ultralytics: the second environment
 bench-zoo: install-tv
-	YOLO_OFFLINE=1 $(TV_VENV)/bin/python benchmarks/zoo.py
+	YOLO_OFFLINE=1 $(TV_VENV)/bin/python -m benchmarks.zoo
 
 clean:
 	rm -rf $(VENV) $(TV_VENV) runs build *.egg-info .pytest_cache

@@ -9,10 +9,10 @@ may carry its own settings, ``MODE:KEY=VALUE:...`` (θ, phase_epochs, max_phases
 regulariser's options such as target), e.g. ``si:theta=0.05`` or
 ``progressive:max_phases=9:target=0.75``.
 
-    python benchmarks/ablation.py                       # synthetic set, yolov5n @ 256, CPU budget
-    python benchmarks/ablation.py --modes none,ns,l1rr,si,si:theta=0.05,hoyer,polar:theta=0.005,\
+    python -m benchmarks.ablation                       # synthetic set, yolov5n @ 256, CPU budget
+    python -m benchmarks.ablation --modes none,ns,l1rr,si,si:theta=0.05,hoyer,polar:theta=0.005,\
         progressive:max_phases=9:target=0.75
-    python benchmarks/ablation.py --data datasets/nwpu/data.yaml --imgsz 320 --epochs 60
+    python -m benchmarks.ablation --data datasets/nwpu/data.yaml --imgsz 320 --epochs 60
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import shutil
 import sys
 import time
@@ -34,20 +33,18 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-import graphprune as gp  # noqa: E402
-from graphprune import data as gpdata  # noqa: E402
+import graphprune as gp
+from graphprune import data as gpdata
 # the recipe benchmarks/synthetic.py measured to learn fastest on 2 CPU cores
-from graphprune.demo import DEMO_RECIPE as RECIPE  # noqa: E402
-from graphprune.detect.train import TrainConfig, train  # noqa: E402
-from graphprune.detect.val import resolve_device, validate  # noqa: E402
-from graphprune.sparsity import prunable_batchnorms  # noqa: E402
+from graphprune.demo import DEMO_RECIPE as RECIPE
+from graphprune.detect.train import TrainConfig, train
+from graphprune.detect.val import resolve_device, validate
+from graphprune.sparsity import prunable_batchnorms
+
+from benchmarks.common import (compare_residual_modes, logged_minutes, machine, ort_latency, stamp,
+                               write_results)
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from common import compare_residual_modes, logged_minutes, write_results  # noqa: E402
-from latency import ort_latency  # noqa: E402
-
 
 # every mode on one budget: the paper's Table 5 rows (none, NS, DSM, L1RR), the scale-aware
 # penalties, and progressive at the demo's setting with both importance rankings
@@ -302,7 +299,7 @@ def main(argv=None) -> int:
                         f"times) unless the row sets its own; compiled at "
                         f"{'LFA±' if args.lfa_criterion == 'two-sided' else 'LFA⁺'} <= "
                         f"{args.lfa_target}, folded / zero-masked "
-                        f"({platform.machine()}, {os.cpu_count()} cores, {date.today()})")
+                        f"({machine()}, {date.today()})")
     for col in ("sparsity", "|γ|<0.01", "mAP50 sparse", "channels pruned", "params pruned",
                 "FLOPs pruned", "LFA⁺", "mAP50 pruned", "ORT ms", "train min"):
         table.add_column(col, justify="right")
@@ -326,8 +323,7 @@ def main(argv=None) -> int:
             "save_period": args.save_period, "lfa_target": args.lfa_target,
             "lfa_criterion": args.lfa_criterion,
             "calib_images": args.calib_images,
-            "recipe": RECIPE, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "torch": torch.__version__, "date": str(date.today()), "rows": rows},
+            "recipe": RECIPE, **stamp(), "rows": rows},
             [table], 160)
     return 0
 

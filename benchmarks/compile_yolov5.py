@@ -5,7 +5,7 @@ stand-in for a sparse-trained model; the masks come from a global prune ratio.  
 same request is compiled with ``residual="reconstruct"`` (L1RR) and ``residual="couple"`` (one
 shared mask per residual group), and both are verified slim == zero-masked.
 
-    python benchmarks/compile_yolov5.py [--quick] [--imgsz 640] [--out benchmarks/results]
+    python -m benchmarks.compile_yolov5 [--quick] [--imgsz 640] [--out benchmarks/results]
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -24,9 +23,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-import graphprune as gp  # noqa: E402
-from graphprune.models import build, randomize_batchnorm  # noqa: E402
+import graphprune as gp
+from graphprune.models import build, randomize_batchnorm
+
+from benchmarks.common import machine
 
 
 def timed_compile(model, x, repeats, **kwargs):
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
                 "max_error": rec.max_error,
             })
     table = Table(title=f"graphprune compile, {imgsz}x{imgsz}, random-γ YOLOv5 "
-                        f"({platform.machine()}, {os.cpu_count()} cores, torch "
+                        f"({machine()}, torch "
                         f"{torch.__version__}, {date.today()})")
     for col in ("model", "prune ratio", "compile s", "params after/before rec | couple",
                 "FLOPs after/before rec | couple", "channels pruned rec | couple"):

@@ -31,18 +31,16 @@ for image sizes that are multiples of 32 the ratios do not depend on ``--imgsz``
 The untrained models get random BatchNorm γ (``randomize_batchnorm``, log-uniform |γ|) as a
 stand-in for a sparse-trained model; ``--weights`` takes a graphprune checkpoint instead.
 
-    python benchmarks/flops.py                                 # yolov5n/s/m @ 640, 30/50/70 %
-    python benchmarks/flops.py --quick                         # yolov5n @ 320, 50 %
-    python benchmarks/flops.py --models yolov5s --ratios 0.5,0.8 --imgsz 320
-    python benchmarks/flops.py --weights runs/demo/sparse/last.pt --imgsz 256
+    python -m benchmarks.flops                                 # yolov5n/s/m @ 640, 30/50/70 %
+    python -m benchmarks.flops --quick                         # yolov5n @ 320, 50 %
+    python -m benchmarks.flops --models yolov5s --ratios 0.5,0.8 --imgsz 320
+    python -m benchmarks.flops --weights runs/demo/sparse/last.pt --imgsz 256
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import warnings
 from datetime import date
@@ -56,11 +54,12 @@ import torch.nn as nn
 from rich.console import Console
 from rich.table import Table
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-import graphprune as gp  # noqa: E402
-from graphprune.models import build, randomize_batchnorm  # noqa: E402
-from graphprune.models.yolov5 import SCALES  # noqa: E402
-from graphprune.stats import count_flops, count_params  # noqa: E402
+import graphprune as gp
+from graphprune.models import build, randomize_batchnorm
+from graphprune.models.yolov5 import SCALES
+from graphprune.stats import count_flops, count_params
+
+from benchmarks.common import machine, stamp
 
 HERE = Path(__file__).resolve().parent
 CONVENTION = "GFLOPs = 2 × GMACs of convolutions and matrix products (torch.utils.flop_counter)"
@@ -214,7 +213,6 @@ def main(argv=None) -> int:
         r["tp_macs_kept"] = (r["tp_macs"] / base_row["tp_macs"]
                              if r.get("tp_macs") and base_row.get("tp_macs") else None)
 
-    machine = f"{platform.machine()}, {os.cpu_count()} cores"
     try:
         tp_version = metadata.version("torch-pruning")
     except metadata.PackageNotFoundError:
@@ -223,7 +221,7 @@ def main(argv=None) -> int:
               else f"{args.num_classes} classes, random γ (seed {args.seed})")
     title = (f"Parameters and FLOPs @ {args.imgsz}x{args.imgsz}, batch 1, {source}: "
              f"graphprune (flop_counter) vs torch-pruning {tp_version} "
-             f"({machine}, torch {torch.__version__}, {date.today()})")
+             f"({machine()}, torch {torch.__version__}, {date.today()})")
     table = Table(title=title)
     for col in ("model", "variant", "channels pruned", "params", "params (tp)", "GFLOPs",
                 "FLOPs kept", "GMACs (tp)", "MACs kept (tp)", "FLOPs / 2·MACs (tp)",
@@ -268,7 +266,7 @@ def main(argv=None) -> int:
                "weights": str(args.weights) if args.weights is not None
                else f"random γ (seed {args.seed})",
                "ratios": ratios, "convention": CONVENTION, "tp_convention": TP_CONVENTION,
-               "machine": machine, "torch": torch.__version__, "torch_pruning": tp_version,
+               **stamp(), "torch_pruning": tp_version,
                "date": str(date.today()), "rows": rows, "notes": notes}
     if args.json_out is not None:
         args.json_out.write_text(json.dumps(payload, indent=2) + "\n")

@@ -4,15 +4,13 @@ Both searches run at the same LFA⁺ target on the same calibration images; each
 validated without fine-tuning.  A third row re-uses the zero-masking search's masks with folding,
 to show the effect of folding alone at an identical prune.
 
-    python benchmarks/fold.py                               # the demo's sparse model (make demo)
-    python benchmarks/fold.py --weights W.pt --data D.yaml --imgsz 640
+    python -m benchmarks.fold                               # the demo's sparse model (make demo)
+    python -m benchmarks.fold --weights W.pt --data D.yaml --imgsz 640
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import warnings
 from datetime import date
@@ -22,15 +20,14 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-import graphprune as gp  # noqa: E402
-from graphprune import data as gpdata  # noqa: E402
-from graphprune.detect.val import resolve_device  # noqa: E402
-from graphprune.workflow import evaluate_map  # noqa: E402
+import graphprune as gp
+from graphprune import data as gpdata
+from graphprune.detect.val import resolve_device
+from graphprune.workflow import evaluate_map
+
+from benchmarks.common import machine, stamp, write_results
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from common import write_results  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -75,7 +72,7 @@ def main(argv=None) -> int:
                      "border_max": dev.get("max"), "interior_max": dev.get("interior_max")})
     table = Table(title=f"Bias folding on {args.weights} @ {args.imgsz}, LFA⁺ <= "
                         f"{args.lfa_target}; sparse model mAP50 {sparse_map:.3f} "
-                        f"({platform.machine()}, {os.cpu_count()} cores, {date.today()})")
+                        f"({machine()}, {date.today()})")
     for col in ("variant", "channels pruned", "params pruned", "FLOPs pruned", "LFA⁺",
                 "signed LFA", "mAP50", "vs γ-zeroed: max / interior"):
         table.add_column(col, justify="right")
@@ -89,8 +86,7 @@ def main(argv=None) -> int:
     if not args.no_write:
         write_results(args.results, "fold", {
             "weights": str(args.weights), "imgsz": args.imgsz, "lfa_target": args.lfa_target,
-            "sparse_map50": sparse_map, "machine": f"{platform.machine()}, "
-            f"{os.cpu_count()} cores", "date": str(date.today()), "rows": rows},
+            "sparse_map50": sparse_map, **stamp(), "rows": rows},
             [table], 150)
     return 0
 

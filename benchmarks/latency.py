@@ -8,23 +8,18 @@ call each per round, in a shuffled order, and each reports the median of its rou
 noise hits them alike.  The untrained baseline gets random BatchNorm γ (log-uniform, as
 ``--random-bn``) as a stand-in for a sparse-trained model; ``--weights`` takes a real one.
 
-    python benchmarks/latency.py                         # yolov5s @ 640, 30/50/65/70 % of FLOPs
-    python benchmarks/latency.py --quick                 # yolov5s @ 320, fewer rounds
-    python benchmarks/latency.py --round-to 8 --profile  # aligned widths; ORT op profile
+    python -m benchmarks.latency                         # yolov5s @ 640, 30/50/65/70 % of FLOPs
+    python -m benchmarks.latency --quick                 # yolov5s @ 320, fewer rounds
+    python -m benchmarks.latency --round-to 8 --profile  # aligned widths; ORT op profile
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
-import platform
-import random
-import statistics
 import sys
 import tempfile
-import time
 import warnings
 from collections import defaultdict
 from datetime import date
@@ -34,31 +29,18 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-import graphprune as gp  # noqa: E402
-from graphprune.export import export_onnx  # noqa: E402
-from graphprune.models import YOLOv5, randomize_batchnorm, yolov5  # noqa: E402
-from graphprune.models.yolov5 import SCALES  # noqa: E402
-from graphprune.stats import count_flops, count_params  # noqa: E402
+import graphprune as gp
+from graphprune.export import export_onnx
+from graphprune.models import YOLOv5, randomize_batchnorm, yolov5
+from graphprune.models.yolov5 import SCALES
+from graphprune.stats import count_flops, count_params
+
+from benchmarks.common import (machine, ort_session, stamp, time_interleaved, time_sessions,
+                               write_results)
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from common import write_results  # noqa: E402
+
 RESIDUAL_OPS = ("Slice", "Gather", "Concat", "Add", "Split")
-
-
-def ort_session(path: Path, threads: int, profile: bool = False):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    if profile:
-        options.enable_profiling = True
-        options.profile_file_prefix = str(path.with_suffix(""))
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def dense_of_equal_flops(scale: str, num_classes: int, target: int, x: torch.Tensor):
@@ -77,39 +59,6 @@ def dense_of_equal_flops(scale: str, num_classes: int, target: int, x: torch.Ten
         else:
             lo = mid
     return best
-
-
-def time_interleaved(runners: dict[str, callable], rounds: int, warmup: int = 3
-                     ) -> dict[str, float]:
-    """Median milliseconds per call; one call of each runner per round, shuffled order."""
-    for fn in runners.values():
-        for _ in range(warmup):
-            fn()
-    samples = defaultdict(list)
-    names = list(runners)
-    rng = random.Random(0)
-    for _ in range(rounds):
-        rng.shuffle(names)
-        for name in names:
-            start = time.perf_counter()
-            runners[name]()
-            samples[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(v) for name, v in samples.items()}
-
-
-def time_sessions(sessions: dict, feed, rounds: int) -> dict[str, float]:
-    """Median milliseconds per run of each onnxruntime session on one input, interleaved."""
-    return time_interleaved({n: (lambda s=s: s.run(None, {s.get_inputs()[0].name: feed}))
-                             for n, s in sessions.items()}, rounds)
-
-
-def ort_latency(models: dict, x: torch.Tensor, rounds: int, threads: int) -> dict[str, float]:
-    """Export each model (a CPU copy) to ONNX and time them interleaved on ``x``."""
-    with tempfile.TemporaryDirectory() as tmp:
-        sessions = {name: ort_session(export_onnx(copy.deepcopy(m).cpu().eval(), (x,),
-                                                  Path(tmp) / f"{name}.onnx"), threads)
-                    for name, m in models.items()}
-        return time_sessions(sessions, x.numpy(), rounds)
 
 
 def op_profile(session) -> dict[str, float]:
@@ -237,7 +186,7 @@ def main(argv=None) -> int:
     title = (f"{args.model} ({args.num_classes} classes) @ {args.imgsz}, onnxruntime CPU, "
              f"{args.threads} threads, median of {args.rounds} interleaved rounds: baseline "
              f"{ort_ms['baseline']:.1f} ms, {base_params:,} params, "
-             f"{base_flops / 1e9:.2f} GFLOPs ({platform.machine()}, {os.cpu_count()} cores, "
+             f"{base_flops / 1e9:.2f} GFLOPs ({machine()}, "
              f"{date.today()})")
     table = Table(title=title)
     for col in ("model", "channels pruned", "FLOPs after", "ideal speed-up", "measured",
@@ -263,8 +212,7 @@ def main(argv=None) -> int:
                "weights": str(args.weights) if args.weights else "random γ (seed "
                f"{args.seed})", "baseline_ms": ort_ms["baseline"],
                "baseline_torch_ms": torch_ms.get("baseline"), "baseline_flops": base_flops,
-               "baseline_params": base_params, "machine": f"{platform.machine()}, "
-               f"{os.cpu_count()} cores", "torch": torch.__version__, "date": str(date.today()),
+               "baseline_params": base_params, **stamp(),
                "rows": rows, "profile": profile}
     if args.json_out is not None:
         args.json_out.write_text(json.dumps(payload, indent=2) + "\n")

@@ -13,7 +13,7 @@ concatenation: three nodes, the shape of the pieces the reconstruction emits).  
 interleaved, many times; per-node seconds = (t_with − t_plain) / extra nodes; FLOP rate =
 FLOPs of the plain stack / t_plain; node cost in FLOPs = their product.
 
-    python benchmarks/node_cost.py [--quick] [--threads N]
+    python -m benchmarks.node_cost [--quick] [--threads N]
 """
 
 from __future__ import annotations
@@ -30,14 +30,12 @@ import torch.nn as nn
 from rich.console import Console
 from rich.table import Table
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from graphprune.costs import NODE_FLOPS  # noqa: E402
-from graphprune.stats import count_flops  # noqa: E402
+from graphprune.costs import NODE_FLOPS
+from graphprune.stats import count_flops
+
+from benchmarks.common import machine, ort_latency, write_results
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from common import write_results  # noqa: E402
-from latency import ort_latency  # noqa: E402
 
 
 class ConvStack(nn.Module):
@@ -96,7 +94,7 @@ def main(argv=None) -> int:
     console.print(table)
     if args.results is not None or not args.quick:
         write_results(args.results or HERE / "results", "node_cost", {
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores", "threads": args.threads,
+            "machine": machine(), "threads": args.threads,
             "torch": torch.__version__, "date": str(date.today()), "rows": rows}, [table], 120)
     return 0
 

@@ -5,16 +5,16 @@ differ.  The L1RR paper trains yolov5s at 640 px for 300 epochs on a GPU; on 2 C
 yolov5n@320 epoch takes about 20 s (DESIGN.md), so a CPU run uses tens of epochs and gives
 comparable *relative* results.
 
-    python benchmarks/nwpu.py --model yolov5s --imgsz 640 --epochs 300 --device cuda  # paper
-    python benchmarks/nwpu.py --model yolov5n --imgsz 320 --epochs 30 \
+    python -m benchmarks.nwpu --model yolov5s --imgsz 640 --epochs 300 --device cuda  # paper
+    python -m benchmarks.nwpu --model yolov5n --imgsz 320 --epochs 30 \
         --batch 8 --nominal-batch 8 --lr0 0.02 --warmup-epochs 1 --cls-gain 2.0      # CPU budget
 
 The pruning protocol (``--protocol``) as run for benchmarks/results/nwpu_protocol_*:
 
-    python benchmarks/nwpu.py --protocol --out runs/nwpu320 --model yolov5s --imgsz 320 \
+    python -m benchmarks.nwpu --protocol --out runs/nwpu320 --model yolov5s --imgsz 320 \
         --epochs 60 --sparse-epochs 40 --modes none,ns,l1rr --theta 0.005 --phase-epochs 4 \
         --max-phases 9 --save-period 2                                   # 75 min on 2 cores
-    python benchmarks/nwpu.py --protocol --out runs/nwpu160 --model yolov5s --imgsz 160 \
+    python -m benchmarks.nwpu --protocol --out runs/nwpu160 --model yolov5s --imgsz 160 \
         --epochs 100 --sparse-epochs 200 --modes none,l1rr --theta 0.001 --phase-epochs 20 \
         --max-phases 10                                                  # 38 min on 2 cores
 
@@ -30,21 +30,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
+import shutil
 import sys
+import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
-import torch
 from rich.console import Console
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from graphprune import data as gpdata  # noqa: E402
-from graphprune.detect.train import TrainConfig, train  # noqa: E402
-from graphprune.detect.val import resolve_device, validate  # noqa: E402
-from graphprune.checkpoint import load  # noqa: E402
+from graphprune import data as gpdata
+from graphprune.checkpoint import load
+from graphprune.detect.train import TrainConfig, train
+from graphprune.detect.val import resolve_device, validate
+
+from benchmarks import ablation
+from benchmarks.common import stamp
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data" / "nwpu_vhr10"
@@ -108,7 +108,6 @@ def main(argv=None) -> int:
                          cache=True, nominal_batch=args.nominal_batch, lr0=args.lr0,
                          warmup_epochs=args.warmup_epochs, cls=args.cls_gain)
     if run.exists():
-        import shutil
         shutil.rmtree(run)
     start = time.perf_counter()
     trainer = train(config, console=Console(stderr=True))
@@ -124,8 +123,7 @@ def main(argv=None) -> int:
            "recipe": {k: getattr(args, k) for k in ("batch", "nominal_batch", "lr0",
                                                      "warmup_epochs", "cls_gain", "mosaic")},
            "train_images": len(trainer.train_set), "val_images": len(trainer.val_set),
-           "device": str(device), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-           "torch": torch.__version__, "date": str(date.today()),
+           "device": str(device), **stamp(),
            "train_minutes": round(seconds / 60, 1), **metrics.as_dict()}
     if not args.quick:
         args.results.mkdir(parents=True, exist_ok=True)
@@ -152,10 +150,6 @@ def main(argv=None) -> int:
 
 def protocol(args, data_yaml: Path) -> int:
     """Baseline → sparse training per mode → LFA-guided compile → a Table 4/6-shaped summary."""
-    import tempfile
-
-    sys.path.insert(0, str(HERE))
-    import ablation
 
     sparse_epochs = args.sparse_epochs or args.epochs
     with tempfile.TemporaryDirectory() as tmp:

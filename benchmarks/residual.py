@@ -10,9 +10,9 @@ model comes with data — the feature attention loss LFA⁺ and mAP@0.5, all wit
 graphprune's variants fold the pruned channels' constants (``--no-fold`` for plain
 zero-masking); torch-pruning removes the channels together with their β.
 
-    python benchmarks/residual.py                        # the demo's sparse model (make demo)
-    python benchmarks/residual.py --random yolov5s       # random γ, no data: params/FLOPs/latency
-    python benchmarks/residual.py --weights W.pt --data D.yaml --imgsz 320 --threshold 0.01
+    python -m benchmarks.residual                        # the demo's sparse model (make demo)
+    python -m benchmarks.residual --random yolov5s       # random γ, no data: params/FLOPs/latency
+    python -m benchmarks.residual --weights W.pt --data D.yaml --imgsz 320 --threshold 0.01
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import sys
 import tempfile
 import warnings
@@ -33,20 +32,18 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-import graphprune as gp  # noqa: E402
-from graphprune import data as gpdata  # noqa: E402
-from graphprune.detect.loss import find_detect  # noqa: E402
-from graphprune.detect.val import resolve_device  # noqa: E402
-from graphprune.export import export_onnx  # noqa: E402
-from graphprune.models import randomize_batchnorm, yolov5  # noqa: E402
-from graphprune.stats import count_flops, count_params  # noqa: E402
-from graphprune.workflow import evaluate_map  # noqa: E402
+import graphprune as gp
+from graphprune import data as gpdata
+from graphprune.detect.loss import find_detect
+from graphprune.detect.val import resolve_device
+from graphprune.export import export_onnx
+from graphprune.models import randomize_batchnorm, yolov5
+from graphprune.stats import count_flops, count_params
+from graphprune.workflow import evaluate_map
+
+from benchmarks.common import machine, ort_session, time_sessions, write_results
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from common import write_results  # noqa: E402
-from latency import ort_session, time_sessions  # noqa: E402
 
 
 def torch_pruning_model(model, x, ratio: float, kind: str):
@@ -157,7 +154,7 @@ def main(argv=None) -> int:
              f"latency at {args.latency_imgsz} px in onnxruntime, unpruned "
              f"{ms['sparse (unpruned)']:.1f} ms" + (f"; sparse mAP50 {sparse_map:.3f}"
                                                      if sparse_map is not None else "") +
-             f" ({platform.machine()}, {os.cpu_count()} cores, {date.today()})")
+             f" ({machine()}, {date.today()})")
     table = Table(title=title)
     for col in ("variant", "params left", "FLOPs left", "latency", "speed-up", "LFA⁺", "mAP50"):
         table.add_column(col, justify="right")
@@ -173,7 +170,7 @@ def main(argv=None) -> int:
                "imgsz": args.imgsz, "latency_imgsz": args.latency_imgsz,
                "unpruned_ms": ms["sparse (unpruned)"], "sparse_map50": sparse_map,
                "params_before": base_params, "flops_before": base_flops,
-               "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+               "machine": machine(),
                "date": str(date.today()), "rows": rows}
     if args.json_out is not None:
         args.json_out.write_text(json.dumps(payload, indent=2) + "\n")

@@ -16,14 +16,13 @@ layer and on the residual members only, and per residual group how many channels
 keeps, their union and their intersection (the channels couple must keep and the ones both
 branches share).
 
-    python benchmarks/residual_headroom.py [--quick] [--models yolov5n,yolov5s] [--imgsz 320]
-    python benchmarks/residual_headroom.py --weights runs/x/last.pt --threshold 0.01 --tag _x
+    python -m benchmarks.residual_headroom [--quick] [--models yolov5n,yolov5s] [--imgsz 320]
+    python -m benchmarks.residual_headroom --weights runs/x/last.pt --threshold 0.01 --tag _x
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import sys
 import warnings
@@ -35,13 +34,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-import graphprune as gp  # noqa: E402
-from graphprune.models import build  # noqa: E402
+import graphprune as gp
+from graphprune.models import build
+
+from benchmarks.common import compare_residual_modes, stamp, write_results
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from common import compare_residual_modes, write_results  # noqa: E402
 
 SHARES = (0.25, 1 / 3, 0.5)
 
@@ -140,8 +138,7 @@ def main(argv=None) -> int:
     Console().print(table)
     if not args.quick:
         write_results(args.results, "residual_headroom", {
-            "imgsz": args.imgsz, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "torch": torch.__version__, "date": str(date.today()), "rows": rows}, [table], 130)
+            "imgsz": args.imgsz, **stamp(), "rows": rows}, [table], 130)
     return 0
 
 
@@ -171,8 +168,7 @@ def trained(args) -> int:
     if not args.quick:
         write_results(args.results, f"residual_headroom{args.tag}", {
             "weights": str(args.weights), "imgsz": args.imgsz,
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "torch": torch.__version__, "date": str(date.today()), **view},
+            **stamp(), **view},
             [table, summary], 130)
     return 0
 

@@ -9,7 +9,7 @@ three pieces suffice.  This script times both choices, interleaved, in onnxrunti
 PyTorch, and prints the ratios.  The compiler's cut-overs (``emit.MAX_SLICE_RUNS`` and
 ``adds.PIECES_BEFORE_GATHER``) come from these tables.
 
-    python benchmarks/residual_ops.py [--quick] [--out benchmarks/results]
+    python -m benchmarks.residual_ops [--quick] [--out benchmarks/results]
 """
 
 from __future__ import annotations
@@ -17,13 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 import warnings
-from datetime import date
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,9 +30,10 @@ import torch.nn as nn
 from rich.console import Console
 from rich.table import Table
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from graphprune import adds  # noqa: E402
-from graphprune.emit import runs  # noqa: E402
+from graphprune import adds
+from graphprune.emit import runs
+
+from benchmarks.common import ort_session, stamp
 
 
 def positions_with_runs(channels: int, k: int, keep: float, seed: int) -> list[int]:
@@ -114,17 +114,14 @@ def add_plans(channels_: int, runs_in_trunk: int, seed: int):
     return slices, gather, len(trunk), len(branch)
 
 
-def ort_session(module, x, directory):
-    import onnxruntime as ort
-    path = os.path.join(directory, f"{type(module).__name__}_{id(module)}.onnx")
+def ort_runner(module, x, directory):
+    """A call of ``module`` on ``x`` in onnxruntime (one thread)."""
+    path = Path(directory) / f"{type(module).__name__}_{id(module)}.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (x,), path, dynamo=False, opset_version=17,
+        torch.onnx.export(module, (x,), str(path), dynamo=False, opset_version=17,
                           input_names=["x"])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 3
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    session = ort_session(path, 1)
     feed = {"x": x.numpy()}
     return lambda: session.run(None, feed)
 
@@ -141,8 +138,8 @@ class _Pair:
 
 
 def ort_pair(module, a, b, directory):
-    import onnxruntime as ort
-    path = os.path.join(directory, f"add_{id(module)}.onnx")
+    """A call of the two-input ``module`` on ``(a, b)`` in onnxruntime (one thread)."""
+    path = Path(directory) / f"add_{id(module)}.onnx"
 
     class Two(nn.Module):
         def __init__(self):
@@ -154,12 +151,9 @@ def ort_pair(module, a, b, directory):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(Two(), (a, b), path, dynamo=False, opset_version=17,
+        torch.onnx.export(Two(), (a, b), str(path), dynamo=False, opset_version=17,
                           input_names=["a", "b"])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 3
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    session = ort_session(path, 1)
     feed = {"a": a.numpy(), "b": b.numpy()}
     return lambda: session.run(None, feed)
 
@@ -201,7 +195,7 @@ def main(argv=None) -> int:
             for k in ks:
                 pos = positions_with_runs(channels, k, 0.6, seed=k)
                 s, g = Slices(pos).eval(), Gather(pos).eval()
-                ort_s, ort_g = interleaved([ort_session(s, x, tmp), ort_session(g, x, tmp)],
+                ort_s, ort_g = interleaved([ort_runner(s, x, tmp), ort_runner(g, x, tmp)],
                                            repeats)
                 eag_s, eag_g = interleaved([eager(s, x), eager(g, x)], repeats)
                 rows.append({"channels": channels, "size": size, "runs": k,
@@ -242,8 +236,7 @@ def main(argv=None) -> int:
     if not args.quick:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "residual_ops.json"), "w") as f:
-            json.dump({"machine": f"{platform.machine()}, {os.cpu_count()} cores",
-                       "torch": torch.__version__, "date": str(date.today()),
+            json.dump({**stamp(),
                        "selection": rows, "residual_add": add_rows}, f, indent=2)
         with open(os.path.join(args.out, "residual_ops.txt"), "w") as f:
             f.write(console.export_text())

@@ -4,30 +4,28 @@ Times full training steps (forward, YOLOv5 loss, backward, SGD step) with and wi
 regulariser's ``apply`` (L1RR after its first update, so every term is live), interleaved, and
 ``apply`` alone; prints the overhead as a share of the step.
 
-    python benchmarks/sparsity_overhead.py [--imgsz 320] [--batch 8] [--steps 20] [--quick]
+    python -m benchmarks.sparsity_overhead [--imgsz 320] [--batch 8] [--steps 20] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from graphprune.detect.loss import YOLOv5Loss  # noqa: E402
-from graphprune.detect.train import parameter_groups  # noqa: E402
-from graphprune.models import build  # noqa: E402
-from graphprune.sparsity import SparsityRegularizer  # noqa: E402
+from graphprune.detect.loss import YOLOv5Loss
+from graphprune.detect.train import parameter_groups
+from graphprune.models import build
+from graphprune.sparsity import SparsityRegularizer
+
+from benchmarks.common import stamp
 
 HERE = Path(__file__).resolve().parent
 
@@ -95,8 +93,7 @@ def main(argv=None) -> int:
         args.results.mkdir(parents=True, exist_ok=True)
         (args.results / "sparsity_overhead.json").write_text(json.dumps({
             "model": args.model, "imgsz": args.imgsz, "batch": args.batch, "steps": args.steps,
-            "device": str(device), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "torch": torch.__version__, "date": str(date.today()), "step_ms": p * 1e3,
+            "device": str(device), **stamp(), "step_ms": p * 1e3,
             "step_with_regulariser_ms": r * 1e3, "apply_ms": a * 1e3,
             "apply_share_of_step": a / p}, indent=2) + "\n")
     return 0

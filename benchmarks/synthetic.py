@@ -6,28 +6,25 @@ one measured to learn fastest from scratch on 2 CPU cores: batch 8 with no gradi
 accumulation (more optimizer steps per epoch), lr0 0.02, one warm-up epoch, and a class gain of
 2.0 (YOLOv5 scales the class gain by classes/80, which leaves 3 classes a very weak signal).
 
-    python benchmarks/synthetic.py [--epochs 30] [--model yolov5n] [--quick]
+    python -m benchmarks.synthetic [--epochs 30] [--model yolov5n] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
-import torch
 from rich.console import Console
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from graphprune.data import make_synthetic_dataset  # noqa: E402
+from graphprune.data import make_synthetic_dataset
 # the recipe this benchmark measured to learn fastest (the demo's)
-from graphprune.demo import DEMO_RECIPE as RECIPE  # noqa: E402
-from graphprune.detect.train import TrainConfig, train  # noqa: E402
+from graphprune.demo import DEMO_RECIPE as RECIPE
+from graphprune.detect.train import TrainConfig, train
+
+from benchmarks.common import stamp
 
 HERE = Path(__file__).resolve().parent
 
@@ -72,8 +69,7 @@ def main(argv=None) -> int:
                "recipe": RECIPE, "train_images": args.train_images,
                "val_images": args.val_images, "minutes": round(minutes, 1),
                "map50_by_epoch": curve, "device": str(trainer.device),
-               "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-               "torch": torch.__version__, "date": str(date.today()), **final.as_dict()}
+               **stamp(), **final.as_dict()}
         path = args.results / f"synthetic_{args.model}_{args.imgsz}px_{args.epochs}ep.json"
         path.write_text(json.dumps(row, indent=2) + "\n")
     return 0

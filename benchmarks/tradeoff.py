@@ -21,9 +21,9 @@ parameters, FLOPs (``torch.utils.flop_counter``) and onnxruntime CPU latency (ba
 models of a seed timed interleaved).  Seeds change the model's initialisation, the data order
 and — for NWPU — the train/val split (and for the synthetic set the generated images).
 
-    python benchmarks/tradeoff.py                       # synthetic set, the demo's budget
-    python benchmarks/tradeoff.py --data nwpu           # NWPU VHR-10, yolov5n @ 320
-    python benchmarks/tradeoff.py --quick               # every step at toy sizes (the tests)
+    python -m benchmarks.tradeoff                       # synthetic set, the demo's budget
+    python -m benchmarks.tradeoff --data nwpu           # NWPU VHR-10, yolov5n @ 320
+    python -m benchmarks.tradeoff --quick               # every step at toy sizes (the tests)
 
 Finished runs are kept under ``--work`` and reused when the script runs again, so an
 interrupted benchmark continues where it stopped.  Results: ``results/tradeoff_<data>.{md,json,
@@ -37,14 +37,12 @@ import copy
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 import warnings
 from dataclasses import asdict
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -53,24 +51,22 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-import graphprune as gp  # noqa: E402
-from graphprune import data as gpdata  # noqa: E402
-from graphprune.detect.loss import find_detect  # noqa: E402
-from graphprune.detect.train import TrainConfig, load_resume, resume, train  # noqa: E402
-from graphprune.detect.val import resolve_device  # noqa: E402
-from graphprune.export import export_onnx  # noqa: E402
-from graphprune.search import prune_to_target  # noqa: E402
-from graphprune.stats import count_flops, count_params  # noqa: E402
-from graphprune.sparsity import default_phases  # noqa: E402
-from graphprune.demo import DEMO_RECIPE, DEMO_SPARSITY  # noqa: E402
-from graphprune.workflow import calibration_set, evaluate_map  # noqa: E402
+import graphprune as gp
+from graphprune import data as gpdata
+from graphprune.demo import DEMO_RECIPE, DEMO_SPARSITY
+from graphprune.detect.loss import find_detect
+from graphprune.detect.train import TrainConfig, load_resume, resume, train
+from graphprune.detect.val import resolve_device
+from graphprune.export import export_onnx
+from graphprune.search import prune_to_target
+from graphprune.sparsity import default_phases
+from graphprune.stats import count_flops, count_params
+from graphprune.workflow import calibration_set, evaluate_map
+
+from benchmarks.common import logged_minutes, ort_session, stamp, time_sessions
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-from common import logged_minutes  # noqa: E402
-from latency import ort_session, time_sessions  # noqa: E402
 
 SHARED_NWPU = ROOT.parent / "shared" / "data" / "nwpu_vhr10"
 
@@ -721,8 +717,7 @@ def main(argv=None) -> int:
                "methods": {m: methods(preset)[m] for m in ["none", *args.methods]},
                "total_epochs": preset["base_epochs"] + preset["sparse_epochs"] +
                preset["finetune_epochs"], "seeds": seeds,
-               "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-               "torch": torch.__version__, "date": str(date.today()),
+               **stamp(),
                "minutes": (time.perf_counter() - start) / 60,
                "train_minutes": sum(seed["train_minutes"] for seed in per_seed),
                "plot": f"{stem}.png", "summary": summary, "per_seed": per_seed}

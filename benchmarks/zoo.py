@@ -15,10 +15,10 @@ Architectures: graphprune's own (yolov5n/s/m, tiny_resnet); torchvision classifi
 detectors when torchvision imports; ultralytics YOLOv8/YOLOv5u when ultralytics imports (built
 from their yaml files, no weights).  Input sizes: 224 px for classifiers, 320 px for detectors.
 
-    python benchmarks/zoo.py                          # everything importable; writes results/zoo.*
-    python benchmarks/zoo.py --quick                  # a handful of models at 64 px
-    python benchmarks/zoo.py --models resnet18,densenet121 --no-onnx --imgsz 128
-    python benchmarks/zoo.py --list                   # the registry, and what is unavailable
+    python -m benchmarks.zoo                          # everything importable; writes results/zoo.*
+    python -m benchmarks.zoo --quick                  # a handful of models at 64 px
+    python -m benchmarks.zoo --models resnet18,densenet121 --no-onnx --imgsz 128
+    python -m benchmarks.zoo --list                   # the registry, and what is unavailable
 
 ``main(argv, extra=[ZooEntry(...)])`` adds models of one's own (the tests use it).
 """
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import platform
 import sys
 import tempfile
@@ -47,10 +46,11 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils._pytree import tree_flatten
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-import graphprune as gp  # noqa: E402
-from graphprune.masks import batchnorms  # noqa: E402
-from graphprune.models import build, randomize_batchnorm  # noqa: E402
+import graphprune as gp
+from graphprune.masks import batchnorms
+from graphprune.models import build, randomize_batchnorm
+
+from benchmarks.common import machine
 
 HERE = Path(__file__).resolve().parent
 ATOL = RTOL = 1e-4
@@ -458,7 +458,7 @@ def main(argv=None, extra: Iterable[ZooEntry] | Mapping[str, ZooEntry] = ()) -> 
     payload = {
         "benchmark": "zoo", "keep_probability": KEEP_P, "min_pruned": MIN_PRUNED,
         "seed": args.seed, "onnx": args.onnx, "quick": args.quick, "imgsz": args.imgsz,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} "
+        "machine": f"{machine()}, {platform.system()} "
                    f"{platform.release()}",
         "python": platform.python_version(), "torch": torch.__version__,
         "torchvision": version_of("torchvision"), "ultralytics": version_of("ultralytics"),

@@ -17,7 +17,7 @@ MACs, so the ratio is at least m_min / (m_min + 6).
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import warnings
 from pathlib import Path
@@ -37,10 +37,7 @@ IMGSZ, RATIO = 64, 0.5
 
 
 def _flops_script():
-    spec = importlib.util.spec_from_file_location("flops", ROOT / "benchmarks" / "flops.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("benchmarks.flops")
 
 
 def element_terms(model: nn.Module, x: torch.Tensor) -> tuple[int, int, int]:

@@ -192,3 +192,26 @@ def test_the_readme_layers_hold():
     upward = [f"{a} (layer {layer_of(a, layers)}) imports {b} (layer {layer_of(b, layers)})"
               for a, b in graph.edges if layer_of(b, layers) > layer_of(a, layers)]
     assert not upward, "imports against the README's layers:\n" + "\n".join(upward)
+
+
+def test_benchmarks_are_a_package_without_path_tricks():
+    """Each benchmark script is a module of the ``benchmarks`` package (``python -m
+    benchmarks.NAME``): none edits ``sys.path``, and one script reaches another's helpers only
+    through the package (``benchmarks.common`` above all)."""
+    folder = ROOT / "benchmarks"
+    assert (folder / "__init__.py").is_file()
+    scripts = {p.stem for p in folder.glob("*.py")} - {"__init__"}
+    offenders = []
+    for path in sorted(folder.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr == "path" and \
+                    isinstance(node.value, ast.Name) and node.value.id == "sys":
+                offenders.append(f"{path.name}:{node.lineno} touches sys.path")
+            if isinstance(node, ast.ImportFrom) and not node.level and \
+                    (node.module or "").split(".")[0] in scripts:
+                offenders.append(f"{path.name}:{node.lineno} imports {node.module} by file name")
+            if isinstance(node, ast.Import):
+                offenders += [f"{path.name}:{node.lineno} imports {a.name} by file name"
+                              for a in node.names if a.name.split(".")[0] in scripts]
+    assert not offenders, "\n".join(offenders)

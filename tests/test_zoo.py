@@ -6,9 +6,8 @@ results live in benchmarks/results/zoo.{json,md}.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -18,11 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _zoo():
-    spec = importlib.util.spec_from_file_location("zoo", ROOT / "benchmarks" / "zoo.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["zoo"] = module                          # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("benchmarks.zoo")
 
 
 def _rows(path: Path) -> dict:
