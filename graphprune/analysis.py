@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from . import channels as ch
 from . import specs
+from .emit import Emitter
 from .tracing import module_call_counts
 
 
@@ -186,7 +187,7 @@ class ChannelAnalysis:
             self.orders[n] = o
             n.meta[specs.ORDER] = o
 
-    def emit_full(self, E, node: torch.fx.Node):
+    def emit_full(self, E: Emitter, node: torch.fx.Node):
         """The slim value of ``node`` in its original, complete layout."""
         value, order = E.env[node], self.orders.get(node)
         if order is None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import operator
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ from .masks import BATCHNORMS, CONVS
 from .specs import (LEAF_USAGE, LeafUsage, TensorSpec, channels, describe, full_like_spec,
                     is_tensor, spec_of)
 from .tracing import flat_tensor_args
+
+if TYPE_CHECKING:     # annotations only: analysis builds on this module
+    from .analysis import ChannelAnalysis
 
 
 def _arg(node: torch.fx.Node, index: int, name: str, default: Any = None) -> Any:
@@ -57,21 +60,21 @@ class Rule:
 
     name = "unknown"
 
-    def accepts(self, node: torch.fx.Node, A) -> bool:
+    def accepts(self, node: torch.fx.Node, A: ChannelAnalysis) -> bool:
         return True
 
-    def live(self, node, A):
+    def live(self, node: torch.fx.Node, A: ChannelAnalysis):
         return full_like_spec(spec_of(node))
 
-    def backward(self, node, A) -> None:
+    def backward(self, node: torch.fx.Node, A: ChannelAnalysis) -> None:
         reason = f"consumed by {describe(node, A.module_of(node))}, which is not prunable"
         for n in flat_tensor_args(node):
             A.need_full(n, reason)
 
-    def order(self, node, A):
+    def order(self, node: torch.fx.Node, A: ChannelAnalysis):
         return None
 
-    def emit(self, node, E: Emitter, A):
+    def emit(self, node: torch.fx.Node, E: Emitter, A: ChannelAnalysis):
         args = torch.fx.node.map_arg(node.args, lambda n: A.emit_full(E, n))
         kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: A.emit_full(E, n))
         return E.copy_node(node, args, kwargs)
@@ -80,20 +83,20 @@ class Rule:
 class Placeholder(Rule):
     name = "placeholder"
 
-    def backward(self, node, A) -> None:
+    def backward(self, node: torch.fx.Node, A: ChannelAnalysis) -> None:
         pass
 
-    def emit(self, node, E, A):
+    def emit(self, node: torch.fx.Node, E: Emitter, A: ChannelAnalysis):
         return E.copy_node(node)
 
 
 class GetAttr(Rule):
     name = "get_attr"
 
-    def backward(self, node, A) -> None:
+    def backward(self, node: torch.fx.Node, A: ChannelAnalysis) -> None:
         pass
 
-    def emit(self, node, E, A):
+    def emit(self, node: torch.fx.Node, E: Emitter, A: ChannelAnalysis):
         obj: Any = A.gm
         for part in node.target.split("."):
             obj = getattr(obj, part)
@@ -104,7 +107,7 @@ class GetAttr(Rule):
 class Output(Rule):
     name = "output"
 
-    def backward(self, node, A) -> None:
+    def backward(self, node: torch.fx.Node, A: ChannelAnalysis) -> None:
         for n in flat_tensor_args(node):
             A.need_full(n, "reaches the model output")
 
@@ -117,7 +120,7 @@ class Passthrough(Rule):
     def tensor_input(self, node):
         return node.args[0] if node.args else None
 
-    def accepts(self, node, A) -> bool:
+    def accepts(self, node: torch.fx.Node, A: ChannelAnalysis) -> bool:
         x = self.tensor_input(node)
         if not is_tensor(x) or channels(x) is None or not is_tensor(node):
             return False
@@ -126,25 +129,25 @@ class Passthrough(Rule):
         others = [n for n in flat_tensor_args(node) if n is not x]
         return not any(is_tensor(n) for n in others)
 
-    def live(self, node, A):
+    def live(self, node: torch.fx.Node, A: ChannelAnalysis):
         return A.live(self.tensor_input(node))
 
-    def backward(self, node, A) -> None:
+    def backward(self, node: torch.fx.Node, A: ChannelAnalysis) -> None:
         req = A.required(node)
         if req is not None:
             A.need(self.tensor_input(node), req[0], req[1])
 
-    def order(self, node, A):
+    def order(self, node: torch.fx.Node, A: ChannelAnalysis):
         return A.order(self.tensor_input(node))
 
-    def emit(self, node, E, A):
+    def emit(self, node: torch.fx.Node, E: Emitter, A: ChannelAnalysis):
         return E.copy_node(node)
 
 
 class ZeroPreservingModule(Passthrough):
     name = "passthrough"
 
-    def accepts(self, node, A) -> bool:
+    def accepts(self, node: torch.fx.Node, A: ChannelAnalysis) -> bool:
         m = A.module_of(node)
         if isinstance(m, nn.Hardtanh) and not (m.min_val <= 0 <= m.max_val):
             return False
@@ -165,7 +168,7 @@ class ScaleByConstant(Passthrough):
         tensors = [a for a in node.args[:2] if is_tensor(a)]
         return tensors[0] if len(tensors) == 1 else None
 
-    def accepts(self, node, A) -> bool:
+    def accepts(self, node: torch.fx.Node, A: ChannelAnalysis) -> bool:
         if node.kwargs or len(node.args) != 2:
             return False
         if node.target in (operator.truediv, torch.div, "div") and not is_tensor(node.args[0]):
@@ -178,7 +181,7 @@ class ReduceSpatial(Passthrough):
 
     name = "reduce"
 
-    def accepts(self, node, A) -> bool:
+    def accepts(self, node: torch.fx.Node, A: ChannelAnalysis) -> bool:
         x = self.tensor_input(node)
         if not is_tensor(x) or channels(x) is None:
             return False
@@ -200,7 +203,7 @@ class ShapeQuery(Rule):
 
     name = "shape"
 
-    def accepts(self, node, A) -> bool:
+    def accepts(self, node: torch.fx.Node, A: ChannelAnalysis) -> bool:
         return bool(node.args) and is_tensor(node.args[0])
 
     def _reads_channels(self, node) -> bool:
@@ -222,14 +225,14 @@ class ShapeQuery(Rule):
             return True
         return False
 
-    def backward(self, node, A) -> None:
+    def backward(self, node: torch.fx.Node, A: ChannelAnalysis) -> None:
         if self._reads_channels(node):
             A.need_full(node.args[0], f"its channel count is read by {describe(node)}")
 
-    def live(self, node, A):
+    def live(self, node: torch.fx.Node, A: ChannelAnalysis):
         return None
 
-    def emit(self, node, E, A):
+    def emit(self, node: torch.fx.Node, E: Emitter, A: ChannelAnalysis):
         return E.copy_node(node)
 
 
@@ -241,7 +244,7 @@ class Convolution(Rule):
 
     name = "conv"
 
-    def accepts(self, node, A) -> bool:
+    def accepts(self, node: torch.fx.Node, A: ChannelAnalysis) -> bool:
         m = A.module_of(node)
         if A.call_count(node) != 1 or len(node.args) != 1 or node.kwargs:
             return False
@@ -254,16 +257,16 @@ class Convolution(Rule):
             return len(spec_of(x).shape) == 2
         return False
 
-    def live(self, node, A):
+    def live(self, node: torch.fx.Node, A: ChannelAnalysis):
         return full_like_spec(spec_of(node))
 
-    def backward(self, node, A) -> None:
+    def backward(self, node: torch.fx.Node, A: ChannelAnalysis) -> None:
         pass
 
-    def order(self, node, A):
+    def order(self, node: torch.fx.Node, A: ChannelAnalysis):
         return A.producer_order(node)
 
-    def emit(self, node, E, A):
+    def emit(self, node: torch.fx.Node, E: Emitter, A: ChannelAnalysis):
         m = A.module_of(node)
         x = node.args[0]
         in_order, out_order = A.order(x), A.order(node)
@@ -280,24 +283,24 @@ class DepthwiseConvolution(Rule):
 
     name = "depthwise"
 
-    def accepts(self, node, A) -> bool:
+    def accepts(self, node: torch.fx.Node, A: ChannelAnalysis) -> bool:
         m = A.module_of(node)
         return isinstance(m, CONVS) and A.call_count(node) == 1 and len(node.args) == 1 \
             and not node.kwargs and m.groups > 1 and m.groups == m.in_channels == \
             m.out_channels and m.bias is None and is_tensor(node.args[0])
 
-    def live(self, node, A):
+    def live(self, node: torch.fx.Node, A: ChannelAnalysis):
         return A.live(node.args[0])
 
-    def backward(self, node, A) -> None:
+    def backward(self, node: torch.fx.Node, A: ChannelAnalysis) -> None:
         req = A.required(node)
         if req is not None:
             A.need(node.args[0], req[0], f"{req[1]} (through depthwise {node.target!r})")
 
-    def order(self, node, A):
+    def order(self, node: torch.fx.Node, A: ChannelAnalysis):
         return A.order(node.args[0])
 
-    def emit(self, node, E, A):
+    def emit(self, node: torch.fx.Node, E: Emitter, A: ChannelAnalysis):
         order = A.order(node.args[0])
         if order is None:
             return E.copy_node(node)
@@ -310,13 +313,13 @@ class BatchNorm(Rule):
 
     name = "batchnorm"
 
-    def accepts(self, node, A) -> bool:
+    def accepts(self, node: torch.fx.Node, A: ChannelAnalysis) -> bool:
         return A.is_prunable_node(node)
 
-    def live(self, node, A):
+    def live(self, node: torch.fx.Node, A: ChannelAnalysis):
         return A.mask(node.target).copy()
 
-    def backward(self, node, A) -> None:
+    def backward(self, node: torch.fx.Node, A: ChannelAnalysis) -> None:
         req = A.required(node)
         if req is not None:
             A.grow(node.target, req[0], req[1])
@@ -325,7 +328,7 @@ class BatchNorm(Rule):
             A.need(node.args[0], A.mask(node.target),
                    f"BatchNorm {node.target!r} keeps channels its input would lose")
 
-    def order(self, node, A):
+    def order(self, node: torch.fx.Node, A: ChannelAnalysis):
         x = node.args[0]
         have = A.order(x)
         have = np.arange(channels(x)) if have is None else have
@@ -334,7 +337,7 @@ class BatchNorm(Rule):
         return None if len(out) == len(keep) and np.array_equal(out, np.arange(len(keep))) \
             else out
 
-    def emit(self, node, E, A):
+    def emit(self, node: torch.fx.Node, E: Emitter, A: ChannelAnalysis):
         x = node.args[0]
         order = A.order(node)
         if order is None and A.order(x) is None:
@@ -351,7 +354,7 @@ class Leaf(Rule):
 
     name = "leaf"
 
-    def backward(self, node, A) -> None:
+    def backward(self, node: torch.fx.Node, A: ChannelAnalysis) -> None:
         usage: LeafUsage = node.meta.get(LEAF_USAGE) or LeafUsage()
         for n in dict.fromkeys(flat_tensor_args(node)):
             if A.call_count(node) != 1:
@@ -362,7 +365,7 @@ class Leaf(Rule):
                 A.need_full(n, f"consumed by {describe(node, A.module_of(node))}, which is "
                                "kept whole")
 
-    def emit(self, node, E, A):
+    def emit(self, node: torch.fx.Node, E: Emitter, A: ChannelAnalysis):
         usage: LeafUsage = node.meta.get(LEAF_USAGE) or LeafUsage()
         slim_inputs = {n: A.order(n) for n in dict.fromkeys(flat_tensor_args(node))
                        if A.order(n) is not None and A.call_count(node) == 1
@@ -392,17 +395,17 @@ class Concat(Rule):
     def parts(self, node):
         return list(_arg(node, 0, "tensors"))
 
-    def accepts(self, node, A) -> bool:
+    def accepts(self, node: torch.fx.Node, A: ChannelAnalysis) -> bool:
         parts = _arg(node, 0, "tensors")
         if not isinstance(parts, (list, tuple)) or not parts or \
                 not all(is_tensor(p) and channels(p) for p in parts):
             return False
         return _dim(_arg(node, 1, "dim", 0), len(spec_of(parts[0]).shape)) == 1
 
-    def live(self, node, A):
+    def live(self, node: torch.fx.Node, A: ChannelAnalysis):
         return np.concatenate([A.live(p) for p in self.parts(node)])
 
-    def backward(self, node, A) -> None:
+    def backward(self, node: torch.fx.Node, A: ChannelAnalysis) -> None:
         req = A.required(node)
         if req is None:
             return
@@ -412,7 +415,7 @@ class Concat(Rule):
             A.need(p, req[0][start:start + c], req[1])
             start += c
 
-    def order(self, node, A):
+    def order(self, node: torch.fx.Node, A: ChannelAnalysis):
         if all(A.order(p) is None for p in self.parts(node)):
             return None
         out, start = [], 0
@@ -423,7 +426,7 @@ class Concat(Rule):
             start += c
         return np.concatenate(out)
 
-    def emit(self, node, E, A):
+    def emit(self, node: torch.fx.Node, E: Emitter, A: ChannelAnalysis):
         if self.order(node, A) is None:
             return E.copy_node(node)
         parts = [E.env[p] for p in self.parts(node) if A.physical(p) > 0]
@@ -444,7 +447,7 @@ class Split(Rule):
 
     name = "split"
 
-    def accepts(self, node, A) -> bool:
+    def accepts(self, node: torch.fx.Node, A: ChannelAnalysis) -> bool:
         x = node.args[0] if node.args else None
         out = spec_of(node)
         if not is_tensor(x) or channels(x) is None or not isinstance(out, tuple) or not out:
@@ -456,11 +459,11 @@ class Split(Rule):
             return False
         return sum(s.channels for s in out) == channels(x)
 
-    def live(self, node, A):
+    def live(self, node: torch.fx.Node, A: ChannelAnalysis):
         live = A.live(node.args[0])
         return tuple(live[s:s + n] for s, n in split_segments(node))
 
-    def backward(self, node, A) -> None:
+    def backward(self, node: torch.fx.Node, A: ChannelAnalysis) -> None:
         x = node.args[0]
         reqs = A.required_elements(node)
         live = A.live(x)
@@ -474,13 +477,13 @@ class Split(Rule):
                 one[s] = True
                 A.need(x, one, f"piece {node.name}[{s}:{s + n}] may not lose all channels")
 
-    def order(self, node, A):
+    def order(self, node: torch.fx.Node, A: ChannelAnalysis):
         have = A.order(node.args[0])
         if have is None:
             return None
         return tuple(have[(have >= s) & (have < s + n)] - s for s, n in split_segments(node))
 
-    def emit(self, node, E, A):
+    def emit(self, node: torch.fx.Node, E: Emitter, A: ChannelAnalysis):
         x = node.args[0]
         have = A.order(x)
         if have is None:
@@ -516,7 +519,7 @@ class GetItem(Rule):
         start, stop, _ = idx[1].indices(channels(x))
         return (start, max(stop - start, 0)) if channels(node) == max(stop - start, 0) else None
 
-    def accepts(self, node, A) -> bool:
+    def accepts(self, node: torch.fx.Node, A: ChannelAnalysis) -> bool:
         if len(node.args) != 2 or node.kwargs:
             return False
         x, idx = node.args
@@ -524,14 +527,14 @@ class GetItem(Rule):
             return isinstance(idx, int)
         return self.channel_slice(node) is not None
 
-    def live(self, node, A):
+    def live(self, node: torch.fx.Node, A: ChannelAnalysis):
         x, idx = node.args
         if isinstance(spec_of(x), tuple):
             return A.live(x)[idx]
         s, n = self.channel_slice(node)
         return A.live(x)[s:s + n]
 
-    def backward(self, node, A) -> None:
+    def backward(self, node: torch.fx.Node, A: ChannelAnalysis) -> None:
         req = A.required(node)
         if req is None:
             return
@@ -544,7 +547,7 @@ class GetItem(Rule):
         full[s:s + n] = req[0]
         A.need(x, full, req[1])
 
-    def order(self, node, A):
+    def order(self, node: torch.fx.Node, A: ChannelAnalysis):
         x, idx = node.args
         have = A.order(x)
         if isinstance(spec_of(x), tuple):
@@ -554,7 +557,7 @@ class GetItem(Rule):
         s, n = self.channel_slice(node)
         return have[(have >= s) & (have < s + n)] - s
 
-    def emit(self, node, E, A):
+    def emit(self, node: torch.fx.Node, E: Emitter, A: ChannelAnalysis):
         x, idx = node.args
         value = E.env[x]
         if isinstance(value, tuple):
@@ -576,13 +579,13 @@ class Flatten(Rule):
 
     name = "flatten"
 
-    def _start_end(self, node, A):
+    def _start_end(self, node: torch.fx.Node, A: ChannelAnalysis):
         if node.op == "call_module":
             m = A.module_of(node)
             return m.start_dim, m.end_dim
         return _arg(node, 1, "start_dim", 0), _arg(node, 2, "end_dim", -1)
 
-    def accepts(self, node, A) -> bool:
+    def accepts(self, node: torch.fx.Node, A: ChannelAnalysis) -> bool:
         x = node.args[0] if node.args else None
         if not is_tensor(x) or channels(x) is None or not is_tensor(node):
             return False
@@ -593,23 +596,23 @@ class Flatten(Rule):
     def _inner(self, node) -> int:
         return int(np.prod(spec_of(node.args[0]).shape[2:], dtype=np.int64))
 
-    def live(self, node, A):
+    def live(self, node: torch.fx.Node, A: ChannelAnalysis):
         return np.repeat(A.live(node.args[0]), self._inner(node))
 
-    def backward(self, node, A) -> None:
+    def backward(self, node: torch.fx.Node, A: ChannelAnalysis) -> None:
         req = A.required(node)
         if req is not None:
             x = node.args[0]
             A.need(x, req[0].reshape(channels(x), -1).any(1), req[1])
 
-    def order(self, node, A):
+    def order(self, node: torch.fx.Node, A: ChannelAnalysis):
         have = A.order(node.args[0])
         if have is None:
             return None
         inner = self._inner(node)
         return (have[:, None] * inner + np.arange(inner)[None, :]).reshape(-1)
 
-    def emit(self, node, E, A):
+    def emit(self, node: torch.fx.Node, E: Emitter, A: ChannelAnalysis):
         return E.copy_node(node)
 
 
@@ -618,7 +621,7 @@ class Multiply(Rule):
 
     name = "mul"
 
-    def accepts(self, node, A) -> bool:
+    def accepts(self, node: torch.fx.Node, A: ChannelAnalysis) -> bool:
         if node.kwargs or len(node.args) != 2:
             return False
         a, b = node.args
@@ -626,17 +629,17 @@ class Multiply(Rule):
             return False
         return channels(a) == channels(b) == channels(node) and channels(a) > 1
 
-    def live(self, node, A):
+    def live(self, node: torch.fx.Node, A: ChannelAnalysis):
         a, b = node.args
         return A.live(a) & A.live(b)
 
-    def backward(self, node, A) -> None:
+    def backward(self, node: torch.fx.Node, A: ChannelAnalysis) -> None:
         req = A.required(node)
         if req is not None:
             for n in node.args:
                 A.need(n, req[0], req[1])
 
-    def order(self, node, A):
+    def order(self, node: torch.fx.Node, A: ChannelAnalysis):
         a, b = node.args
         oa, ob = A.order(a), A.order(b)
         if oa is None and ob is None:
@@ -645,7 +648,7 @@ class Multiply(Rule):
         ob = np.arange(channels(b)) if ob is None else ob
         return oa[np.isin(oa, ob)]
 
-    def emit(self, node, E, A):
+    def emit(self, node: torch.fx.Node, E: Emitter, A: ChannelAnalysis):
         a, b = node.args
         out = A.order(node)
         if out is None:
@@ -664,7 +667,7 @@ class BroadcastMultiply(Passthrough):
         a, b = node.args
         return a if channels(b) == 1 else b
 
-    def accepts(self, node, A) -> bool:
+    def accepts(self, node: torch.fx.Node, A: ChannelAnalysis) -> bool:
         if node.kwargs or len(node.args) != 2 or not all(is_tensor(n) for n in node.args):
             return False
         a, b = node.args
@@ -673,12 +676,12 @@ class BroadcastMultiply(Passthrough):
             return False
         return channels(node) == max(ca, cb)
 
-    def backward(self, node, A) -> None:
+    def backward(self, node: torch.fx.Node, A: ChannelAnalysis) -> None:
         super().backward(node, A)
         other = [n for n in node.args if n is not self.tensor_input(node)][0]
         A.need_full(other, f"single-channel factor of {describe(node)}")
 
-    def emit(self, node, E, A):
+    def emit(self, node: torch.fx.Node, E: Emitter, A: ChannelAnalysis):
         x = self.tensor_input(node)
         args = tuple(E.env[n] if n is x else A.emit_full(E, n) for n in node.args)
         return E.copy_node(node, args, {})
@@ -690,7 +693,7 @@ class Add(Rule):
 
     name = "add"
 
-    def accepts(self, node, A) -> bool:
+    def accepts(self, node: torch.fx.Node, A: ChannelAnalysis) -> bool:
         if len(node.args) != 2 or any(k != "alpha" for k in node.kwargs) or \
                 node.kwargs.get("alpha", 1) != 1:
             return False
@@ -699,11 +702,11 @@ class Add(Rule):
             return False
         return spec_of(a).shape == spec_of(b).shape == spec_of(node).shape
 
-    def live(self, node, A):
+    def live(self, node: torch.fx.Node, A: ChannelAnalysis):
         a, b = node.args
         return A.live(a) | A.live(b)
 
-    def backward(self, node, A) -> None:
+    def backward(self, node: torch.fx.Node, A: ChannelAnalysis) -> None:
         # An output channel is present when either operand holds it; only channels that
         # neither operand holds make both grow.
         req = A.required(node)
@@ -712,7 +715,7 @@ class Add(Rule):
             A.need(a, req[0] & ~A.live(b), req[1])
             A.need(b, req[0] & ~A.live(a), req[1])
 
-    def order(self, node, A):
+    def order(self, node: torch.fx.Node, A: ChannelAnalysis):
         a, b = node.args
         oa, ob = A.order(a), A.order(b)
         if oa is None and ob is None:
@@ -727,7 +730,7 @@ class Add(Rule):
             return None
         return plan.order
 
-    def emit(self, node, E, A):
+    def emit(self, node: torch.fx.Node, E: Emitter, A: ChannelAnalysis):
         plan: AddPlan | None = A.plans.get(node)
         if plan is None:
             return E.copy_node(node)
@@ -839,7 +842,7 @@ def register_method_rule(names: Iterable[str], rule: Rule) -> None:
         _METHOD_RULES.setdefault(n, []).insert(0, rule)
 
 
-def rule_for(node: torch.fx.Node, A) -> Rule:
+def rule_for(node: torch.fx.Node, A: ChannelAnalysis) -> Rule:
     """The rule ``node`` dispatches to: the first that matches and accepts it, else ``UNKNOWN``
     (a module without a rule is a ``LEAF``: kept whole)."""
     if node.op == "placeholder":

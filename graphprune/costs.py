@@ -13,13 +13,16 @@ solved for the masks (``ChannelAnalysis.solve`` then ``compute_lives``); it runs
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 import torch.nn as nn
 
 from .masks import CONVS
 from .specs import spec_of
+
+if TYPE_CHECKING:     # annotations only: analysis builds on this module's layer
+    from .analysis import ChannelAnalysis
 
 # One extra slice/concatenation node in onnxruntime on the CPU costs about as much time as this
 # many FLOPs of convolution.  benchmarks/node_cost.py on 2 shared x86_64 cores (2 threads), two
@@ -38,7 +41,7 @@ class LayerCost:
     flops: int             # FLOPs with every channel kept (2 × MACs)
 
 
-def layer_costs(A, prunable: Iterable[str]) -> list[LayerCost]:
+def layer_costs(A: ChannelAnalysis, prunable: Iterable[str]) -> list[LayerCost]:
     """The Conv/Linear layers called once, and the BatchNorms named in ``prunable``."""
     prunable = set(prunable)
     out = []
@@ -60,7 +63,8 @@ def layer_costs(A, prunable: Iterable[str]) -> list[LayerCost]:
     return out
 
 
-def estimate(A, masks: dict[str, np.ndarray], layers: Iterable[LayerCost]) -> tuple[int, int]:
+def estimate(A: ChannelAnalysis, masks: dict[str, np.ndarray],
+             layers: Iterable[LayerCost]) -> tuple[int, int]:
     """(params, FLOPs) of ``layers`` under ``masks``; ``A.lives`` must be current."""
     producer_bn = {conv: bn.target for conv, bn in A.producers.items()}
     params = flops = 0

@@ -29,6 +29,7 @@ import numpy as np
 import torch.fx
 
 from . import costs, specs
+from .analysis import ChannelAnalysis
 from .context import CompileConfig, LayerStatistics
 from .groups import CouplingSet, apply_coupling
 from .masks import (as_mask, count_below, enforce_min_channels, masks_from_ranking, matches,
@@ -49,7 +50,7 @@ class MaskPlan:
     warnings: list[str] = field(default_factory=list)
 
 
-def structural_pins(analysis) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def structural_pins(analysis: ChannelAnalysis) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Channels of each prunable BatchNorm that stay whatever the masks ask, and why."""
     saved = analysis.masks
     analysis.masks = {n: np.zeros_like(m) for n, m in saved.items()}
@@ -83,8 +84,9 @@ def request(config: CompileConfig, gammas: dict[str, np.ndarray],
     return {n: np.ones(len(g), dtype=bool) for n, g in gammas.items()}
 
 
-def settle(A, applied: dict[str, np.ndarray], coupling: list[CouplingSet], fixed: set[str],
-           gammas: dict[str, np.ndarray], round_to: int, reasons: dict[str, str]) -> None:
+def settle(A: ChannelAnalysis, applied: dict[str, np.ndarray], coupling: list[CouplingSet],
+           fixed: set[str], gammas: dict[str, np.ndarray], round_to: int,
+           reasons: dict[str, str]) -> None:
     """Rounding, coupling and the channel requirements, until none changes anything; grows
     ``applied`` in place (it becomes ``A.masks``) and records why in ``reasons``."""
     A.masks = applied
@@ -103,7 +105,7 @@ def settle(A, applied: dict[str, np.ndarray], coupling: list[CouplingSet], fixed
             break
 
 
-def choose_coupling(A, residual: list[CouplingSet], settled: dict[str, np.ndarray],
+def choose_coupling(A: ChannelAnalysis, residual: list[CouplingSet], settled: dict[str, np.ndarray],
                     fixed: set[str]) -> tuple[list[CouplingSet], dict[str, dict]]:
     """``residual="auto"``: the residual sets worth coupling, given the reconstructed masks.
 
@@ -145,8 +147,9 @@ def choose_coupling(A, residual: list[CouplingSet], settled: dict[str, np.ndarra
     return chosen, report
 
 
-def plan_masks(analysis, statistics: dict[str, LayerStatistics], groups, config: CompileConfig,
-               *, sizes: dict[str, int], unprunable: dict[str, str]) -> MaskPlan:
+def plan_masks(analysis: ChannelAnalysis, statistics: dict[str, LayerStatistics], groups,
+               config: CompileConfig, *, sizes: dict[str, int],
+               unprunable: dict[str, str]) -> MaskPlan:
     """The masks the compiler applies for ``config``'s request (see the module docstring).
 
     ``analysis``: the ``ChannelAnalysis`` of the traced model, left holding the applied masks

@@ -28,6 +28,7 @@ import torch.fx
 
 from . import channels as ch
 from . import specs
+from .analysis import ChannelAnalysis
 from .groups import CouplingSet
 
 # Rules a residual operand is walked back through: one tensor in, same channels out.
@@ -51,14 +52,14 @@ class _UnionFind:
             self.parent[rb] = ra
 
 
-def _source(A, operand: torch.fx.Node) -> torch.fx.Node:
+def _source(A: ChannelAnalysis, operand: torch.fx.Node) -> torch.fx.Node:
     """Walk an add operand back through activations and scalings to the value it comes from."""
     while A.rules[operand].name in _TRANSPARENT:
         operand = A.rules[operand].tensor_input(operand)
     return operand
 
 
-def residual_groups(A) -> list[tuple[list[torch.fx.Node], list[torch.fx.Node]]]:
+def residual_groups(A: ChannelAnalysis) -> list[tuple[list[torch.fx.Node], list[torch.fx.Node]]]:
     """[(adds, sources)] per residual group, both in graph order."""
     position = {n: i for i, n in enumerate(A.nodes)}
     uf = _UnionFind()
@@ -82,7 +83,7 @@ def residual_groups(A) -> list[tuple[list[torch.fx.Node], list[torch.fx.Node]]]:
     return groups
 
 
-def _source_channels(A, operand: torch.fx.Node) -> tuple[torch.fx.Node, int]:
+def _source_channels(A: ChannelAnalysis, operand: torch.fx.Node) -> tuple[torch.fx.Node, int]:
     """(value, offset): channel c of ``operand`` is channel offset + c of ``value``, walking
     back through activations, scalings, chunk/split pieces and channel slices."""
     offset = 0
@@ -101,7 +102,7 @@ def _source_channels(A, operand: torch.fx.Node) -> tuple[torch.fx.Node, int]:
             return operand, offset
 
 
-def residual_sets(A) -> list[CouplingSet]:
+def residual_sets(A: ChannelAnalysis) -> list[CouplingSet]:
     """The conventional coupling of residual adds, from the channel analysis: per residual
     group, every BatchNorm whose channels reach one of its adds, mapped channel by channel
     (through chunk pieces and slices too, as in C2f blocks).  A value that is not a BatchNorm
@@ -129,7 +130,7 @@ def residual_sets(A) -> list[CouplingSet]:
             if len({name for name, _, _ in m}) >= 2]
 
 
-def free_source_conv(A, source: torch.fx.Node) -> torch.fx.Node | None:
+def free_source_conv(A: ChannelAnalysis, source: torch.fx.Node) -> torch.fx.Node | None:
     """The convolution whose rows may be permuted to order ``source``, if any."""
     if A.rules[source].name != "batchnorm":
         return None
@@ -137,7 +138,7 @@ def free_source_conv(A, source: torch.fx.Node) -> torch.fx.Node | None:
     return conv if A.producers.get(conv) is source else None
 
 
-def group_rank(A, sources: list[torch.fx.Node], channels: int) -> np.ndarray:
+def group_rank(A: ChannelAnalysis, sources: list[torch.fx.Node], channels: int) -> np.ndarray:
     """rank[c]: position of channel c in the group's common order."""
     keys = [np.arange(channels)]
     for src in reversed(sources):           # np.lexsort: the last key is the primary one
@@ -149,7 +150,7 @@ def group_rank(A, sources: list[torch.fx.Node], channels: int) -> np.ndarray:
     return rank
 
 
-def plan_orders(A) -> list[tuple[list[torch.fx.Node], list[torch.fx.Node]]]:
+def plan_orders(A: ChannelAnalysis) -> list[tuple[list[torch.fx.Node], list[torch.fx.Node]]]:
     """Channel orders of every value and plans of every add for the current masks; returns
     the residual groups."""
     A.compute_lives()
