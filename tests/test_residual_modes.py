@@ -13,7 +13,7 @@ from graphprune import costs
 from graphprune.models import randomize_batchnorm
 from graphprune.models.yolov5 import Conv
 from conftest import check_compile, random_masks
-from test_passes import ResidualChain, keep
+from test_compile_situations import ResidualChain, keep
 
 MASKS = {"stem.bn": keep(16, range(0, 8)), "b1.bn": keep(16, range(4, 12)),
          "b2.bn": keep(16, [1, 3, 5, 7, 9, 11, 13]), "b3.bn": keep(16, [0, 15])}

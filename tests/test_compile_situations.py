@@ -1,4 +1,6 @@
-"""One tiny fixture per situation the compiler must handle; each checks structure and numbers."""
+"""One tiny fixture per graph situation the compiler must handle (residual chains, C3, SPPF,
+chunk/split, depthwise, detect heads, leaves, unknown ops, exclusions, wrong rules); each checks
+structure and numbers."""
 
 from __future__ import annotations
 
