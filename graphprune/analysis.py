@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,17 @@ from . import channels as ch
 from . import specs
 from .emit import Emitter
 from .tracing import module_call_counts
+
+
+@dataclass
+class Solution:
+    """What ``ChannelAnalysis.solve_for`` finds: the grown masks, why each grew (BatchNorm →
+    reasons), the channels live at every node under them, and the rounds it took."""
+
+    masks: dict[str, np.ndarray]
+    reasons: dict[str, list[str]]
+    lives: dict[torch.fx.Node, Any]
+    rounds: int
 
 
 class ChannelAnalysis:
@@ -56,7 +68,8 @@ class ChannelAnalysis:
     def is_prunable_node(self, node: torch.fx.Node) -> bool:
         return node.op == "call_module" and node.target in self.masks and \
             self.call_count(node) == 1 and len(node.args) == 1 and not node.kwargs and \
-            specs.is_tensor(node.args[0]) and specs.channels(node.args[0]) == len(self.masks[node.target])
+            specs.is_tensor(node.args[0]) and \
+            specs.channels(node.args[0]) == len(self.masks[node.target])
 
     def _find_producers(self) -> dict[torch.fx.Node, torch.fx.Node]:
         """Conv/Linear nodes whose only user is a prunable BatchNorm: conv -> BatchNorm."""
@@ -142,6 +155,23 @@ class ChannelAnalysis:
                     self.need(n, one, f"{n.name} may not lose all of its channels")
             self.rules[n].backward(n, self)
         self.structural_only = False
+
+    def adopt(self, masks: dict[str, np.ndarray]) -> None:
+        """Work on ``masks`` from now on: ``solve`` grows them in place, and the passes after
+        the planning read them from here."""
+        self.masks, self.reasons = masks, {}
+
+    def solve_for(self, masks: dict[str, np.ndarray], structural_only: bool = False
+                  ) -> Solution:
+        """The fixed point of the channel requirements from a copy of ``masks``, found without
+        changing this analysis' own masks, reasons, lives or requirements."""
+        state = (self.masks, self.reasons, self.lives, self.requirements)
+        self.masks, self.reasons = {n: m.copy() for n, m in masks.items()}, {}
+        try:
+            rounds = self.solve(structural_only)
+            return Solution(self.masks, self.reasons, self.lives, rounds)
+        finally:
+            self.masks, self.reasons, self.lives, self.requirements = state
 
     def solve(self, structural_only: bool = False, max_rounds: int = 1000) -> int:
         """Grow the masks until every requirement is met (a fixed point).  Returns the number

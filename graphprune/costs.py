@@ -63,9 +63,11 @@ def layer_costs(A: ChannelAnalysis, prunable: Iterable[str]) -> list[LayerCost]:
     return out
 
 
-def estimate(A: ChannelAnalysis, masks: dict[str, np.ndarray],
-             layers: Iterable[LayerCost]) -> tuple[int, int]:
-    """(params, FLOPs) of ``layers`` under ``masks``; ``A.lives`` must be current."""
+def estimate(A: ChannelAnalysis, masks: dict[str, np.ndarray], layers: Iterable[LayerCost],
+             lives: dict[Any, Any] | None = None) -> tuple[int, int]:
+    """(params, FLOPs) of ``layers`` under ``masks``, given the channels live at each node under
+    them (``lives``; by default ``A.lives``, which must then be current)."""
+    lives = A.lives if lives is None else lives
     producer_bn = {conv: bn.target for conv, bn in A.producers.items()}
     params = flops = 0
     for c in layers:
@@ -75,7 +77,7 @@ def estimate(A: ChannelAnalysis, masks: dict[str, np.ndarray],
         m = c.module
         rows = m.weight.shape[0]
         keep_out = int(masks[producer_bn[c.node]].sum()) if c.node in producer_bn else rows
-        live_in = A.lives.get(c.node if c.kind == "inner" else
+        live_in = lives.get(c.node if c.kind == "inner" else
                               (c.node.args[0] if c.node.args else None))
         in_full = m.weight.shape[1] * getattr(m, "groups", 1)
         in_frac = 1.0

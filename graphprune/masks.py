@@ -56,6 +56,12 @@ def batchnorms(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, BATCHNORMS)}
 
 
+def batchnorm_sizes(model: nn.Module) -> dict[str, int]:
+    """{name: channels} of every BatchNorm of ``model``, prunable or not (what a mask request
+    may name)."""
+    return {n: m.num_features for n, m in batchnorms(model).items()}
+
+
 def zero_mask(model: nn.Module, masks: Mapping[str, Any]) -> nn.Module:
     """A copy of ``model`` in which each pruned BatchNorm channel outputs exactly 0.
 
@@ -166,5 +172,6 @@ def round_up_channels(masks: dict[str, np.ndarray], gammas: Mapping[str, np.ndar
     return grown
 
 
-__all__ = ["as_mask", "batchnorms", "count_below", "enforce_min_channels", "global_order",
-           "masked_copy", "masks_from_ranking", "matches", "round_up_channels", "unknown_layer_error", "zero_mask"]
+__all__ = ["BATCHNORMS", "CONVS", "as_mask", "batchnorm_sizes", "batchnorms", "count_below",
+           "enforce_min_channels", "global_order", "masked_copy", "masks_from_ranking", "matches",
+           "round_up_channels", "unknown_layer_error", "zero_mask"]

@@ -52,16 +52,9 @@ class MaskPlan:
 
 def structural_pins(analysis: ChannelAnalysis) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Channels of each prunable BatchNorm that stay whatever the masks ask, and why."""
-    saved = analysis.masks
-    analysis.masks = {n: np.zeros_like(m) for n, m in saved.items()}
-    try:
-        analysis.solve(structural_only=True)
-        pins = analysis.masks
-        reasons = {n: whys[0] for n, whys in analysis.reasons.items()}
-    finally:
-        analysis.masks = saved
-        analysis.reasons = {}
-    return pins, reasons
+    found = analysis.solve_for({n: np.zeros_like(m) for n, m in analysis.masks.items()},
+                               structural_only=True)
+    return found.masks, {n: whys[0] for n, whys in found.reasons.items()}
 
 
 def request(config: CompileConfig, gammas: dict[str, np.ndarray],
@@ -88,9 +81,8 @@ def settle(A: ChannelAnalysis, applied: dict[str, np.ndarray], coupling: list[Co
            fixed: set[str], gammas: dict[str, np.ndarray], round_to: int,
            reasons: dict[str, str]) -> None:
     """Rounding, coupling and the channel requirements, until none changes anything; grows
-    ``applied`` in place (it becomes ``A.masks``) and records why in ``reasons``."""
-    A.masks = applied
-    A.reasons = {}
+    ``applied`` in place (the analysis adopts it) and records why in ``reasons``."""
+    A.adopt(applied)
     while True:
         rounded = round_up_channels(applied, gammas, round_to)
         for n, why in rounded.items():
@@ -132,18 +124,14 @@ def choose_coupling(A: ChannelAnalysis, residual: list[CouplingSet], settled: di
         nodes = max((extra.get(n, 0) for n in cs.names), default=0)
         trial = {n: m.copy() for n, m in settled.items()}
         apply_coupling(trial, [cs], fixed)
-        A.masks, A.reasons = trial, {}
-        A.solve()
-        A.compute_lives()
-        saved = costs.estimate(A, trial, layers)[1] - base_flops
+        found = A.solve_for(trial)
+        saved = costs.estimate(A, found.masks, layers, found.lives)[1] - base_flops
         couple = nodes > 0 and saved < nodes * costs.NODE_FLOPS
         layers_of = [n for n in cs.names if n in settled]
         report[(layers_of or cs.names)[0]] = {"layers": layers_of, "extra_nodes": nodes,
                                               "flops_saved": saved, "coupled": couple}
         if couple:
             chosen.append(cs)
-    A.masks, A.reasons = settled, {}
-    A.compute_lives()
     return chosen, report
 
 

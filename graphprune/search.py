@@ -32,7 +32,7 @@ from .attention import (LFA, LFA_CRITERIA, AttentionReader, CalibrationSet, Feat
 from .context import CompileConfig
 from .costs import LayerCost, estimate, layer_costs
 from .errors import GraphpruneError, GraphpruneWarning
-from .masks import batchnorms, global_order, masks_from_ranking, zero_mask
+from .masks import batchnorm_sizes, global_order, masks_from_ranking, zero_mask
 from .pipeline import attach_fold
 from .pipeline import compile as gp_compile
 from .pipeline import prepare_analysis
@@ -74,7 +74,7 @@ class MaskPlanner:
             warnings.simplefilter("ignore", GraphpruneWarning)
             self.gm, self.ctx = prepare_analysis(model, example_inputs, self.config)
         self.inputs, work = self.ctx.example_inputs, self.ctx.model
-        self.sizes = {n: m.num_features for n, m in batchnorms(work).items()}
+        self.sizes = batchnorm_sizes(work)
         self.last: MaskPlan | None = None
         self.gammas = {n: s.gamma for n, s in self.ctx.statistics.items()}
         if not self.gammas:
