@@ -67,6 +67,8 @@ bench: install
 	$(BIN)/python -m benchmarks.tradeoff --data synthetic
 	$(BIN)/python -m benchmarks.residual_headroom --weights runs/tradeoff-synthetic/seed0/sparse-progressive/last.pt --threshold 0.01 --tag _synthetic_progressive
 	$(BIN)/python -m benchmarks.tradeoff --data nwpu
+	# benchmarks/README.md from its template and the results just written
+	$(BIN)/python -m benchmarks.summary
 
 # the prunability zoo needs torchvision and ultralytics: the second environment
 bench-zoo: install-tv

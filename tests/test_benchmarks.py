@@ -249,3 +249,31 @@ def test_tradeoff_resumes_an_interrupted_run_and_restarts_a_changed_one(tmp_path
     saved = json.loads(torch.load(tmp_path / "run2" / "last.pt", weights_only=True)
                        ["train"]["config"])
     assert saved["seed"] == 4
+
+
+def test_the_benchmarks_readme_is_what_the_results_give(tmp_path):
+    """benchmarks/README.md is generated (python -m benchmarks.summary): committed, it equals
+    what the template and the committed results give, and a changed result changes it."""
+    summary = _script("summary")
+    assert summary.main(["--check"]) == 0
+    template = summary.TEMPLATE.read_text()
+    assert "<!-- tradeoff: nwpu -->" in template and "<!-- tradeoff: synthetic -->" in template
+    results = tmp_path / "results"
+    results.mkdir()
+    for name in ("tradeoff_nwpu.json", "tradeoff_synthetic.json"):
+        payload = json.loads((summary.RESULTS / name).read_text())
+        if name == "tradeoff_nwpu.json":
+            payload["summary"]["reference"]["map50"] = 0.123456
+        (results / name).write_text(json.dumps(payload))
+    text = summary.render(template, results)
+    assert text != summary.OUTPUT.read_text()
+    assert "0 % · 0.123 → " in text
+    # every method of the run has a row, every operating point a column
+    payload = json.loads((results / "tradeoff_nwpu.json").read_text())
+    table = [line for line in summary.tradeoff_table(payload) if line.startswith("|")]
+    methods = {p["method"] for p in payload["summary"]["points"]}
+    assert {line.split(" | ")[0].strip("| ") for line in table[2:]} >= methods
+    ops = {tuple(p["op"]) for p in payload["summary"]["points"]}
+    assert table[0].count("|") == len(ops) + 2
+    with pytest.raises(SystemExit, match="tradeoff_missing.json"):
+        summary.render("<!-- tradeoff: missing -->", results)
