@@ -230,11 +230,25 @@ def _compile_folded(model: nn.Module, example_inputs: Any, **options) -> Compile
         warnings.simplefilter("ignore", GraphpruneWarning)
         first = compile(model, inputs, **{**options, "verify": False})
     applied = {n: m.numpy() for n, m in first.masks.items()}
-    folded, report = fold_pruned_bias(model, applied, inputs)
     keep = {k: v for k, v in options.items() if k not in ("masks", "threshold", "prune_ratio")}
-    result = compile(folded, inputs, masks=applied, **keep)
-    attach_fold(result, model, applied, report)
+    result = compile_folded(model, inputs, applied, **keep)
     result.requested, result.pinned, result.layers = first.requested, first.pinned, first.layers
+    return result
+
+
+def compile_folded(model: nn.Module, example_inputs: Any, applied: Mapping[str, Any], *,
+                   fold_inputs: Any = None, **options) -> CompileResult:
+    """Compile ``model`` with exactly the keep masks ``applied``, the constants of the channels
+    they remove folded into their consumers first (``graphprune.fold``, on ``fold_inputs``,
+    by default the example inputs); ``result.fold`` records the folds.  The one place the
+    folded compile happens, for ``compile(..., fold_pruned_bias=True)`` and for the
+    target-guided search."""
+    inputs = as_inputs(example_inputs)
+    masks = {n: np.asarray(m, dtype=bool) for n, m in applied.items()}
+    folded, report = fold_pruned_bias(model, masks, inputs if fold_inputs is None
+                                      else as_inputs(fold_inputs))
+    result = compile(folded, inputs, masks=masks, **options)
+    attach_fold(result, model, masks, report)
     return result
 
 
@@ -280,4 +294,4 @@ def analyze(model: nn.Module, example_inputs: Any, *, leaves: Iterable[str] = ()
 
 
 __all__ = ["ANALYSIS_PASSES", "CompileResult", "ModelReport", "analyze", "attach_fold", "compile",
-           "prepare", "prepare_analysis", "run_passes", "validate_request"]
+           "compile_folded", "prepare", "prepare_analysis", "run_passes", "validate_request"]

@@ -33,9 +33,8 @@ from .context import CompileConfig
 from .costs import LayerCost, estimate, layer_costs
 from .errors import GraphpruneError, GraphpruneWarning
 from .masks import batchnorm_sizes, global_order, masks_from_ranking, zero_mask
-from .pipeline import attach_fold
 from .pipeline import compile as gp_compile
-from .pipeline import prepare_analysis
+from .pipeline import compile_folded, prepare_analysis
 from .planning import MaskPlan, plan_masks
 from .specs import LEAF_USAGE
 from .stats import count_flops, count_params
@@ -419,21 +418,19 @@ def prune_to_target(model: nn.Module, example_inputs: Any, calibration: Calibrat
                                                    "|γ| ≈ 0")
     plan = found.plan
     on_cpu = all(p.device.type == "cpu" for p in model.parameters())
-    cpu_model = source = model if on_cpu else copy.deepcopy(model).cpu()
+    cpu_model = model if on_cpu else copy.deepcopy(model).cpu()
+    options = dict(residual=residual, min_channels=min_channels, round_to=round_to,
+                   exclude=exclude, leaves=leaves)
     if fold_pruned_bias:        # compile the folded model, with the masks already applied
-        source, fold_report = bias_folding.fold_pruned_bias(
-            cpu_model, plan.masks,
-            tuple(t.cpu() if isinstance(t, torch.Tensor) else t for t in searcher.fold_inputs))
-        chosen = plan.masks
-    else:
-        chosen = plan.requested
-    compiled = gp_compile(source, example_inputs,
-                          masks={n: torch.as_tensor(m) for n, m in chosen.items()},
-                          residual=residual, min_channels=min_channels, round_to=round_to,
-                          exclude=exclude, leaves=leaves)
-    if fold_pruned_bias:
-        attach_fold(compiled, cpu_model, plan.masks, fold_report)
+        compiled = compile_folded(
+            cpu_model, example_inputs, plan.masks, **options,
+            fold_inputs=tuple(t.cpu() if isinstance(t, torch.Tensor) else t
+                              for t in searcher.fold_inputs))
         compiled.pinned = dict(plan.pinned)
+    else:
+        compiled = gp_compile(cpu_model, example_inputs,
+                              masks={n: torch.as_tensor(m) for n, m in plan.requested.items()},
+                              **options)
     for name, mask in plan.masks.items():
         if not np.array_equal(compiled.masks[name].numpy(), mask):
             raise GraphpruneError(f"internal error: the searched masks of {name!r} differ from "
