@@ -74,6 +74,11 @@ class Rule:
     def order(self, node: torch.fx.Node, A: ChannelAnalysis):
         return None
 
+    def emit_as_is(self, node: torch.fx.Node, E: Emitter, A: ChannelAnalysis):
+        """The node copied unchanged: its inputs already hold what it computes on (the
+        ``emit`` of every rule whose op needs no rewriting)."""
+        return E.copy_node(node)
+
     def emit(self, node: torch.fx.Node, E: Emitter, A: ChannelAnalysis):
         args = torch.fx.node.map_arg(node.args, lambda n: A.emit_full(E, n))
         kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: A.emit_full(E, n))
@@ -86,8 +91,7 @@ class Placeholder(Rule):
     def backward(self, node: torch.fx.Node, A: ChannelAnalysis) -> None:
         pass
 
-    def emit(self, node: torch.fx.Node, E: Emitter, A: ChannelAnalysis):
-        return E.copy_node(node)
+    emit = Rule.emit_as_is
 
 
 class GetAttr(Rule):
@@ -140,8 +144,7 @@ class Passthrough(Rule):
     def order(self, node: torch.fx.Node, A: ChannelAnalysis):
         return A.order(self.tensor_input(node))
 
-    def emit(self, node: torch.fx.Node, E: Emitter, A: ChannelAnalysis):
-        return E.copy_node(node)
+    emit = Rule.emit_as_is
 
 
 class ZeroPreservingModule(Passthrough):
@@ -232,8 +235,7 @@ class ShapeQuery(Rule):
     def live(self, node: torch.fx.Node, A: ChannelAnalysis):
         return None
 
-    def emit(self, node: torch.fx.Node, E: Emitter, A: ChannelAnalysis):
-        return E.copy_node(node)
+    emit = Rule.emit_as_is
 
 
 # -- layers -------------------------------------------------------------------------------------
@@ -612,8 +614,7 @@ class Flatten(Rule):
         inner = self._inner(node)
         return (have[:, None] * inner + np.arange(inner)[None, :]).reshape(-1)
 
-    def emit(self, node: torch.fx.Node, E: Emitter, A: ChannelAnalysis):
-        return E.copy_node(node)
+    emit = Rule.emit_as_is
 
 
 class Multiply(Rule):
