@@ -101,6 +101,7 @@ def write_artifacts(compiled, out: Path, report: dict[str, Any], *, overwrite: b
     there (a fine-tune run, plots; images among them are shown in report.md); it may update
     ``report``.  ``ultralytics_checkpoint``: also write an ultralytics checkpoint of the slim
     model there, built from ``source_model``."""
+    check_schema(report)
     console = console or Console(stderr=True)
     written: list[str] = []
     with atomic_directory(out, overwrite=overwrite) as tmp:
@@ -128,7 +129,12 @@ def write_artifacts(compiled, out: Path, report: dict[str, Any], *, overwrite: b
         if started is not None:
             report["seconds"] = round(time.perf_counter() - started, 3)
         plots = [name for name in written if name.endswith((".png", ".svg"))]
-        check_schema(report)
+        try:
+            check_schema(report)            # ``extra`` may have added keys
+        except ValueError:
+            if ultralytics_checkpoint is not None:
+                Path(ultralytics_checkpoint).unlink(missing_ok=True)
+            raise
         (tmp / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
         (tmp / "report.md").write_text(markdown(report, plots))
     return report

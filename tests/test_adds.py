@@ -10,7 +10,7 @@ import pytest
 
 from graphprune import adds
 from graphprune.adds import AddPlan, plan_add
-from graphprune.emit import MAX_SLICE_RUNS, runs, selection_plan
+from graphprune.emit import runs, selection_plan
 
 
 def run_plan(plan: AddPlan, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -43,7 +43,6 @@ def check(oa, ob, rank=None) -> AddPlan:
     got = run_plan(plan, full_a[oa], full_b[ob])
     assert sorted(plan.order.tolist()) == sorted(set(oa.tolist()) | set(ob.tolist()))
     np.testing.assert_allclose(got, (dense_a + dense_b)[plan.order])
-    assert plan.nodes(len(oa), len(ob)) >= 0
     return plan
 
 
@@ -104,8 +103,14 @@ def test_runs_and_selection_plan():
     assert runs([3, 2]) == [(3, 1), (2, 1)]                 # descending is not one run
     assert selection_plan(range(6), 6) == ("all", None)
     assert selection_plan([1, 2, 3], 6) == ("slices", [(1, 3)])
-    positions = [0, 2, 4]
-    kind, how = selection_plan(positions, 6)
-    assert (kind, how) == (("slices", runs(positions)) if len(runs(positions)) <=
-                           MAX_SLICE_RUNS else ("gather", positions))
     assert selection_plan([4, 0], 6) == ("gather", [4, 0])
+
+
+def test_selection_plan_slices_up_to_the_cut_over_then_gathers(monkeypatch):
+    from graphprune import emit
+    monkeypatch.setattr(emit, "MAX_SLICE_RUNS", 3)
+    assert selection_plan([0, 2, 4], 6) == ("slices", [(0, 1), (2, 1), (4, 1)])
+    assert selection_plan([0, 2, 4, 5], 8) == ("slices", [(0, 1), (2, 1), (4, 2)])
+    assert selection_plan([0, 2, 4, 6], 8) == ("gather", [0, 2, 4, 6])
+    monkeypatch.setattr(emit, "MAX_SLICE_RUNS", 1)
+    assert selection_plan([0, 2, 4], 6) == ("gather", [0, 2, 4])
