@@ -114,9 +114,12 @@ def prune_and_measure(weights: Path, data, imgsz: int, lfa_target: float, calib,
         names = prunable_batchnorms(model, example)
     prunable = np.sort(np.concatenate([modules[n].weight.detach().abs().cpu().numpy()
                                        for n in names]))
+    # δ just above the k-th smallest |γ|: the k smallest go, and with them every tie (a
+    # progressive model holds many exact zeros, which a δ equal to them would keep)
     row["residual_sweep"] = [
         {"gamma_share_below": q,
-         **residual_pair(model, example, float(prunable[int(q * len(prunable))]))}
+         **residual_pair(model, example, float(np.nextafter(
+             prunable[max(int(q * len(prunable)) - 1, 0)], np.inf)))}
         for q in (0.3, 0.5, 0.7)]
     return row
 
