@@ -114,14 +114,18 @@ def prune_and_measure(weights: Path, data, imgsz: int, lfa_target: float, calib,
         names = prunable_batchnorms(model, example)
     prunable = np.sort(np.concatenate([modules[n].weight.detach().abs().cpu().numpy()
                                        for n in names]))
-    # δ just above the k-th smallest |γ|: the k smallest go, and with them every tie (a
-    # progressive model holds many exact zeros, which a δ equal to them would keep)
     row["residual_sweep"] = [
-        {"gamma_share_below": q,
-         **residual_pair(model, example, float(np.nextafter(
-             prunable[max(int(q * len(prunable)) - 1, 0)], np.inf)))}
+        {"gamma_share_below": q, **residual_pair(model, example, share_threshold(prunable, q))}
         for q in (0.3, 0.5, 0.7)]
     return row
+
+
+def share_threshold(gammas: np.ndarray, share: float) -> float:
+    """The global δ that prunes (|γ| < δ) at least ``share`` of the sorted |γ| ``gammas``: just
+    above the k-th smallest, so that its ties go too (a progressive model holds many exact
+    zeros, which a δ equal to them would keep)."""
+    k = max(int(share * len(gammas)), 1)
+    return float(np.nextafter(gammas[k - 1], np.inf))
 
 
 def trajectory(run: Path, every: int, imgsz: int, lfa_target: float, calib,

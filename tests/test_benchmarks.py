@@ -277,3 +277,15 @@ def test_the_benchmarks_readme_is_what_the_results_give(tmp_path):
     assert table[0].count("|") == len(ops) + 2
     with pytest.raises(SystemExit, match="tradeoff_missing.json"):
         summary.render("<!-- tradeoff: missing -->", results)
+
+
+def test_the_residual_sweep_threshold_prunes_the_share_and_its_ties():
+    import numpy as np
+
+    share_threshold = _script("ablation").share_threshold
+    gammas = np.sort(np.array([0.5, 0.1, 0.3, 0.2, 0.4, 0.6, 0.7, 0.8, 0.9, 1.0]))
+    delta = share_threshold(gammas, 0.3)
+    assert (gammas < delta).sum() == 3                       # continuous γ: exactly the share
+    faded = np.sort(np.array([0.0] * 8 + [0.5, 0.9]))        # a progressive model: exact zeros
+    for share in (0.3, 0.5, 0.7):
+        assert (faded < share_threshold(faded, share)).sum() == 8
