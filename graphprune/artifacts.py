@@ -87,7 +87,7 @@ def plain_goal(request: dict[str, Any]) -> str:
 
 
 def write_artifacts(compiled, out: Path, report: dict[str, Any], *, overwrite: bool = False,
-                    pt2: bool = True, onnx: bool = True,
+                    inputs: Iterable[str | Path] = (), pt2: bool = True, onnx: bool = True,
                     ultralytics_checkpoint: Path | None = None,
                     source_model: torch.nn.Module | None = None,
                     ultralytics_extra: dict[str, Any] | None = None,
@@ -99,12 +99,13 @@ def write_artifacts(compiled, out: Path, report: dict[str, Any], *, overwrite: b
 
     ``extra(tmp)`` runs first inside the directory being built and returns the names it wrote
     there (a fine-tune run, plots; images among them are shown in report.md); it may update
-    ``report``.  ``ultralytics_checkpoint``: also write an ultralytics checkpoint of the slim
+    ``report``.  ``inputs``: the files the compile read, which ``out`` may not overlap.
+    ``ultralytics_checkpoint``: also write an ultralytics checkpoint of the slim
     model there, built from ``source_model``."""
     check_schema(report)
     console = console or Console(stderr=True)
     written: list[str] = []
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    with atomic_directory(out, overwrite=overwrite, inputs=inputs) as tmp:
         if extra is not None:
             written += list(extra(tmp))
         compiled.module.cpu()

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
+import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -32,7 +33,7 @@ from .data.cli import add_data_parser
 from .detect.train import TrainConfig, default_workers, resume, train
 from .detect.val import resolve_device, validate
 from .errors import GraphpruneError
-from .export import atomic_path, refuse_existing_output
+from .export import atomic_path, refuse_existing_output, staged_directory
 from .integrations.ultralytics import is_detection_model
 from .masks import batchnorms
 from .models import randomize_batchnorm
@@ -46,6 +47,7 @@ from .workflow import target_compile
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -381,7 +383,7 @@ def cmd_compile(args) -> int:
         raise GraphpruneError("--eval and --finetune-epochs come with a target-guided compile",
                               hint="add --lfa-target T (or --flops-target / --params-target)")
     masks = _read_masks(args.masks) if args.masks else None
-    refuse_existing_output(args.out, args.overwrite)
+    refuse_existing_output(args.out, args.overwrite, inputs=_compile_inputs(args))
     start = time.perf_counter()
     with err_console.status("loading the model"):
         model, inputs = _open(args)
@@ -405,13 +407,21 @@ def cmd_compile(args) -> int:
     report = new_report(result, model=str(args.model), example=inputs[0], request=request,
                         goal=plain_goal(request))
     report = write_artifacts(result, args.out, report, overwrite=args.overwrite,
-                             pt2=not args.no_pt2, onnx=not args.no_onnx,
+                             inputs=_compile_inputs(args), pt2=not args.no_pt2,
+                             onnx=not args.no_onnx,
                              ultralytics_checkpoint=args.ultralytics_checkpoint,
                              source_model=model,
                              ultralytics_extra={"model": str(args.model)}, started=start,
                              console=err_console)
     print_compile_summary(result, args, inputs, report, compile_s)
     return 0
+
+
+def _compile_inputs(args) -> list[Path]:
+    """The files a compile reads: its model (when a path), mask file, data.yaml, baseline."""
+    named = [args.model, getattr(args, "masks", None), getattr(args, "data", None),
+             getattr(args, "baseline", None)]
+    return [Path(x) for x in named if x is not None and Path(x).exists()]
 
 
 def cmd_compile_target(args) -> int:
@@ -423,6 +433,7 @@ def cmd_compile_target(args) -> int:
         if args.imgsz < 32 or args.imgsz % 32:
             raise GraphpruneError(f"--imgsz must be a multiple of 32, got {args.imgsz}")
         args.example_shape = (1, 3, args.imgsz, args.imgsz)
+    refuse_existing_output(args.out, args.overwrite, inputs=_compile_inputs(args))
     with err_console.status("loading the model"):
         model, inputs = _open(args)
     if _nothing_to_prune(model, args.model):
@@ -448,7 +459,7 @@ def cmd_compile_target(args) -> int:
         fold_pruned_bias=args.fold_pruned_bias,
         ultralytics_checkpoint=args.ultralytics_checkpoint, baseline=baseline,
         baseline_name=args.baseline, finetune_recipe=_training_recipe(args.model)
-        if args.finetune_epochs else None,
+        if args.finetune_epochs else None, inputs=_compile_inputs(args),
         console=err_console)
     print_target_summary(report, args.out)
     return 0
@@ -721,10 +732,14 @@ def _run_training(args):
         raise GraphpruneError("--data is required (or --resume a run)",
                               hint="e.g. --data datasets/nwpu/data.yaml")
     out = args.out or Path("runs") / "train"
+    # everything the run reads is checked before its output directory is touched
     refuse_existing_output(out, args.overwrite,
-                           "choose another --out, --resume it, or pass --overwrite")
-    if out.exists():
-        shutil.rmtree(out)
+                           "choose another --out, --resume it, or pass --overwrite",
+                           inputs=[args.data, args.weights])
+    gpdata.load_data_config(args.data)
+    if args.weights is not None and not Path(args.weights).is_file():
+        raise GraphpruneError(f"--weights {str(args.weights)!r} is not a file",
+                              hint="give a checkpoint written by graphprune train or compile")
     config = TrainConfig(data=args.data, model=args.model, weights=args.weights,
                          imgsz=args.imgsz, epochs=args.epochs or 100, batch=args.batch,
                          workers=args.workers, device=args.device, seed=args.seed,
@@ -737,7 +752,11 @@ def _run_training(args):
                          sparsity=args.sparsity, theta=args.theta,
                          **_sparsity_settings(args))
     config.augmentation()              # unknown --hyp keys fail here, before any work
-    return train(config, console=err_console)
+    # a run writes its checkpoints as it goes: an --overwrite'n run is kept aside until the new
+    # one is done, and an interrupted new run stays (it can be resumed)
+    with staged_directory(out, args.overwrite, inputs=[args.data, args.weights],
+                          keep_partial=True):
+        return train(config, console=err_console)
 
 
 def cmd_val(args) -> int:
@@ -791,18 +810,46 @@ def cmd_demo(args) -> int:
 
 
 # -- entry point ----------------------------------------------------------------------------
+class Terminated(BaseException):
+    """SIGTERM, raised where the process is so that every temporary output is cleaned up."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+def _notes(exc: BaseException) -> str:
+    notes = getattr(exc, "__notes__", None)
+    return "; " + "; ".join(notes) if notes else ""
+
+
+def _left(exc: BaseException) -> str:
+    """What an interrupted command left: its notes (a training's partial run), else nothing."""
+    notes = getattr(exc, "__notes__", None)
+    return "; ".join(notes) if notes else "nothing was written"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args)
-    except KeyboardInterrupt:
-        err_console.print("graphprune: interrupted; nothing was written")
+    except KeyboardInterrupt as exc:
+        err_console.print(f"graphprune: interrupted; {_left(exc)}", markup=False,
+                          soft_wrap=True)
         return EXIT_INTERRUPTED
+    except Terminated as exc:
+        err_console.print(f"graphprune: terminated (SIGTERM); {_left(exc)}", markup=False,
+                          soft_wrap=True)
+        return EXIT_TERMINATED
     except GraphpruneError as exc:
         if args.debug:
             raise
-        err_console.print(f"graphprune: error: {exc}", markup=False, soft_wrap=True)
+        err_console.print(f"graphprune: error: {exc}{_notes(exc)}", markup=False,
+                          soft_wrap=True)
         return EXIT_ERROR
     except (OSError, MemoryError) as exc:
         if args.debug:
@@ -811,6 +858,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         err_console.print(f"graphprune: error: {type(exc).__name__}: "
                           f"{getattr(exc, 'strerror', None) or exc}{where}", markup=False, soft_wrap=True)
         return EXIT_ERROR
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

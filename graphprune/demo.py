@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +19,7 @@ from . import data as gpdata
 from .checkpoint import load
 from .detect.train import TrainConfig, train
 from .errors import GraphpruneError
-from .export import refuse_existing_output
+from .export import staged_directory
 from .workflow import target_compile
 
 DEMO_SETTINGS = {
@@ -70,10 +69,14 @@ def run_demo(out: Path, quick: bool = False, overwrite: bool = False, lfa_target
     console = console or Console(stderr=True)
     s = DEMO_SETTINGS["quick" if quick else "full"]
     sparsity = demo_sparsity(mode, quick)
-    refuse_existing_output(out, overwrite)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    with staged_directory(out, overwrite) as out:       # nothing partial is left on failure
+        return _demo_steps(out, s, sparsity, lfa_target, device, mode, finetune,
+                           lfa_criterion, console)
+
+
+def _demo_steps(out: Path, s: dict[str, Any], sparsity: dict[str, Any], lfa_target: float,
+                device: str, mode: str, finetune: bool, lfa_criterion: str,
+                console: Console) -> dict[str, Any]:
     start = time.perf_counter()
     timings: dict[str, float] = {}
     steps = 5 if finetune else 4

@@ -21,7 +21,7 @@ import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import onnxruntime as ort
@@ -53,36 +53,117 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
 
 
 def refuse_existing_output(path: str | Path, overwrite: bool,
-                           hint: str = "choose another --out or pass --overwrite") -> None:
-    """The one check every command that writes an output directory makes first."""
-    if Path(path).exists() and not overwrite:
-        raise GraphpruneError(f"output directory {str(path)!r} already exists", hint=hint)
-
-
-@contextmanager
-def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield an empty temporary directory beside ``path``; when the block succeeds it becomes
-    ``path`` (replacing an existing one only with ``overwrite``).  On failure nothing changes."""
+                           hint: str = "choose another --out or pass --overwrite",
+                           inputs: Iterable[str | Path | None] = ()) -> None:
+    """The one check every command that writes an output directory makes before any work: an
+    existing ``path`` needs ``overwrite`` and must be a directory; ``path`` may not be the
+    current directory (or hold it), and may not be, hold or lie inside any of ``inputs`` (an
+    overwrite would delete them, or the output would land among them)."""
     path = Path(path)
-    refuse_existing_output(path, overwrite, "choose another output directory or pass --overwrite")
+    if path.exists() and not overwrite:
+        raise GraphpruneError(f"output directory {str(path)!r} already exists", hint=hint)
     if path.exists() and not path.is_dir():
         raise GraphpruneError(f"{str(path)!r} exists and is not a directory",
                               hint="choose another output directory")
+    target = path.resolve()
+    here = Path.cwd().resolve()
+    if target == here or target in here.parents:
+        raise GraphpruneError(f"output directory {str(path)!r} is the current directory or "
+                              f"holds it", hint="choose a new folder, e.g. runs/NAME")
+    for item in inputs:
+        if item is None or str(item) == "":
+            continue
+        source = Path(item).resolve()
+        if source == target or target in source.parents or source in target.parents:
+            relation = ("is" if source == target else "holds" if target in source.parents
+                        else "lies inside")
+            raise GraphpruneError(f"output directory {str(path)!r} {relation} the input "
+                                  f"{str(item)!r}", hint="write the output somewhere else; "
+                                                         "inputs are only read")
+
+
+class OutputRace(GraphpruneError):
+    """Another process created the output directory while this one was building it."""
+
+
+@contextmanager
+def atomic_directory(path: str | Path, overwrite: bool = False,
+                     inputs: Iterable[str | Path | None] = ()) -> Iterator[Path]:
+    """Yield an empty temporary directory beside ``path``; when the block succeeds it becomes
+    ``path`` (replacing an existing one only with ``overwrite``, and the old one only once the
+    new one is complete).  On failure, or when another process created ``path`` meanwhile
+    without ``overwrite``, nothing of this run is kept and nothing else changes."""
+    path = Path(path)
+    refuse_existing_output(path, overwrite, "choose another output directory or pass "
+                                            "--overwrite", inputs)
+    path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         old = None
-        if path.exists():
+        if path.exists() and overwrite:
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old",
                                         dir=path.parent))
             os.replace(path, old / path.name)
-        os.replace(tmp, path)
+        elif path.exists():
+            raise OutputRace(f"output directory {str(path)!r} was created by another process "
+                             f"while this one ran; this run's output was not kept",
+                             hint="give each run its own --out")
+        try:
+            # rename refuses a non-empty target: a writer that won the race keeps its output
+            os.rename(tmp, path)
+        except OSError:
+            raise OutputRace(f"output directory {str(path)!r} was created by another process "
+                             f"while this one ran; this run's output was not kept",
+                             hint="give each run its own --out") from None
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def staged_directory(path: str | Path, overwrite: bool = False,
+                     inputs: Iterable[str | Path | None] = (),
+                     keep_partial: bool = False) -> Iterator[Path]:
+    """For commands that write into their output as they go (training, the demo): ``path`` is
+    created here, exclusively (a concurrent run on the same ``path`` is refused).  With
+    ``overwrite`` an existing ``path`` is first moved aside, and deleted only when the block
+    succeeds.  On failure the partial ``path`` is removed and the old one put back; with
+    ``keep_partial`` (a training run, which can be resumed) the partial run stays and the old
+    one is kept aside, and a note on the exception says where."""
+    given = Path(path)
+    refuse_existing_output(given, overwrite, "choose another --out or pass --overwrite", inputs)
+    path = given.resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    aside = None
+    if path.exists() and overwrite:         # keep it until the new run is done
+        aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+        os.replace(path, aside / path.name)
+    try:
+        path.mkdir()
+    except FileExistsError:
+        if aside is not None:
+            os.replace(aside / path.name, path)
+            shutil.rmtree(aside, ignore_errors=True)
+        raise OutputRace(f"output directory {str(path)!r} was created by another process just "
+                         f"now", hint="give each run its own --out") from None
+    try:
+        yield given
+    except BaseException as exc:
+        if keep_partial:
+            exc.add_note(f"the partial run stays at {str(path)!r}" + (
+                f", the previous one at {str(aside / path.name)!r}" if aside is not None else ""))
+            raise
+        shutil.rmtree(path, ignore_errors=True)
+        if aside is not None:
+            os.replace(aside / path.name, path)
+            shutil.rmtree(aside, ignore_errors=True)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def save_checkpoint(module: nn.Module, recipe: dict[str, Any], path: str | Path) -> Path:
@@ -201,5 +282,6 @@ def onnx_parity(path: str | Path, inputs: tuple[Any, ...], expected: list[torch.
     return None
 
 
-__all__ = ["FORMAT", "ONNX_OPSET", "VERSION", "atomic_directory", "atomic_path", "export_onnx",
-           "export_pt2", "onnx_parity", "refuse_existing_output", "save_checkpoint"]
+__all__ = ["FORMAT", "ONNX_OPSET", "VERSION", "OutputRace", "atomic_directory", "atomic_path",
+           "export_onnx", "export_pt2", "onnx_parity", "refuse_existing_output", "save_checkpoint",
+           "staged_directory"]

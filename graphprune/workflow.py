@@ -7,7 +7,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -65,6 +65,7 @@ def target_compile(model: torch.nn.Module, example: torch.Tensor, *, data_yaml: 
                    fold_pruned_bias: bool = False, ultralytics_checkpoint: Path | None = None,
                    baseline: torch.nn.Module | None = None, baseline_name: str | None = None,
                    finetune_recipe: dict[str, Any] | None = None,
+                   inputs: Iterable[str | Path] = (),
                    console: Console | None = None) -> dict[str, Any]:
     """Search → compile → (evaluate, fine-tune) → write ``out`` (and, for an ultralytics
     model, ``ultralytics_checkpoint``).  Returns report.json's data.
@@ -72,10 +73,11 @@ def target_compile(model: torch.nn.Module, example: torch.Tensor, *, data_yaml: 
     ``baseline``: the unpruned model the sparse one was trained from; with ``evaluate`` its mAP
     heads the report's accuracy table, so the drop is measured from it, not from the sparse
     model.  ``finetune_recipe``: TrainConfig settings for the fine-tune (e.g. the recipe the
-    model was trained with)."""
+    model was trained with); ``inputs``: the files the compile reads, which ``out`` may not
+    overlap."""
     console = console or Console(stderr=True)
     start = time.perf_counter()
-    refuse_existing_output(out, overwrite)
+    refuse_existing_output(out, overwrite, inputs=inputs)
     imgsz = int(example.shape[-1])
     if example.ndim != 4 or example.shape[-2] != imgsz:
         raise GraphpruneError(f"target-guided compiles need a square image input, got "
@@ -181,7 +183,8 @@ def target_compile(model: torch.nn.Module, example: torch.Tensor, *, data_yaml: 
                 written.append("attention.png")
         return written
 
-    return write_artifacts(compiled, out, report, overwrite=overwrite, pt2=pt2, onnx=onnx,
+    return write_artifacts(compiled, out, report, overwrite=overwrite, inputs=inputs,
+                           pt2=pt2, onnx=onnx,
                            ultralytics_checkpoint=ultralytics_checkpoint, source_model=model,
                            ultralytics_extra={"model": model_name, "data": data_yaml,
                                               "lfa": report["lfa"], "lfa_target": lfa_target},

@@ -244,7 +244,8 @@ def split_names(names: Iterable[str], val_fraction: float, seed: int) -> dict[st
 
 def write_split_dataset(out: str | Path, samples: list[Sample], names: list[str],
                         val_fraction: float, seed: int, overwrite: bool,
-                        problems: list[str]) -> ConversionReport:
+                        problems: list[str], inputs: Iterable[str | Path] = ()
+                        ) -> ConversionReport:
     """Split ``samples`` into train and val by :func:`split_names` and write them."""
     if not samples:
         first = f"; first problem: {problems[0]}" if problems else ""
@@ -252,18 +253,19 @@ def write_split_dataset(out: str | Path, samples: list[Sample], names: list[str]
                               hint="check the source folder's layout")
     split = split_names([s.name for s in samples], val_fraction, seed)
     splits = {part: [s for s in samples if split[s.name] == part] for part in ("train", "val")}
-    return write_yolo_dataset(out, splits, names, overwrite, problems)
+    return write_yolo_dataset(out, splits, names, overwrite, problems, inputs)
 
 
 def write_yolo_dataset(out: str | Path, splits: dict[str, Iterable[Sample]], names: list[str],
-                       overwrite: bool = False, problems: list[str] | None = None
-                       ) -> ConversionReport:
+                       overwrite: bool = False, problems: list[str] | None = None,
+                       inputs: Iterable[str | Path] = ()) -> ConversionReport:
     """Write ``splits`` as a YOLO dataset at ``out`` atomically (built beside it, then renamed);
-    refuses an existing ``out`` unless ``overwrite``."""
+    refuses an existing ``out`` unless ``overwrite``, and an ``out`` overlapping ``inputs``
+    (the source being converted)."""
     out = Path(out)
     report = ConversionReport(out=out, names=list(names), images={}, boxes={},
                               problems=list(problems or []))
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    with atomic_directory(out, overwrite=overwrite, inputs=inputs) as tmp:
         for split, samples in splits.items():
             images, labels = tmp / "images" / split, tmp / "labels" / split
             images.mkdir(parents=True)

@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import GraphpruneError
-from .config import (ConversionReport, Sample, annotated_sample, is_image,
-                     write_split_dataset)
+from .config import ConversionReport, Sample, annotated_sample, is_image, write_split_dataset
 from .labels import clip_pixel_box, parse_lines
 
 NWPU_NAMES = ["airplane", "ship", "storage tank", "baseball diamond", "tennis court",
@@ -79,5 +78,5 @@ def convert_nwpu(src: str | Path, out: str | Path, val_fraction: float = 0.2, se
     images hard-linked or copied, never re-encoded)."""
     samples, problems = nwpu_samples(src)
     return write_split_dataset(out, samples, NWPU_NAMES, val_fraction, seed, overwrite,
-                               problems)
+                               problems, inputs=[src])
 

@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import GraphpruneError
-from .config import (ConversionReport, Sample, annotated_sample, is_image,
-                     write_split_dataset)
+from .config import ConversionReport, Sample, annotated_sample, is_image, write_split_dataset
 from .labels import clip_pixel_box
 
 RSOD_NAMES = ["aircraft", "oiltank", "overpass", "playground"]
@@ -106,4 +105,4 @@ def convert_rsod(src: str | Path, out: str | Path, val_fraction: float = 0.2, se
     hard-linked or copied, never re-encoded)."""
     samples, problems = rsod_samples(src)
     return write_split_dataset(out, samples, RSOD_NAMES, val_fraction, seed, overwrite,
-                               problems)
+                               problems, inputs=[src])
