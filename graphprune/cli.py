@@ -26,10 +26,13 @@ from rich.table import Table
 
 from . import __version__
 from . import data as gpdata
+from .argtypes import (classes, image_side, non_negative, non_negative_real, positive,
+                       positive_real, real, unit_interval, whole)
 from .artifacts import new_report, plain_goal, write_artifacts
 from .checkpoint import open_model
 from .context import CompileConfig
 from .data.cli import add_data_parser
+from .demo import run_demo
 from .detect.train import TrainConfig, default_workers, resume, train
 from .detect.val import resolve_device, validate
 from .errors import GraphpruneError
@@ -42,7 +45,6 @@ from .pipeline import compile as gp_compile
 from .pipeline import validate_request
 from .report import accuracy_rows, fold_sentence
 from .sparsity import default_phases
-from .demo import run_demo
 from .workflow import target_compile
 
 EXIT_ERROR = 1
@@ -63,36 +65,15 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def _number(ok, problem: str):
-    """An argparse type: a float for which ``ok`` holds, else ``problem`` (formatted)."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not (np.isfinite(value) and ok(value)):
-            raise argparse.ArgumentTypeError(problem.format(text))
-        return value
-    return parse
-
-
-_ratio = _number(lambda v: 0 <= v < 1,
+_ratio = real(lambda v: 0 <= v < 1,
                  "{} is outside [0, 1): 0.5 prunes half of the prunable channels")
-_threshold = _number(lambda v: v >= 0, "{}: the threshold on |γ| must be >= 0")
-_positive = _number(lambda v: v > 0, "{}: the LFA target must be > 0 (0.01 allows a 1 % loss)")
-_open_ratio = _number(lambda v: 0 < v < 1, "{} is outside (0, 1): 0.65 removes 65 %")
+_threshold = real(lambda v: v >= 0, "{}: the threshold on |γ| must be >= 0")
+_positive = real(lambda v: v > 0, "{}: the LFA target must be > 0 (0.01 allows a 1 % loss)")
+_open_ratio = real(lambda v: 0 < v < 1, "{} is outside (0, 1): 0.65 removes 65 %")
 SPARSITY_MODES = ("progressive", "l1rr", "dsm", "ns", "si", "hoyer", "polar")
 
 
-def _period(text: str) -> int:
-    """An argparse type: a whole number of epochs >= 0 (0 turns the option off)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text}: give a number of epochs >= 0 (0: off)")
-    return value
+_period = whole(0, what="a number of epochs (0: off)")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -100,7 +81,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL",
                    help="a graphprune checkpoint, a pickled nn.Module (with "
                         "--trust-checkpoint), or a built-in name such as yolov5s")
-    p.add_argument("--num-classes", type=int, default=None,
+    p.add_argument("--num-classes", type=classes, default=None,
                    help="classes of a built-in model (default: its own default)")
     p.add_argument("--example-shape", type=_shape, default=None, metavar="N,C,H,W",
                    help="example input shape (default: the checkpoint's, else "
@@ -110,7 +91,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                         "files you trust)")
     p.add_argument("--leaf", action="append", default=[], metavar="MODULE",
                    help="keep this submodule whole in the trace (repeatable)")
-    p.add_argument("--random-bn", type=int, default=None, metavar="SEED",
+    p.add_argument("--random-bn", type=non_negative, default=None, metavar="SEED",
                    help="randomise the BatchNorm γ/β and statistics first (a stand-in "
                         "for a trained model when trying a built-in one)")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -139,9 +120,9 @@ def _compile_parser(sub) -> None:
     c.add_argument("--data", default=None, metavar="D.yaml",
                    help="dataset (ultralytics data.yaml): its val images calibrate the LFA "
                         "search and --eval measures mAP on them")
-    c.add_argument("--imgsz", type=int, default=None, metavar="S",
+    c.add_argument("--imgsz", type=image_side, default=None, metavar="S",
                    help="square input size (default: the checkpoint's, else 640)")
-    c.add_argument("--calib-images", type=int, default=64, metavar="N",
+    c.add_argument("--calib-images", type=positive, default=64, metavar="N",
                    help="val images the LFA is measured on (default 64)")
     c.add_argument("--lfa-mode", choices=("confidence", "features"), default="confidence",
                    help="F = the head's target confidence (default) or the feature maps "
@@ -155,14 +136,14 @@ def _compile_parser(sub) -> None:
     c.add_argument("--baseline", default=None, metavar="CKPT",
                    help="with --eval: the unpruned model the sparse one was trained from "
                         "(a graphprune checkpoint); the report measures the drop from it")
-    c.add_argument("--finetune-epochs", type=int, default=0, metavar="N",
+    c.add_argument("--finetune-epochs", type=non_negative, default=0, metavar="N",
                    help="fine-tune the slim model for N epochs (written to DIR/finetune; "
                         "L1RR needs none)")
     c.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     c.add_argument("--fold-pruned-bias", action="store_true",
                    help="fold the constant a pruned channel still emits (act(β)) into "
                         "downstream biases; the reference becomes the γ-zeroed model")
-    c.add_argument("--heatmaps", type=int, default=4, metavar="N",
+    c.add_argument("--heatmaps", type=non_negative, default=4, metavar="N",
                    help="calibration images drawn in attention.png (default 4, 0 = none)")
     c.add_argument("--out", type=Path, required=True, metavar="DIR",
                    help="output directory (refused if it exists, unless --overwrite)")
@@ -172,9 +153,9 @@ def _compile_parser(sub) -> None:
                         "couple: one shared mask per residual group (conventional); auto: "
                         "reconstruct a group only where the FLOPs it saves outweigh the "
                         "extra nodes it takes")
-    c.add_argument("--min-channels", type=int, default=1, metavar="K",
+    c.add_argument("--min-channels", type=positive, default=1, metavar="K",
                    help="keep at least K channels in every layer (default 1)")
-    c.add_argument("--round-to", type=int, default=1, metavar="K",
+    c.add_argument("--round-to", type=positive, default=1, metavar="K",
                    help="keep a multiple of K channels in every layer, the extra ones by |γ| "
                         "(default 1: no rounding)")
     c.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
@@ -204,28 +185,28 @@ def _train_parser(sub) -> None:
     t.add_argument("--model", default="yolov5s", help="built-in architecture (default yolov5s)")
     t.add_argument("--weights", default=None, metavar="CKPT",
                    help="start from this graphprune checkpoint (e.g. a compiled slim model)")
-    t.add_argument("--imgsz", type=int, default=640)
-    t.add_argument("--epochs", type=int, default=None,
+    t.add_argument("--imgsz", type=image_side, default=640)
+    t.add_argument("--epochs", type=positive, default=None,
                    help="epochs to train (default 100; with --resume: the run's own)")
-    t.add_argument("--batch", type=int, default=16)
-    t.add_argument("--workers", type=int, default=None,
+    t.add_argument("--batch", type=positive, default=16)
+    t.add_argument("--workers", type=non_negative, default=None,
                    help="loader processes (default: 0 on <= 2 cores, else half the cores)")
     t.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=non_negative, default=0)
     t.add_argument("--out", type=Path, default=None, metavar="DIR")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     t.add_argument("--resume", type=Path, default=None, metavar="LAST_PT",
                    help="continue the run that wrote this last.pt (its settings are reused; "
                         "--epochs may extend it)")
-    t.add_argument("--lr0", type=float, default=0.01, help="initial learning rate")
-    t.add_argument("--lrf", type=float, default=0.01, help="final learning rate, × lr0")
+    t.add_argument("--lr0", type=positive_real, default=0.01, help="initial learning rate")
+    t.add_argument("--lrf", type=positive_real, default=0.01, help="final learning rate, × lr0")
     t.add_argument("--cos-lr", action="store_true", help="cosine instead of linear decay")
-    t.add_argument("--warmup-epochs", type=float, default=3.0)
-    t.add_argument("--nominal-batch", type=int, default=64, metavar="N",
+    t.add_argument("--warmup-epochs", type=non_negative_real, default=3.0)
+    t.add_argument("--nominal-batch", type=positive, default=64, metavar="N",
                    help="accumulate gradients to about N images a step (YOLOv5: 64)")
-    t.add_argument("--box-gain", type=float, default=0.05)
-    t.add_argument("--obj-gain", type=float, default=1.0)
-    t.add_argument("--cls-gain", type=float, default=0.5,
+    t.add_argument("--box-gain", type=non_negative_real, default=0.05)
+    t.add_argument("--obj-gain", type=non_negative_real, default=1.0)
+    t.add_argument("--cls-gain", type=non_negative_real, default=0.5,
                    help="class-loss gain before YOLOv5's ×classes/80 scaling")
     t.add_argument("--hyp", action="append", default=[], metavar="KEY=VALUE",
                    help="augmentation setting, e.g. flipud=0 or scale=0.25 (repeatable)")
@@ -235,7 +216,8 @@ def _train_parser(sub) -> None:
                         "the boxes; fit: always; keep: the COCO defaults")
     t.add_argument("--mosaic", action="store_true", help="4-image mosaic augmentation")
     t.add_argument("--cache", action="store_true", help="keep decoded images in memory")
-    t.add_argument("--val-every", type=int, default=1, metavar="N", help="validate every N epochs")
+    t.add_argument("--val-every", type=positive, default=1, metavar="N",
+                   help="validate every N epochs")
     t.add_argument("--save-period", type=_period, default=0, metavar="N",
                    help="also keep a checkpoint epoch<N>.pt every N epochs (default: only "
                         "last.pt and best.pt)")
@@ -245,11 +227,11 @@ def _train_parser(sub) -> None:
                         "(channels chosen by a schedule fade out), l1rr (the paper's DSM + "
                         "SASM), dsm, ns (network slimming), si (scale-invariant L1RR), hoyer, "
                         "polar")
-    t.add_argument("--theta", type=float, default=1e-3, help="sparsity strength θ")
-    t.add_argument("--phase-epochs", type=int, default=None, metavar="N",
+    t.add_argument("--theta", type=non_negative_real, default=1e-3, help="sparsity strength θ")
+    t.add_argument("--phase-epochs", type=positive, default=None, metavar="N",
                    help="epochs between updates; the first phase is plain training (default: "
                         "40, progressive: a tenth of --epochs)")
-    t.add_argument("--max-phases", type=int, default=None,
+    t.add_argument("--max-phases", type=positive, default=None,
                    help="at most this many updates (default: 10, progressive: one per phase "
                         "after the first)")
     t.add_argument("--sparsity-target", type=_open_ratio, default=None, metavar="R",
@@ -291,14 +273,14 @@ def _val_parser(sub) -> None:
                    help="graphprune checkpoint, or a pickled model with --trust-checkpoint")
     v.add_argument("--data", required=True, help="dataset data.yaml")
     v.add_argument("--split", choices=("val", "train"), default="val")
-    v.add_argument("--imgsz", type=int, default=640)
-    v.add_argument("--batch", type=int, default=16)
-    v.add_argument("--workers", type=int, default=None,
+    v.add_argument("--imgsz", type=image_side, default=640)
+    v.add_argument("--batch", type=positive, default=16)
+    v.add_argument("--workers", type=non_negative, default=None,
                    help="loader processes (default: 0 on <= 2 cores, else half the cores)")
     v.add_argument("--device", default="auto")
-    v.add_argument("--conf", type=float, default=0.001)
-    v.add_argument("--iou", type=float, default=0.6)
-    v.add_argument("--max-det", type=int, default=300)
+    v.add_argument("--conf", type=unit_interval, default=0.001)
+    v.add_argument("--iou", type=unit_interval, default=0.6)
+    v.add_argument("--max-det", type=positive, default=300)
     v.add_argument("--trust-checkpoint", action="store_true")
     v.add_argument("--json-out", type=Path, default=None, help="also write the metrics as JSON")
     v.set_defaults(func=cmd_val)
@@ -425,13 +407,7 @@ def _compile_inputs(args) -> list[Path]:
 
 
 def cmd_compile_target(args) -> int:
-    if args.calib_images < 1:
-        raise GraphpruneError(f"--calib-images must be >= 1, got {args.calib_images}")
-    if args.finetune_epochs < 0:
-        raise GraphpruneError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
-    if args.imgsz is not None:
-        if args.imgsz < 32 or args.imgsz % 32:
-            raise GraphpruneError(f"--imgsz must be a multiple of 32, got {args.imgsz}")
+    if args.imgsz is not None:         # (the parser checked every number's range)
         args.example_shape = (1, 3, args.imgsz, args.imgsz)
     refuse_existing_output(args.out, args.overwrite, inputs=_compile_inputs(args))
     with err_console.status("loading the model"):
@@ -856,7 +832,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         err_console.print(f"graphprune: error: {type(exc).__name__}: "
-                          f"{getattr(exc, 'strerror', None) or exc}{where}", markup=False, soft_wrap=True)
+                          f"{getattr(exc, 'strerror', None) or exc}{where}", markup=False,
+                          soft_wrap=True)
+        return EXIT_ERROR
+    except Exception as exc:           # anything else: still one line, the traceback on request
+        if args.debug:
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        err_console.print(f"graphprune: error: unexpected {type(exc).__name__}: {first} "
+                          f"(rerun with --debug for the traceback, and please report it)",
+                          markup=False, soft_wrap=True)
         return EXIT_ERROR
     finally:
         if previous is not None:

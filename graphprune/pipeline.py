@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from . import passes as gp_passes
 from .context import ATOL, RESIDUAL_MODES, RTOL, CompileConfig, CompileContext
-from .errors import GraphpruneWarning, MaskError
+from .errors import GraphpruneError, GraphpruneWarning, MaskError
 from .export import export_onnx, export_pt2, save_checkpoint
 from .fold import border_deviation, fold_pruned_bias, gamma_zeroed
 from .planning import structural_pins
@@ -52,6 +52,20 @@ def validate_request(config: CompileConfig) -> None:
     if config.masks is not None and not isinstance(config.masks, Mapping):
         raise MaskError(f"masks must be a mapping of BatchNorm name to keep mask, got "
                         f"{type(config.masks).__name__}")
+
+
+def refuse_non_finite(model: nn.Module) -> None:
+    """NaN or Inf in a weight or buffer (a diverged training, a corrupt file) is the input's
+    fault, not a compiler bug: say so before any work."""
+    for kind, items in (("parameter", model.named_parameters()),
+                        ("buffer", model.named_buffers())):
+        for name, tensor in items:
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                bad = int((~torch.isfinite(tensor)).sum())
+                raise GraphpruneError(f"the model's {kind} {name!r} holds {bad} NaN/Inf "
+                                      f"value(s) of {tensor.numel()}",
+                                      hint="the weights are corrupt or the training diverged; "
+                                           "compile an earlier checkpoint")
 
 
 # the passes that find facts without choosing masks
@@ -180,6 +194,7 @@ def compile(model: nn.Module, example_inputs: Any, *, masks: Mapping[str, Any] |
     equals the *γ-zeroed* model except at the padded borders of convolutions; ``result.fold``
     reports the folds and that deviation.
     """
+    refuse_non_finite(model)
     if fold_pruned_bias:
         return _compile_folded(model, example_inputs, masks=masks, threshold=threshold,
                                prune_ratio=prune_ratio, residual=residual,
@@ -294,4 +309,5 @@ def analyze(model: nn.Module, example_inputs: Any, *, leaves: Iterable[str] = ()
 
 
 __all__ = ["ANALYSIS_PASSES", "CompileResult", "ModelReport", "analyze", "attach_fold", "compile",
-           "compile_folded", "prepare", "prepare_analysis", "run_passes", "validate_request"]
+           "compile_folded", "prepare", "prepare_analysis", "refuse_non_finite", "run_passes",
+           "validate_request"]

@@ -147,3 +147,60 @@ def test_sigterm_cleans_up_like_ctrl_c(tmp_path, monkeypatch, capsys):
     assert "terminated (SIGTERM); nothing was written" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []                # no output, no hidden temporary
     assert signal.getsignal(signal.SIGTERM) is before    # the handler is put back
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["train", "--data", "d.yaml", "--epochs", "0"], "--epochs"),
+    (["train", "--data", "d.yaml", "--epochs", "-5"], "--epochs"),
+    (["train", "--data", "d.yaml", "--batch", "0"], "--batch"),
+    (["train", "--data", "d.yaml", "--imgsz", "0"], "--imgsz"),
+    (["train", "--data", "d.yaml", "--imgsz", "100"], "--imgsz"),
+    (["train", "--data", "d.yaml", "--val-every", "0"], "--val-every"),
+    (["train", "--data", "d.yaml", "--lr0", "nan"], "--lr0"),
+    (["train", "--data", "d.yaml", "--theta", "-1"], "--theta"),
+    (["val", "m.pt", "--data", "d.yaml", "--conf", "nan"], "--conf"),
+    (["val", "m.pt", "--data", "d.yaml", "--iou", "1.5"], "--iou"),
+    (["compile", "tiny_resnet", "--num-classes", "0", "--prune-ratio", "0.3"], "--num-classes"),
+    (["compile", "tiny_resnet", "--num-classes", "100000000", "--prune-ratio", "0.3"],
+     "--num-classes"),
+    (["compile", "tiny_resnet", "--flops-target", "0.5", "--calib-images", "0"],
+     "--calib-images"),
+    (["data", "synthetic", "out", "--train", "0"], "--train"),
+    (["data", "synthetic", "out", "--size", "8"], "--size"),
+])
+def test_every_number_is_checked_before_any_work(argv, option, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert option in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unexpected_failure_is_one_line_unless_debug(tmp_path, monkeypatch, capsys):
+    def broken(args):
+        raise ZeroDivisionError("division by zero\nsecond line")
+
+    monkeypatch.setattr(cli, "cmd_inspect", broken)
+    assert main(["inspect", "tiny_resnet"]) == 1
+    line = one_error_line(capsys)
+    assert "unexpected ZeroDivisionError: division by zero" in line and "--debug" in line
+    with pytest.raises(ZeroDivisionError):
+        main(["inspect", "tiny_resnet", "--debug"])
+
+
+def test_nan_weights_are_refused_as_such(tmp_path, capsys):
+    import graphprune as gp
+    from graphprune.models import randomize_batchnorm
+
+    model = randomize_batchnorm(tiny_resnet(), 0).eval()
+    with torch.no_grad():
+        model.stem[1].weight[3] = float("nan")
+    with pytest.raises(GraphpruneError, match=r"stem\.1\.weight.*1 NaN/Inf value"):
+        gp.compile(model, torch.rand(1, 3, 32, 32), prune_ratio=0.3)
+    path = save_checkpoint(model, {"builder": "tiny_resnet", "kwargs": {}, "inputs": []},
+                           tmp_path / "nan.pt")
+    assert main(["compile", str(path), "--prune-ratio", "0.3", "--example-shape", "1,3,32,32",
+                 "--out", str(tmp_path / "out")]) == 1
+    assert "NaN/Inf" in one_error_line(capsys) and not (tmp_path / "out").exists()

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ..argtypes import non_negative, positive, real, whole
 from .config import ConversionReport
 from .nwpu import convert_nwpu
 from .rsod import convert_rsod
@@ -25,6 +26,8 @@ from .synthetic import write_synthetic_dataset
 console = Console(highlight=False)
 SHOWN_PROBLEMS = 5
 
+
+VAL_FRACTION = real(lambda v: 0 <= v < 1, "{} is outside [0, 1): 0.2 keeps a fifth for validation")
 
 def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``data`` with its ``nwpu``, ``rsod`` and ``synthetic`` commands to ``subparsers``."""
@@ -36,20 +39,21 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         p = sub.add_parser(name, help=f"convert {what} to a YOLO dataset")
         p.add_argument("src", metavar="SRC", help=f"the folder of {what}")
         p.add_argument("out", metavar="OUT", help="the YOLO dataset folder to write")
-        p.add_argument("--val-fraction", type=float, default=0.2,
+        p.add_argument("--val-fraction", type=VAL_FRACTION, default=0.2,
                        help="share of the images for validation (default 0.2)")
         _common(p, _converter(convert))
     s = sub.add_parser("synthetic", help="render the synthetic aircraft/ship/tank dataset")
     s.add_argument("out", metavar="OUT", help="the YOLO dataset folder to write")
-    s.add_argument("--train", type=int, default=400, help="training images (default 400)")
-    s.add_argument("--val", type=int, default=100, help="validation images (default 100)")
-    s.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+    s.add_argument("--train", type=positive, default=400, help="training images (default 400)")
+    s.add_argument("--val", type=non_negative, default=100, help="validation images (default 100)")
+    s.add_argument("--size", type=whole(32, 8192, what="the image side"), default=256,
+                   help="image side in pixels (default 256)")
     _common(s, cmd_synthetic)
     return data
 
 
 def _common(p: argparse.ArgumentParser, func: Callable[[argparse.Namespace], int]) -> None:
-    p.add_argument("--seed", type=int, default=0, help="seed of the split / rendering")
+    p.add_argument("--seed", type=non_negative, default=0, help="seed of the split / rendering")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.set_defaults(func=func)
 
