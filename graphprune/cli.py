@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import signal
 import sys
 import threading
@@ -313,10 +315,37 @@ def _open(args) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
     if shape is None and isinstance(imgsz, int) and imgsz >= 32 and imgsz % 32 == 0:
         shape = (1, 3, imgsz, imgsz)
     shape = shape or (1, 3, 640, 640)
+    _check_memory(shape)
     # The invariant is checked on this input: random pixels in [0, 1), not zeros, so that every
     # channel carries a distinct, non-constant signal.
     example = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    try:                               # one forward: a shape the model cannot take is said so
+        with torch.no_grad():
+            model.eval()(example)
+    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise GraphpruneError(f"{args.model} cannot run on an example input of shape "
+                              f"{','.join(map(str, shape))}: {first}",
+                              hint="pass --example-shape N,C,H,W that the model takes") from None
     return model, (example,)
+
+
+# a forward pass holds many times its input: refuse an example whose input alone would take
+# more than 1/64 of the memory this machine has free
+ACTIVATION_FACTOR = 64
+
+
+def _check_memory(shape: tuple[int, ...]) -> None:
+    need = 4 * math.prod(shape) * ACTIVATION_FACTOR
+    try:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):      # not a POSIX system: no estimate
+        return
+    if need > free:
+        raise GraphpruneError(f"an example input of shape {','.join(map(str, shape))} needs "
+                              f"about {need / 2**30:.0f} GiB to run through the model, more than "
+                              f"the {free / 2**30:.0f} GiB free here",
+                              hint="pass a smaller --example-shape (or --imgsz)")
 
 
 def _nothing_to_prune(model, spec) -> bool:

@@ -68,6 +68,17 @@ def refuse_non_finite(model: nn.Module) -> None:
                                            "compile an earlier checkpoint")
 
 
+def check_leaves(model: nn.Module, leaves: Iterable[str]) -> None:
+    """Every requested leaf names a submodule of ``model``."""
+    names = {name for name, _ in model.named_modules() if name}
+    for leaf in leaves:
+        if leaf not in names:
+            close = sorted(names, key=len)[:3]
+            raise MaskError(f"leaf {leaf!r} is not a submodule of the model",
+                            hint=f"give a module name such as {', '.join(close)}" if close
+                            else "this model has no submodules")
+
+
 # the passes that find facts without choosing masks
 ANALYSIS_PASSES = (gp_passes.propagate_shapes, gp_passes.collect_statistics)
 
@@ -195,6 +206,7 @@ def compile(model: nn.Module, example_inputs: Any, *, masks: Mapping[str, Any] |
     reports the folds and that deviation.
     """
     refuse_non_finite(model)
+    check_leaves(model, leaves)
     if fold_pruned_bias:
         return _compile_folded(model, example_inputs, masks=masks, threshold=threshold,
                                prune_ratio=prune_ratio, residual=residual,
@@ -297,6 +309,7 @@ class ModelReport:
 def analyze(model: nn.Module, example_inputs: Any, *, leaves: Iterable[str] = ()
             ) -> ModelReport:
     """Trace and analyse ``model`` without pruning it (``graphprune inspect``)."""
+    check_leaves(model, leaves)
     _, ctx = prepare_analysis(model, example_inputs, CompileConfig(leaves=tuple(leaves)))
     work, inputs = ctx.model, ctx.example_inputs
     pins, reasons = structural_pins(ctx.analysis)
@@ -308,6 +321,6 @@ def analyze(model: nn.Module, example_inputs: Any, *, leaves: Iterable[str] = ()
                        warnings=list(ctx.warnings), residual=residual_sets(ctx.analysis))
 
 
-__all__ = ["ANALYSIS_PASSES", "CompileResult", "ModelReport", "analyze", "attach_fold", "compile",
-           "compile_folded", "prepare", "prepare_analysis", "refuse_non_finite", "run_passes",
-           "validate_request"]
+__all__ = ["ANALYSIS_PASSES", "CompileResult", "ModelReport", "analyze", "attach_fold",
+           "check_leaves", "compile", "compile_folded", "prepare", "prepare_analysis",
+           "refuse_non_finite", "run_passes", "validate_request"]

@@ -204,3 +204,20 @@ def test_nan_weights_are_refused_as_such(tmp_path, capsys):
     assert main(["compile", str(path), "--prune-ratio", "0.3", "--example-shape", "1,3,32,32",
                  "--out", str(tmp_path / "out")]) == 1
     assert "NaN/Inf" in one_error_line(capsys) and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("extra, phrase", [
+    (["--example-shape", "1,4,32,32", "--prune-ratio", "0.3"], "cannot run on an example input"),
+    (["--example-shape", "3,32,32", "--prune-ratio", "0.3"], "cannot run on an example input"),
+    (["--example-shape", "1,3,100000,100000", "--prune-ratio", "0.3"], "GiB"),
+    (["--example-shape", "1,3,32,32", "--prune-ratio", "0.3", "--leaf", "no.such"],
+     "'no.such' is not a submodule"),
+    (["--imgsz", "32", "--flops-target", "0.3", "--device", "banana"], "'banana' is not a device"),
+    (["--imgsz", "32", "--flops-target", "0.3", "--device", "meta"], "is not supported"),
+])
+def test_bad_values_the_parser_cannot_see_are_one_line_before_any_output(extra, phrase, tmp_path,
+                                                                         capsys):
+    out = tmp_path / "out"
+    assert main(["compile", "tiny_resnet", *extra, "--out", str(out)]) == 1
+    assert phrase in one_error_line(capsys)
+    assert list(tmp_path.iterdir()) == []

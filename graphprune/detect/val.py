@@ -21,7 +21,22 @@ from graphprune.errors import GraphpruneError
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise GraphpruneError(f"{name!r} is not a device", hint="use auto, cpu, cuda or "
+                                                                "cuda:N") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise GraphpruneError(f"device {name!r} is not supported", hint="use auto, cpu, cuda "
+                                                                        "or cuda:N")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise GraphpruneError(f"device {name!r} was asked for but MPS is not available",
+                              hint="use --device cpu (or auto)")
+    if device.type == "cuda" and device.index is not None and torch.cuda.is_available() and \
+            device.index >= torch.cuda.device_count():
+        raise GraphpruneError(f"device {name!r}: this machine has "
+                              f"{torch.cuda.device_count()} CUDA device(s)",
+                              hint="use cuda:0 or auto")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise GraphpruneError(f"device {name!r} was asked for but CUDA is not available",
                               hint="use --device cpu (or auto)")
