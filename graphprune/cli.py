@@ -36,7 +36,7 @@ from .context import CompileConfig
 from .data.cli import add_data_parser
 from .demo import run_demo
 from .detect.train import TrainConfig, default_workers, resume, train
-from .detect.val import resolve_device, validate
+from .detect.val import check_classes, resolve_device, validate
 from .errors import GraphpruneError
 from .export import atomic_path, refuse_existing_output, staged_directory
 from .integrations.ultralytics import is_detection_model
@@ -768,6 +768,7 @@ def cmd_val(args) -> int:
     device = resolve_device(args.device)
     model = open_model(args.weights, trust=args.trust_checkpoint).to(device)
     config = gpdata.load_data_config(args.data)
+    check_classes(model, config.names, str(args.weights))
     images = config.val if args.split == "val" else config.train
     if not images:
         raise GraphpruneError(f"{args.data} has no {args.split} images",

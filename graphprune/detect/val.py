@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..data.labels import targets_per_image
+from ..models.yolov5 import Detect
 from .metrics import DetectionMetrics, MetricAccumulator
 from .nms import non_max_suppression
 from graphprune.errors import GraphpruneError
@@ -41,6 +42,24 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise GraphpruneError(f"device {name!r} was asked for but CUDA is not available",
                               hint="use --device cpu (or auto)")
     return device
+
+
+def check_classes(model: nn.Module, names: Sequence[str], source: str,
+                  evaluate: bool = True) -> None:
+    """The model's YOLOv5 head predicts as many classes as the dataset names.  With
+    ``evaluate`` (graphprune's evaluator reads that head) a model without one is refused too;
+    without it a model of another family passes unchecked."""
+    heads = [m for m in model.modules() if isinstance(m, Detect)]
+    if not heads:
+        if evaluate:
+            raise GraphpruneError(f"{source} has no YOLOv5 Detect head, which graphprune's "
+                                  f"evaluator reads", hint="evaluate the built-in YOLOv5 family "
+                                                           "and its compiled forms")
+        return
+    if heads[-1].nc != len(names):
+        raise GraphpruneError(f"{source} predicts {heads[-1].nc} classes, the dataset names "
+                              f"{len(names)}", hint="use the data.yaml the model was trained "
+                                                    "on, or train it on this one")
 
 
 def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:

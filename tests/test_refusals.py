@@ -1,0 +1,111 @@
+"""Bad values refused up front, in one line, before anything is written: every number of the
+command line (a typed range), values only the model can judge (example shapes, leaves,
+devices, its class count against the dataset's), non-finite weights, and any unexpected failure
+kept to one line unless --debug."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import graphprune.cli as cli
+from graphprune import data as gpdata
+from graphprune.cli import main
+from graphprune.errors import GraphpruneError
+from graphprune.export import save_checkpoint
+from graphprune.models import tiny_resnet, yolov5n
+from test_outputs import one_error_line
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["train", "--data", "d.yaml", "--epochs", "0"], "--epochs"),
+    (["train", "--data", "d.yaml", "--epochs", "-5"], "--epochs"),
+    (["train", "--data", "d.yaml", "--batch", "0"], "--batch"),
+    (["train", "--data", "d.yaml", "--imgsz", "0"], "--imgsz"),
+    (["train", "--data", "d.yaml", "--imgsz", "100"], "--imgsz"),
+    (["train", "--data", "d.yaml", "--val-every", "0"], "--val-every"),
+    (["train", "--data", "d.yaml", "--lr0", "nan"], "--lr0"),
+    (["train", "--data", "d.yaml", "--theta", "-1"], "--theta"),
+    (["val", "--weights", "m.pt", "--data", "d.yaml", "--conf", "nan"], "--conf"),
+    (["val", "--weights", "m.pt", "--data", "d.yaml", "--iou", "1.5"], "--iou"),
+    (["compile", "tiny_resnet", "--num-classes", "0", "--prune-ratio", "0.3"], "--num-classes"),
+    (["compile", "tiny_resnet", "--num-classes", "100000000", "--prune-ratio", "0.3"],
+     "--num-classes"),
+    (["compile", "tiny_resnet", "--flops-target", "0.5", "--calib-images", "0"],
+     "--calib-images"),
+    (["data", "synthetic", "out", "--train", "0"], "--train"),
+    (["data", "synthetic", "out", "--size", "8"], "--size"),
+])
+def test_every_number_is_checked_before_any_work(argv, option, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}" in err.strip().splitlines()[-1] and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unexpected_failure_is_one_line_unless_debug(tmp_path, monkeypatch, capsys):
+    def broken(args):
+        raise ZeroDivisionError("division by zero\nsecond line")
+
+    monkeypatch.setattr(cli, "cmd_inspect", broken)
+    assert main(["inspect", "tiny_resnet"]) == 1
+    line = one_error_line(capsys)
+    assert "unexpected ZeroDivisionError: division by zero" in line and "--debug" in line
+    with pytest.raises(ZeroDivisionError):
+        main(["inspect", "tiny_resnet", "--debug"])
+
+
+def test_nan_weights_are_refused_as_such(tmp_path, capsys):
+    import graphprune as gp
+    from graphprune.models import randomize_batchnorm
+
+    model = randomize_batchnorm(tiny_resnet(), 0).eval()
+    with torch.no_grad():
+        model.stem[1].weight[3] = float("nan")
+    with pytest.raises(GraphpruneError, match=r"stem\.1\.weight.*1 NaN/Inf value"):
+        gp.compile(model, torch.rand(1, 3, 32, 32), prune_ratio=0.3)
+    path = save_checkpoint(model, {"builder": "tiny_resnet", "kwargs": {}, "inputs": []},
+                           tmp_path / "nan.pt")
+    assert main(["compile", str(path), "--prune-ratio", "0.3", "--example-shape", "1,3,32,32",
+                 "--out", str(tmp_path / "out")]) == 1
+    assert "NaN/Inf" in one_error_line(capsys) and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("extra, phrase", [
+    (["--example-shape", "1,4,32,32", "--prune-ratio", "0.3"], "cannot run on an example input"),
+    (["--example-shape", "3,32,32", "--prune-ratio", "0.3"], "cannot run on an example input"),
+    (["--example-shape", "1,3,100000,100000", "--prune-ratio", "0.3"], "GiB"),
+    (["--example-shape", "1,3,32,32", "--prune-ratio", "0.3", "--leaf", "no.such"],
+     "'no.such' is not a submodule"),
+    (["--imgsz", "32", "--flops-target", "0.3", "--device", "banana"], "'banana' is not a device"),
+    (["--imgsz", "32", "--flops-target", "0.3", "--device", "meta"], "is not supported"),
+])
+def test_bad_values_the_parser_cannot_see_are_one_line_before_any_output(extra, phrase, tmp_path,
+                                                                         capsys):
+    out = tmp_path / "out"
+    assert main(["compile", "tiny_resnet", *extra, "--out", str(out)]) == 1
+    assert phrase in one_error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_class_count_that_differs_from_the_dataset_is_refused(tmp_path, capsys):
+    data = gpdata.make_synthetic_dataset(tmp_path / "syn", 4, 4, seed=0, size=64)   # 3 classes
+    model = yolov5n(num_classes=5).eval()
+    path = save_checkpoint(model, {"builder": "yolov5n", "kwargs": {"num_classes": 5},
+                                   "inputs": [{"shape": [1, 3, 64, 64], "dtype": "float32"}]},
+                           tmp_path / "five.pt")
+    assert main(["val", "--weights", str(path), "--data", str(data), "--imgsz", "64"]) == 1
+    assert "predicts 5 classes, the dataset names 3" in one_error_line(capsys)
+    out = tmp_path / "out"
+    assert main(["compile", str(path), "--data", str(data), "--lfa-target", "0.01",
+                 "--imgsz", "64", "--out", str(out)]) == 1
+    assert "predicts 5 classes" in one_error_line(capsys)
+    assert not out.exists()
+    # a model graphprune's evaluator cannot read
+    other = save_checkpoint(tiny_resnet(), {"builder": "tiny_resnet", "kwargs": {},
+                                            "inputs": []}, tmp_path / "resnet.pt")
+    assert main(["val", "--weights", str(other), "--data", str(data), "--imgsz", "64"]) == 1
+    assert "no YOLOv5 Detect head" in one_error_line(capsys)
