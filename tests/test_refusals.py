@@ -109,3 +109,30 @@ def test_a_class_count_that_differs_from_the_dataset_is_refused(tmp_path, capsys
                                             "inputs": []}, tmp_path / "resnet.pt")
     assert main(["val", "--weights", str(other), "--data", str(data), "--imgsz", "64"]) == 1
     assert "no YOLOv5 Detect head" in one_error_line(capsys)
+
+
+def test_a_training_whose_loss_turns_nan_stops_and_keeps_the_last_finite_epoch(tmp_path, capsys,
+                                                                             monkeypatch):
+    from graphprune.detect.loss import YOLOv5Loss
+
+    data = gpdata.make_synthetic_dataset(tmp_path / "syn", 8, 4, seed=0, size=64)
+    calls = {"n": 0}
+    original = YOLOv5Loss.__call__
+
+    def loss(self, *args, **kwargs):
+        value, parts = original(self, *args, **kwargs)
+        calls["n"] += 1
+        return (value * float("nan"), parts) if calls["n"] == 3 else (value, parts)
+
+    monkeypatch.setattr(YOLOv5Loss, "__call__", loss)      # batch 1 of epoch 2
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--model", "yolov5n", "--imgsz", "64",
+                 "--epochs", "3", "--batch", "4", "--workers", "0", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    line = err.strip().splitlines()[-1]           # after the first epoch's progress lines
+    assert line.startswith("graphprune: error:") and "Traceback" not in err
+    assert "loss became nan at epoch 2, batch 1" in line and "last finite epoch" in line
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["train"]["epoch"] == 0
+    assert all(bool(torch.isfinite(t).all()) for t in ckpt["state_dict"].values()
+               if t.is_floating_point())

@@ -326,6 +326,9 @@ class Trainer:
                     x = to_input(images, self.device)
                     with torch.autocast(self.device.type, enabled=self.amp):
                         loss, parts = self.loss(self.model(x), labels.to(self.device))
+                    if not self.amp and not bool(torch.isfinite(loss)):
+                        self._diverged(f"the training loss became {loss.item()} at epoch "
+                                       f"{epoch + 1}, batch {i + 1}")
                     self.scaler.scale(loss).backward()
                     if (i + 1) % self.accumulate == 0 or i + 1 == batches:
                         self._optimizer_step()
@@ -389,7 +392,21 @@ class Trainer:
                                     workers=self.workers, epoch_seed=0)
         return validate(model, loader, self.names, self.device)
 
+    def _diverged(self, what: str) -> None:
+        """Stop a run whose loss or weights stopped being finite; the checkpoints already
+        written (each from a finite epoch) stay."""
+        last = self.out / "last.pt"
+        raise GraphpruneError(f"{what}; the run stopped", hint=(
+            f"{last} holds the last finite epoch; " if last.exists() else "") +
+            "lower --lr0 (or --theta), or check the labels")
+
     def _end_epoch(self, epoch: int, record: EpochRecord) -> None:
+        bad = next((name for name, t in self.model.state_dict().items()
+                    if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+        if bad is not None or not all(math.isfinite(v) for v in (record.box, record.obj,
+                                                                  record.cls)):
+            self._diverged(f"the weights ({bad}) are no longer finite after epoch {epoch + 1}"
+                           if bad else f"the training loss is not finite in epoch {epoch + 1}")
         m = record.metrics
         fitness = 0.1 * m["map50"] + 0.9 * m["map"] if m else -1.0
         improved = fitness > self.best_fitness
