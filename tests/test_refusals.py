@@ -5,13 +5,17 @@ kept to one line unless --debug."""
 
 from __future__ import annotations
 
+import os
+import struct
+import zlib
+
 import pytest
 import torch
 
 import graphprune.cli as cli
 from graphprune import data as gpdata
 from graphprune.cli import main
-from graphprune.errors import GraphpruneError
+from graphprune.errors import GraphpruneError, GraphpruneWarning
 from graphprune.export import save_checkpoint
 from graphprune.models import tiny_resnet, yolov5n
 from test_outputs import one_error_line
@@ -136,3 +140,47 @@ def test_a_training_whose_loss_turns_nan_stops_and_keeps_the_last_finite_epoch(t
     assert ckpt["train"]["epoch"] == 0
     assert all(bool(torch.isfinite(t).all()) for t in ckpt["state_dict"].values()
                if t.is_floating_point())
+
+
+def png_header(width: int, height: int) -> bytes:
+    """The signature and IHDR chunk of a PNG of that size (8-bit grey), then IEND."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body +
+                struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_hostile_files_are_bounded_skipped_and_reported(tmp_path):
+    from graphprune.data import labels as gplabels
+
+    data = gpdata.make_synthetic_dataset(tmp_path / "syn", 6, 2, seed=0, size=64)
+    train = data.parent / "images" / "train"
+    images = sorted(train.iterdir())
+    # a truncated body behind an intact header: passes the header check, fails the decode
+    cut = images[0].read_bytes()
+    images[0].write_bytes(cut[:len(cut) // 3])
+    # a header declaring 30000 × 30000 px (a decompression bomb), and nothing behind it
+    (train / "bomb.png").write_bytes(png_header(30000, 30000))
+    # a FIFO where an image and a label file should be
+    os.mkfifo(train / "pipe.jpg")
+    with pytest.warns(GraphpruneWarning):
+        dataset = gpdata.DetectionDataset(sorted(train.iterdir()), ["a", "b", "c"], 64,
+                                          augment=False)
+    text = " ".join(dataset.problems)
+    assert "pipe.jpg: not a regular file" in text and "bomb.png" in text
+    with pytest.warns(GraphpruneWarning, match="replaced by the next readable image"):
+        items = [dataset[k] for k in range(len(dataset))]        # no exception mid-run
+    assert len(items) == len(dataset) and images[0].name not in {item[2] for item in items}
+    # an oversized label file is left out, not read
+    big = tmp_path / "big.txt"
+    big.write_bytes(b"0 0.5 0.5 0.1 0.1\n" * (gplabels.MAX_LABEL_BYTES // 18 + 1))
+    rows, problems = gplabels.read_yolo_labels(big, 3)
+    assert len(rows) == 0 and "MiB" in problems[0]
+    fifo = tmp_path / "labels.txt"
+    os.mkfifo(fifo)
+    assert "not a regular file" in gplabels.read_yolo_labels(fifo, 3)[1][0]
+    yaml_fifo = tmp_path / "data.yaml"
+    os.mkfifo(yaml_fifo)
+    with pytest.raises(GraphpruneError, match="not a regular file"):
+        gpdata.load_data_config(yaml_fifo)

@@ -68,10 +68,12 @@ def image_size(path: Path) -> tuple[int, int] | None:
     """(width, height) of an image as displayed — EXIF orientations 5–8 swap the stored sides
     — read from its header only; ``None`` when the file is not a readable image."""
     try:
+        if not path.is_file():                # a FIFO or a device would block or never end
+            return None
         with Image.open(path) as img:
             width, height = img.size
             transposed = img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
-    except (OSError, ValueError, SyntaxError):
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
     return (height, width) if transposed else (width, height)
 
@@ -107,13 +109,24 @@ def _root(entry: Any, path: Path) -> Path:
     return shared if shared.exists() else root
 
 
+# a data.yaml names a few folders and the classes; anything this large is not one
+MAX_YAML_BYTES = 4 * 2**20
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
+    if not path.exists():
         raise GraphpruneError(f"dataset config {str(path)!r} does not exist",
                               hint="pass a data.yaml, or a folder that holds one")
+    if not path.is_file():
+        raise GraphpruneError(f"dataset config {str(path)!r} is not a regular file",
+                              hint="pass a data.yaml, or a folder that holds one")
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise GraphpruneError(f"dataset config {str(path)!r} is larger than "
+                              f"{MAX_YAML_BYTES // 2**20} MiB", hint="a data.yaml names folders "
+                                                                     "and classes; check the file")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise GraphpruneError(f"{str(path)!r} is not valid YAML ({first})",
                               hint="fix the file; see the ultralytics data.yaml format") from None

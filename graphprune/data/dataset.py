@@ -58,6 +58,7 @@ class DetectionDataset(Dataset):
         self.labels: list[np.ndarray] = []
         self.shapes: list[tuple[int, int]] = []          # (h, w) of each file, as displayed
         self.problems: list[str] = []
+        self.unreadable: set[int] = set()                # found undecodable while running
         self._cache: list[tuple[np.ndarray, tuple[int, int]]] | None = [] if cache else None
         for path in map(Path, images):
             self._add(path)
@@ -73,6 +74,9 @@ class DetectionDataset(Dataset):
 
     def _add(self, path: Path) -> None:
         """Check one image (decode it when caching) and read its labels."""
+        if not path.is_file():                # a FIFO or a device would block or never end
+            self.problems.append(f"{path}: not a regular file; left out")
+            return
         try:
             cached = _decode(path, self.imgsz) if self._cache is not None else None
         except GraphpruneError as exc:
@@ -111,7 +115,7 @@ class DetectionDataset(Dataset):
         """Item ``index``, or ``(index, epoch)`` as :func:`make_loader`'s sampler sends it."""
         i, epoch = index if isinstance(index, tuple) else (index, self.epoch)
         rng = np.random.default_rng([self.seed, epoch, i])
-        img, orig = self._load(i)
+        i, (img, orig) = self._readable(i)
         boxes = self._boxes(i, img)
         if self.augment and self.mosaic and rng.random() < self.hyp["mosaic"]:
             others = [int(j) for j in rng.integers(len(self), size=3)]
@@ -131,6 +135,24 @@ class DetectionDataset(Dataset):
             img, boxes = jitter(img, boxes, rng, self.hyp)
         return _as_item(img, boxes, self.imgsz, str(self.images[i]), meta)
 
+    def _readable(self, i: int) -> tuple[int, tuple[np.ndarray, tuple[int, int]]]:
+        """``(index, image)`` of image ``i``, or — when its file turns out unreadable only now
+        (a truncated body behind a valid header) — of the next image that loads, the file
+        reported once and not read again.  A run is not aborted by one bad file."""
+        for step in range(len(self)):
+            j = (i + step) % len(self)
+            if j in self.unreadable:
+                continue
+            try:
+                return j, self._load(j)
+            except GraphpruneError as exc:
+                self.unreadable.add(j)
+                self.problems.append(f"{exc.message}; replaced by the next readable image")
+                warnings.warn(f"{exc.message}; replaced by the next readable image for the "
+                              f"rest of this run", GraphpruneWarning, stacklevel=3)
+        raise GraphpruneError("none of the dataset's images can be decoded",
+                              hint="check the image files")
+
     def _load(self, i: int) -> tuple[np.ndarray, tuple[int, int]]:
         """(image resized so its longer side is ``imgsz``, original (h, w))."""
         return self._cache[i] if self._cache is not None else _decode(self.images[i],
@@ -141,7 +163,7 @@ class DetectionDataset(Dataset):
         return cxcywh_to_xyxy(self.labels[i], img.shape[1], img.shape[0]).astype(np.float32)
 
     def _with_boxes(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        img = self._load(i)[0]
+        i, (img, _) = self._readable(i)
         return img, self._boxes(i, img)
 
 
@@ -151,7 +173,7 @@ def _decode(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     try:
         with Image.open(path) as opened:
             img = ImageOps.exif_transpose(opened).convert("RGB")
-    except (OSError, ValueError, SyntaxError) as exc:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise GraphpruneError(f"{path}: cannot decode the image ({exc})",
                               hint="replace or remove the file") from None
     orig = (img.height, img.width)

@@ -75,16 +75,26 @@ def _parse_yolo_line(line: str, num_classes: int) -> tuple[list[float] | None, s
     return box.tolist(), None
 
 
+# a label file this large is not a list of boxes (100,000 boxes take about 4 MiB)
+MAX_LABEL_BYTES = 16 * 2**20
+
+
 def read_yolo_labels(path: str | Path, num_classes: int) -> tuple[np.ndarray, list[str]]:
     """:func:`parse_yolo_labels` of a file; a missing or empty file is an image without
     objects, an unreadable one a problem."""
     path = Path(path)
+    empty = np.zeros((0, 5), np.float32)
     try:
+        if not path.exists():
+            return empty, []
+        if not path.is_file():                # a FIFO or a device would block or never end
+            return empty, ["not a regular file; its labels are left out"]
+        if path.stat().st_size > MAX_LABEL_BYTES:
+            return empty, [f"larger than {MAX_LABEL_BYTES // 2**20} MiB; its labels are left "
+                           f"out"]
         data = path.read_bytes()
-    except FileNotFoundError:
-        return np.zeros((0, 5), np.float32), []
     except OSError as exc:
-        return np.zeros((0, 5), np.float32), [f"cannot read the label file ({exc.strerror})"]
+        return empty, [f"cannot read the label file ({exc.strerror})"]
     return parse_yolo_labels(data, num_classes)
 
 
