@@ -428,7 +428,7 @@ def test_dataset_reports_bad_labels_and_unreadable_images_once(tmp_path):
         DetectionDataset([bad], ["a"])
 
 
-def test_truncated_image_is_a_clear_error_or_skipped_with_cache(tmp_path):
+def test_truncated_image_is_reported_and_replaced_or_skipped_with_cache(tmp_path):
     path = write_image(tmp_path / "images" / "t.jpg", 64, 64)
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(path)
     path.write_bytes(path.read_bytes()[:1000])
@@ -436,8 +436,16 @@ def test_truncated_image_is_a_clear_error_or_skipped_with_cache(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ds = DetectionDataset([path], ["a"], imgsz=32)
-    with pytest.raises(GraphpruneError, match="t.jpg: cannot decode"):
+    # found only when read: reported, and replaced by the next readable image (issue 18)
+    with pytest.warns(GraphpruneWarning, match="t.jpg: cannot decode"), \
+            pytest.raises(GraphpruneError, match="none of the dataset's images can be decoded"):
         ds[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GraphpruneWarning)
+        both = DetectionDataset([path, ok], ["a"], imgsz=32)
+    with pytest.warns(GraphpruneWarning, match="t.jpg: cannot decode.*replaced"):
+        assert both[0][2] == str(ok)
+    assert both[0][2] == str(ok) and both.unreadable == {0}      # not read again
     with pytest.warns(GraphpruneWarning, match="1 dataset problems"):
         assert len(DetectionDataset([path, ok], ["a"], imgsz=32, cache=True)) == 1
 
