@@ -6,8 +6,11 @@ inputs and earlier outputs stay byte-identical."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ import torch
 
 import graphprune.cli as cli
 import graphprune.export as export
+from graphprune import data as gpdata
 from graphprune.cli import main
 from graphprune.errors import GraphpruneError
 from graphprune.export import OutputRace, atomic_directory, save_checkpoint, staged_directory
@@ -147,3 +151,40 @@ def test_sigterm_cleans_up_like_ctrl_c(tmp_path, monkeypatch, capsys):
     assert "terminated (SIGTERM); nothing was written" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []                # no output, no hidden temporary
     assert signal.getsignal(signal.SIGTERM) is before    # the handler is put back
+
+
+def _started_together(argvs: list[list[str]], cwd: Path) -> list[subprocess.CompletedProcess]:
+    """Run ``graphprune ARGV`` for each argv at the same moment; their results, in order."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "graphprune.cli", *argv], cwd=cwd, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for argv in argvs]
+    results = []
+    for argv, proc in zip(argvs, procs):
+        out, err = proc.communicate(timeout=300)
+        results.append(subprocess.CompletedProcess(argv, proc.returncode, out, err))
+    return results
+
+
+def test_two_compiles_and_two_trainings_on_one_out_one_wins_whole(tmp_path):
+    data = gpdata.make_synthetic_dataset(tmp_path / "syn", 4, 2, seed=0, size=64)
+    jobs = {
+        "compile": ["compile", "tiny_resnet", "--prune-ratio", "0.3", "--example-shape",
+                    "1,3,32,32", "--no-onnx", "--no-pt2", "--out", str(tmp_path / "slim")],
+        "train": ["train", "--data", str(data), "--model", "yolov5n", "--imgsz", "64",
+                  "--epochs", "1", "--batch", "2", "--workers", "0",
+                  "--out", str(tmp_path / "run")],
+    }
+    for name, argv in jobs.items():
+        results = _started_together([argv, argv], tmp_path)
+        codes = sorted(r.returncode for r in results)
+        assert codes == [0, 1], (name, [r.stderr[-400:] for r in results])
+        loser = next(r for r in results if r.returncode == 1)
+        line = loser.stderr.strip().splitlines()[-1]
+        assert line.startswith("graphprune: error:") and "Traceback" not in loser.stderr
+        assert "already exists" in line or "another process" in line, line
+    report = json.loads((tmp_path / "slim" / "report.json").read_text())
+    assert sorted(p.name for p in (tmp_path / "slim").iterdir()) == sorted(report["artifacts"])
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["train"]["epoch"] == 0
+    assert len((tmp_path / "run" / "results.jsonl").read_text().splitlines()) == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no temporaries
