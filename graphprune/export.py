@@ -37,6 +37,18 @@ VERSION = 1
 ONNX_OPSET = 17
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _as_created(path: Path, directory: bool) -> None:
+    """Give a temporary file or directory (created 0600 / 0700) the mode a plain create would
+    have had under the umask, since it becomes the output."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds."""
@@ -44,6 +56,7 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
     os.close(fd)
+    _as_created(Path(tmp), directory=False)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -99,6 +112,7 @@ def atomic_directory(path: str | Path, overwrite: bool = False,
     path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    _as_created(tmp, directory=True)
     try:
         yield tmp
         old = None

@@ -188,3 +188,16 @@ def test_two_compiles_and_two_trainings_on_one_out_one_wins_whole(tmp_path):
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["train"]["epoch"] == 0
     assert len((tmp_path / "run" / "results.jsonl").read_text().splitlines()) == 1
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no temporaries
+
+
+def test_outputs_respect_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        with atomic_directory(tmp_path / "out") as tmp:
+            (tmp / "a.txt").write_text("x")
+        save_checkpoint(tiny_resnet(), {"builder": "tiny_resnet", "kwargs": {}, "inputs": []},
+                        tmp_path / "model.pt")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o750
+    assert (tmp_path / "model.pt").stat().st_mode & 0o777 == 0o640
