@@ -15,7 +15,9 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import math
 import pickle
 import warnings
 import zipfile
@@ -62,9 +64,89 @@ def parse_checkpoint(payload: Any, path: str | Path
     try:
         recipe = json.loads(payload["recipe"])
         state = dict(payload["state_dict"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{str(path)!r} has a damaged recipe ({exc})") from None
+    except (KeyError, TypeError, ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{str(path)!r} has a damaged recipe "
+                              f"({type(exc).__name__}: {str(exc)[:120]})") from None
+    check_recipe(recipe, path)
     return recipe, state
+
+
+# bounds of what a recipe may ask for: a checkpoint is data, and data may be hostile
+MAX_PARENTS = 32                 # compiles of compiles
+MAX_INPUT_ELEMENTS = 2 ** 28     # elements of one example input (1 GiB of float32)
+MAX_NUMBER = 10 ** 6             # any number among a builder's arguments
+# the built-in builders' size arguments, bounded so a recipe cannot ask for a model that does
+# not fit in memory
+KWARG_BOUNDS = {"num_classes": (1, 100_000), "width_multiple": (0.01, 4.0),
+                "depth_multiple": (0.01, 4.0), "width": (1, 4096), "in_channels": (1, 64)}
+DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "uint8", "bool")
+
+
+def _sane_value(value: Any, depth: int = 0) -> bool:
+    """A builder argument: a bounded finite number, a short string, a bool, None, or a small
+    list of those (anchors)."""
+    if value is None or isinstance(value, bool):
+        return True
+    if isinstance(value, str):
+        return len(value) <= 256
+    if isinstance(value, (int, float)):
+        return math.isfinite(value) and abs(value) <= MAX_NUMBER
+    if isinstance(value, list):
+        return depth < 3 and len(value) <= 64 and all(_sane_value(v, depth + 1) for v in value)
+    return False
+
+
+def check_recipe(recipe: Any, path: str | Path, depth: int = 0) -> None:
+    """Refuse a recipe whose fields have the wrong type or an absurd size before anything is
+    built from it: the builder and its arguments, the masks, the example inputs, the leaves,
+    and each compile it was made from (``parent``)."""
+    def bad(field: str, why: str) -> CheckpointError:
+        return CheckpointError(f"{str(path)!r} has a damaged recipe: {field} {why}",
+                               hint="re-create the checkpoint with graphprune compile")
+    if not isinstance(recipe, dict):
+        raise bad("the recipe", "is not a JSON object")
+    if depth > MAX_PARENTS:
+        raise bad("parent", f"nests more than {MAX_PARENTS} compiles")
+    builder = recipe.get("builder")
+    if builder is not None and builder not in models.BUILDERS:
+        raise bad("builder", f"{str(builder)[:40]!r} is not a built-in model")
+    kwargs = recipe.get("kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise bad("kwargs", "is not a JSON object")
+    if builder is not None:
+        params = inspect.signature(models.BUILDERS[builder]).parameters
+        open_ended = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        for key, value in kwargs.items():
+            if not open_ended and key not in params:
+                raise bad("kwargs", f"name {str(key)[:40]!r}, which {builder} does not take")
+            lo, hi = KWARG_BOUNDS.get(key, (-MAX_NUMBER, MAX_NUMBER))
+            if not _sane_value(value) or (isinstance(value, (int, float)) and
+                                          not isinstance(value, bool) and
+                                          not lo <= value <= hi):
+                raise bad(f"kwargs[{str(key)[:40]!r}]", f"= {str(value)[:40]} is out of range")
+    masks = recipe.get("masks")
+    if masks is not None:
+        if not isinstance(masks, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) and set(v) <= {"0", "1"}
+                for k, v in masks.items()):
+            raise bad("masks", "are not strings of 0 and 1 by BatchNorm name")
+    inputs = recipe.get("inputs", [])
+    if not isinstance(inputs, list) or len(inputs) > 64:
+        raise bad("inputs", "is not a list of input specs")
+    for k, spec in enumerate(inputs):
+        shape = spec.get("shape") if isinstance(spec, dict) else None
+        if not isinstance(shape, list) or not all(
+                isinstance(d, int) and not isinstance(d, bool) and 0 < d <= MAX_INPUT_ELEMENTS
+                for d in shape) or math.prod(shape) > MAX_INPUT_ELEMENTS:
+            raise bad(f"inputs[{k}].shape", f"= {str(shape)[:60]} is not a sane shape")
+        if spec.get("dtype") not in DTYPES:
+            raise bad(f"inputs[{k}].dtype", f"= {str(spec.get('dtype'))[:40]!r} is not one of "
+                                            f"{', '.join(DTYPES)}")
+    leaves = recipe.get("leaves", [])
+    if not isinstance(leaves, list) or not all(isinstance(x, str) for x in leaves):
+        raise bad("leaves", "is not a list of module names")
+    if recipe.get("parent") is not None:
+        check_recipe(recipe["parent"], path, depth + 1)
 
 
 def decode_masks(recipe: dict[str, Any]) -> dict[str, np.ndarray] | None:

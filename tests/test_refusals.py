@@ -184,3 +184,45 @@ def test_hostile_files_are_bounded_skipped_and_reported(tmp_path):
     os.mkfifo(yaml_fifo)
     with pytest.raises(GraphpruneError, match="not a regular file"):
         gpdata.load_data_config(yaml_fifo)
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda r: r.update(builder="os.system"), "builder"),
+    (lambda r: r.update(kwargs={"num_classes": 10 ** 9}), "num_classes"),
+    (lambda r: r.update(kwargs={"width": float("inf")}), "width"),
+    (lambda r: r.update(kwargs={"no_such_argument": 1}), "kwargs"),
+    (lambda r: r.update(kwargs=[1, 2]), "kwargs"),
+    (lambda r: r.update(masks={"stem.1": "01x"}), "masks"),
+    (lambda r: r.update(inputs=[{"shape": [1, 3, 10 ** 6, 10 ** 6], "dtype": "float32"}]),
+     "inputs[0].shape"),
+    (lambda r: r.update(inputs=[{"shape": [1, 3, 32, 32], "dtype": "object"}]),
+     "inputs[0].dtype"),
+    (lambda r: r.update(leaves="stem"), "leaves"),
+    (lambda r: r.update(parent=_nested(40)), "parent"),
+])
+def test_hostile_recipe_values_are_refused_before_anything_is_built(change, field, tmp_path,
+                                                                    capsys):
+    import json
+
+    import graphprune as gp
+
+    recipe = {"builder": "tiny_resnet", "kwargs": {}, "inputs": [
+        {"shape": [1, 3, 32, 32], "dtype": "float32"}]}
+    change(recipe)
+    payload = {"format": "graphprune", "version": 1, "recipe": json.dumps(recipe),
+               "state_dict": {}}
+    path = tmp_path / "hostile.pt"
+    torch.save(payload, path)
+    with pytest.raises(GraphpruneError, match="damaged recipe") as exc:
+        gp.load(path)
+    assert field in str(exc.value)
+    assert main(["compile", str(path), "--prune-ratio", "0.3", "--out",
+                 str(tmp_path / "out")]) == 1
+    assert field in one_error_line(capsys) and not (tmp_path / "out").exists()
+
+
+def _nested(depth: int) -> dict:
+    recipe: dict = {"builder": "tiny_resnet", "kwargs": {}}
+    for _ in range(depth):
+        recipe = {"parent": recipe, "masks": {}}
+    return recipe
