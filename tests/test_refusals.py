@@ -5,12 +5,18 @@ kept to one line unless --debug."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import os
 import struct
+import warnings
 import zlib
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import graphprune.cli as cli
 from graphprune import data as gpdata
@@ -202,8 +208,6 @@ def test_hostile_files_are_bounded_skipped_and_reported(tmp_path):
 ])
 def test_hostile_recipe_values_are_refused_before_anything_is_built(change, field, tmp_path,
                                                                     capsys):
-    import json
-
     import graphprune as gp
 
     recipe = {"builder": "tiny_resnet", "kwargs": {}, "inputs": [
@@ -226,3 +230,48 @@ def _nested(depth: int) -> dict:
     for _ in range(depth):
         recipe = {"parent": recipe, "masks": {}}
     return recipe
+
+
+NUMBER_TEXT = st.one_of(
+    st.integers(-10 ** 6, 10 ** 6).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.sampled_from(["", "nan", "inf", "-0", "1e309", "0x10", "½", "1,5", " 3", "abc"]))
+SHAPE_TEXT = st.one_of(
+    st.lists(st.integers(-3, 80), min_size=0, max_size=5).map(lambda d: ",".join(map(str, d))),
+    st.sampled_from(["1,3,32,32", "1x3x32x32", "1,3,,32", "a,b", "1,3,32,32,", "1,4,32,32",
+                     "1,3,1,1"]))
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ratio=st.one_of(st.floats(0, 0.95).map(repr), NUMBER_TEXT),
+       shape=st.one_of(st.sampled_from(["1,3,32,32", "2,3,64,48"]), SHAPE_TEXT),
+       min_channels=st.one_of(st.integers(1, 4).map(str), NUMBER_TEXT),
+       round_to=st.one_of(st.integers(1, 8).map(str), NUMBER_TEXT))
+def test_any_option_values_give_a_whole_output_or_one_line_and_nothing(
+        ratio, shape, min_channels, round_to, tmp_path_factory):
+    """Whatever the values: exit 0 with every artifact the report lists, or a non-zero exit with
+    one error line (a usage error from the parser, or graphprune's own) and nothing written."""
+    root = tmp_path_factory.mktemp("cli")
+    out = root / "out"
+    argv = ["compile", "tiny_resnet", "--prune-ratio", ratio, "--example-shape", shape,
+            "--min-channels", min_channels, "--round-to", round_to, "--no-onnx", "--no-pt2",
+            "--out", str(out)]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            code = main(argv)
+        except SystemExit as exc:               # the parser's usage error
+            code = exc.code
+    text = err.getvalue()
+    assert "Traceback" not in text
+    if code == 0:
+        report = json.loads((out / "report.json").read_text())
+        assert sorted(p.name for p in out.iterdir()) == sorted(report["artifacts"])
+    else:
+        assert code in (1, 2), code
+        assert text.strip().splitlines()[-1].startswith(
+            "graphprune: error:" if code == 1 else "graphprune compile: error:"), text
+        assert list(root.iterdir()) == []
