@@ -275,3 +275,26 @@ def test_any_option_values_give_a_whole_output_or_one_line_and_nothing(
         assert text.strip().splitlines()[-1].startswith(
             "graphprune: error:" if code == 1 else "graphprune compile: error:"), text
         assert list(root.iterdir()) == []
+
+
+@pytest.mark.parametrize("field, value", [("epochs", -5), ("batch", 0), ("lr0", "fast"),
+                                          ("imgsz", 100), ("ema", "yes"), ("hyp", [1])])
+def test_a_tampered_resume_state_is_refused_naming_the_field(field, value, tmp_path, capsys):
+    import json
+
+    from graphprune.detect.train import TrainConfig, train
+
+    data = gpdata.make_synthetic_dataset(tmp_path / "syn", 4, 2, seed=0, size=64)
+    run = tmp_path / "run"
+    train(TrainConfig(data=str(data), model="yolov5n", imgsz=64, epochs=1, batch=2, workers=0,
+                      out=str(run)))
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    config = json.loads(ckpt["train"]["config"])
+    config[field] = value
+    ckpt["train"]["config"] = json.dumps(config)
+    torch.save(ckpt, run / "last.pt")
+    before = (run / "last.pt").read_bytes()
+    assert main(["train", "--resume", str(run / "last.pt"), "--epochs", "2"]) == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("graphprune: error:") and f"{field} = " in line
+    assert (run / "last.pt").read_bytes() == before

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import numbers
 import os
 import time
 from contextlib import contextmanager
@@ -45,6 +46,23 @@ from graphprune.models.yolov5 import DEFAULT_ANCHORS
 from graphprune.sparsity import SparsityRegularizer
 
 MAX_GRAD_NORM = 10.0      # YOLOv5's clipping of the task gradient
+
+# the type of each TrainConfig field TrainConfig.check verifies, and the lowest values allowed
+CONFIG_KINDS: dict[str, type] = {
+    "data": str, "model": str, "model_kwargs": dict, "weights": str, "imgsz": int,
+    "epochs": int, "batch": int, "workers": int, "device": str, "seed": int, "out": str,
+    "lr0": float, "lrf": float, "momentum": float, "weight_decay": float,
+    "warmup_epochs": float, "warmup_momentum": float, "warmup_bias_lr": float,
+    "nominal_batch": int, "cos_lr": bool, "ema": bool, "anchors": str, "mosaic": bool,
+    "hyp": dict, "box": float, "obj": float, "cls": float, "val_every": int,
+    "save_period": int, "cache": bool, "sparsity": str, "theta": float, "phase_epochs": int,
+    "max_phases": int, "sparsity_options": dict}
+OPTIONAL_FIELDS = {"weights", "workers", "sparsity"}
+CONFIG_MINIMA = {"imgsz": 32, "epochs": 1, "batch": 1, "workers": 0, "seed": 0, "lr0": 0,
+                 "lrf": 0, "momentum": 0, "weight_decay": 0, "warmup_epochs": 0,
+                 "warmup_momentum": 0, "warmup_bias_lr": 0, "nominal_batch": 1, "box": 0,
+                 "obj": 0, "cls": 0, "val_every": 1, "save_period": 0, "theta": 0,
+                 "phase_epochs": 1, "max_phases": 1}
 
 
 @dataclass
@@ -92,11 +110,57 @@ class TrainConfig:
                                   hint=f"known: {', '.join(DEFAULT_HYP)}")
         return {**DEFAULT_HYP, **self.hyp}
 
+    def check(self, where: str = "the training settings") -> "TrainConfig":
+        """Refuse a field of the wrong type or out of range (a tampered or hand-written
+        configuration), naming it; returns self."""
+        def bad(name: str, why: str) -> GraphpruneError:
+            return GraphpruneError(f"{where}: {name} = {str(getattr(self, name))[:60]} {why}",
+                                   hint="fix the value (or start a new run)")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            kind = CONFIG_KINDS.get(f.name)
+            if kind is None:
+                continue
+            if value is None and f.name in OPTIONAL_FIELDS:
+                continue
+            if kind is str and isinstance(value, os.PathLike):
+                value = os.fspath(value)
+                setattr(self, f.name, value)
+            if kind is int and (not isinstance(value, numbers.Integral) or
+                                isinstance(value, bool)):
+                raise bad(f.name, "is not a whole number")
+            if kind is float and (not isinstance(value, numbers.Real) or
+                                  isinstance(value, bool) or not math.isfinite(value)):
+                raise bad(f.name, "is not a finite number")
+            if kind is bool and not isinstance(value, bool):
+                raise bad(f.name, "is not true or false")
+            if kind is str and not isinstance(value, str):
+                raise bad(f.name, "is not a string")
+            if kind is dict and not isinstance(value, dict):
+                raise bad(f.name, "is not a mapping")
+            low = CONFIG_MINIMA.get(f.name)
+            if low is not None and value < low:
+                raise bad(f.name, f"is below {low}")
+        if self.imgsz % 32 or self.imgsz > 8192:
+            raise bad("imgsz", "is not a multiple of 32 up to 8192")
+        return self
+
     @classmethod
-    def from_json(cls, text: str) -> "TrainConfig":
-        data = json.loads(text)
+    def from_json(cls, text: str, where: str = "the saved training settings") -> "TrainConfig":
+        try:
+            data = json.loads(text)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise CheckpointError(f"{where} are not valid JSON ({type(exc).__name__})",
+                                  hint="start a new run") from None
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{where} are not a JSON object", hint="start a new run")
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        try:
+            config = cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as exc:
+            raise CheckpointError(f"{where} lack a field ({exc})", hint="start a new run") \
+                from None
+        return config.check(where)
 
 
 def default_workers() -> int:
@@ -188,7 +252,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, callbacks: list | None = None,
                  console: Console | None = None, resume: dict[str, Any] | None = None):
-        self.config = config
+        self.config = config.check()
         self.callbacks = list(callbacks or [])
         self.console = console or Console(stderr=True)
         self.device = resolve_device(config.device)
