@@ -38,6 +38,13 @@ def stamp() -> dict[str, str]:
     return {"machine": machine(), "torch": torch.__version__, "date": str(date.today())}
 
 
+def op_name(op) -> str:
+    """How a tradeoff operating point ``(kind, value)`` reads in a table."""
+    kind, value = op
+    return {"lfa": f"LFA⁺ ≤ {100 * value:g} %", "lfa2": f"LFA± ≤ {100 * value:g} %",
+            "flops": f"FLOPs −{100 * value:g} %", "none": "unpruned"}[kind]
+
+
 def write_results(results: Path, stem: str, payload: dict[str, Any], renderables: Sequence,
                   width: int) -> None:
     """``results/stem.json`` (the payload) and ``results/stem.txt`` (the renderables as they

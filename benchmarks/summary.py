@@ -23,6 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import op_name
+
 HERE = Path(__file__).resolve().parent
 TEMPLATE, OUTPUT, RESULTS = HERE / "README.in.md", HERE / "README.md", HERE / "results"
 DIRECTIVE = re.compile(r"^<!-- (tradeoff|table): ([\w.\-]+) -->$")
@@ -38,12 +40,6 @@ def _cell(value: float | None, spread: float | None, seeds: int, pct: bool = Fal
     if seeds > 1 and spread is not None and round(scale * spread, digits) > 0:
         text += f" ± {scale * spread:.{digits}f}"
     return text + unit
-
-
-def _op_name(op: list) -> str:
-    kind, value = op
-    return {"lfa": f"LFA⁺ ≤ {100 * value:g} %", "lfa2": f"LFA± ≤ {100 * value:g} %",
-            "flops": f"FLOPs −{100 * value:g} %"}.get(kind, f"{kind} {value:g}")
 
 
 def tradeoff_table(payload: dict[str, Any]) -> list[str]:
@@ -62,7 +58,7 @@ def tradeoff_table(payload: dict[str, Any]) -> list[str]:
              f"family {payload['total_epochs']} from scratch; {runs}; {payload['machine']}, "
              f"torch {payload['torch']}, {payload['date']}; {payload['train_minutes']:.0f} min "
              f"of training.  Each cell: FLOPs removed · mAP50 pruned → fine-tuned.*", "",
-             "| model | " + " | ".join(_op_name(op) for op in ops) + " |",
+             "| model | " + " | ".join(op_name(op) for op in ops) + " |",
              "|---|" + "---|" * len(ops)]
     ref = s.get("reference")
     if ref:

@@ -63,7 +63,7 @@ from graphprune.sparsity import default_phases
 from graphprune.stats import count_flops, count_params
 from graphprune.workflow import calibration_set, evaluate_map
 
-from benchmarks.common import logged_minutes, ort_session, stamp, time_sessions
+from benchmarks.common import logged_minutes, op_name, ort_session, stamp, time_sessions
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -537,12 +537,6 @@ def cell(mean: float, spread: float, digits: int = 3, pct: bool = False) -> str:
     if pct:
         return f"{100 * mean:.1f} %" + (f" ± {100 * spread:.1f}" if spread else "")
     return f"{mean:.{digits}f}" + (f" ± {spread:.{digits}f}" if spread else "")
-
-
-def op_name(op) -> str:
-    kind, value = op
-    return {"lfa": f"LFA⁺ ≤ {100 * value:g} %", "lfa2": f"LFA± ≤ {100 * value:g} %",
-            "flops": f"FLOPs −{100 * value:g} %", "none": "unpruned"}[kind]
 
 
 def markdown(payload: dict[str, Any]) -> str:

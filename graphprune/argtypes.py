@@ -10,6 +10,8 @@ from typing import Callable
 
 # image sides the models take (strides up to 32) and that fit in memory on any machine
 IMAGE_SIDE = (32, 8192)
+IMAGE_STRIDE = 32
+MAX_CLASSES = 100_000
 
 
 def whole(minimum: int, maximum: int | None = None, what: str = "") -> Callable[[str], int]:
@@ -41,10 +43,11 @@ def real(ok: Callable[[float], bool], problem: str) -> Callable[[str], float]:
 
 
 def image_side(text: str) -> int:
-    """An input image side: a multiple of 32 within ``IMAGE_SIDE``."""
+    """An input image side: a multiple of ``IMAGE_STRIDE`` within ``IMAGE_SIDE``."""
     value = whole(*IMAGE_SIDE, what="the image side")(text)
-    if value % 32:
-        raise argparse.ArgumentTypeError(f"{text}: the image side must be a multiple of 32")
+    if value % IMAGE_STRIDE:
+        raise argparse.ArgumentTypeError(f"{text}: the image side must be a multiple of "
+                                         f"{IMAGE_STRIDE}")
     return value
 
 
@@ -53,8 +56,8 @@ non_negative = whole(0)
 positive_real = real(lambda v: v > 0, "{}: must be a finite number > 0")
 non_negative_real = real(lambda v: v >= 0, "{}: must be a finite number >= 0")
 unit_interval = real(lambda v: 0 <= v <= 1, "{}: must be in [0, 1]")
-classes = whole(1, 100_000, what="the number of classes")
+classes = whole(1, MAX_CLASSES, what="the number of classes")
 
 
-__all__ = ["IMAGE_SIDE", "classes", "image_side", "non_negative", "non_negative_real", "positive",
+__all__ = ["IMAGE_SIDE", "IMAGE_STRIDE", "MAX_CLASSES", "classes", "image_side", "non_negative", "non_negative_real", "positive",
            "positive_real", "real", "unit_interval", "whole"]

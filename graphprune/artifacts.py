@@ -108,6 +108,7 @@ def write_artifacts(compiled, out: Path, report: dict[str, Any], *, overwrite: b
     with atomic_directory(out, overwrite=overwrite, inputs=inputs) as tmp:
         if extra is not None:
             written += list(extra(tmp))
+            check_schema(report)            # ``extra`` may have added keys
         compiled.module.cpu()
         with console.status("writing the graphprune checkpoint"):
             compiled.save(tmp / "slim.graphprune.pt")
@@ -130,15 +131,10 @@ def write_artifacts(compiled, out: Path, report: dict[str, Any], *, overwrite: b
         if started is not None:
             report["seconds"] = round(time.perf_counter() - started, 3)
         plots = [name for name in written if name.endswith((".png", ".svg"))]
-        try:
-            check_schema(report)            # ``extra`` may have added keys
-        except ValueError:
-            if ultralytics_checkpoint is not None:
-                Path(ultralytics_checkpoint).unlink(missing_ok=True)
-            raise
         (tmp / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
         (tmp / "report.md").write_text(markdown(report, plots))
     return report
 
 
-__all__ = ["REPORT_KEYS", "REPORT_SCHEMA", "check_schema", "new_report", "plain_goal", "write_artifacts"]
+__all__ = ["REPORT_KEYS", "REPORT_SCHEMA", "check_schema", "new_report", "plain_goal",
+           "write_artifacts"]

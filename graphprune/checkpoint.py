@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from . import models
+from .argtypes import MAX_CLASSES
 from .errors import CheckpointError
 from .export import FORMAT, VERSION
 from .pipeline import compile as gp_compile
@@ -77,7 +78,7 @@ MAX_INPUT_ELEMENTS = 2 ** 28     # elements of one example input (1 GiB of float
 MAX_NUMBER = 10 ** 6             # any number among a builder's arguments
 # the built-in builders' size arguments, bounded so a recipe cannot ask for a model that does
 # not fit in memory
-KWARG_BOUNDS = {"num_classes": (1, 100_000), "width_multiple": (0.01, 4.0),
+KWARG_BOUNDS = {"num_classes": (1, MAX_CLASSES), "width_multiple": (0.01, 4.0),
                 "depth_multiple": (0.01, 4.0), "width": (1, 4096), "in_channels": (1, 64)}
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "uint8", "bool")
 

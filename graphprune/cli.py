@@ -394,7 +394,8 @@ def cmd_compile(args) -> int:
         raise GraphpruneError("--eval and --finetune-epochs come with a target-guided compile",
                               hint="add --lfa-target T (or --flops-target / --params-target)")
     masks = _read_masks(args.masks) if args.masks else None
-    refuse_existing_output(args.out, args.overwrite, inputs=_compile_inputs(args))
+    sources = _compile_inputs(args)
+    refuse_existing_output(args.out, args.overwrite, inputs=sources)
     start = time.perf_counter()
     with err_console.status("loading the model"):
         model, inputs = _open(args)
@@ -418,7 +419,7 @@ def cmd_compile(args) -> int:
     report = new_report(result, model=str(args.model), example=inputs[0], request=request,
                         goal=plain_goal(request))
     report = write_artifacts(result, args.out, report, overwrite=args.overwrite,
-                             inputs=_compile_inputs(args), pt2=not args.no_pt2,
+                             inputs=sources, pt2=not args.no_pt2,
                              onnx=not args.no_onnx,
                              ultralytics_checkpoint=args.ultralytics_checkpoint,
                              source_model=model,
@@ -438,7 +439,8 @@ def _compile_inputs(args) -> list[Path]:
 def cmd_compile_target(args) -> int:
     if args.imgsz is not None:         # (the parser checked every number's range)
         args.example_shape = (1, 3, args.imgsz, args.imgsz)
-    refuse_existing_output(args.out, args.overwrite, inputs=_compile_inputs(args))
+    sources = _compile_inputs(args)
+    refuse_existing_output(args.out, args.overwrite, inputs=sources)
     with err_console.status("loading the model"):
         model, inputs = _open(args)
     if _nothing_to_prune(model, args.model):
@@ -464,7 +466,7 @@ def cmd_compile_target(args) -> int:
         fold_pruned_bias=args.fold_pruned_bias,
         ultralytics_checkpoint=args.ultralytics_checkpoint, baseline=baseline,
         baseline_name=args.baseline, finetune_recipe=_training_recipe(args.model)
-        if args.finetune_epochs else None, inputs=_compile_inputs(args),
+        if args.finetune_epochs else None, inputs=sources,
         console=err_console)
     print_target_summary(report, args.out)
     return 0
@@ -738,9 +740,10 @@ def _run_training(args):
                               hint="e.g. --data datasets/nwpu/data.yaml")
     out = args.out or Path("runs") / "train"
     # everything the run reads is checked before its output directory is touched
+    sources = [args.data, args.weights]
     refuse_existing_output(out, args.overwrite,
                            "choose another --out, --resume it, or pass --overwrite",
-                           inputs=[args.data, args.weights])
+                           inputs=sources)
     gpdata.load_data_config(args.data)
     if args.weights is not None and not Path(args.weights).is_file():
         raise GraphpruneError(f"--weights {str(args.weights)!r} is not a file",
@@ -759,8 +762,7 @@ def _run_training(args):
     config.augmentation()              # unknown --hyp keys fail here, before any work
     # a run writes its checkpoints as it goes: an --overwrite'n run is kept aside until the new
     # one is done, and an interrupted new run stays (it can be resumed)
-    with staged_directory(out, args.overwrite, inputs=[args.data, args.weights],
-                          keep_partial=True):
+    with staged_directory(out, args.overwrite, inputs=sources, keep_partial=True):
         return train(config, console=err_console)
 
 

@@ -98,6 +98,11 @@ def refuse_existing_output(path: str | Path, overwrite: bool,
 class OutputRace(GraphpruneError):
     """Another process created the output directory while this one was building it."""
 
+    @classmethod
+    def at(cls, path: Path) -> "OutputRace":
+        return cls(f"output directory {str(path)!r} was created by another process while this "
+                   f"one ran; this run's output was not kept", hint="give each run its own --out")
+
 
 @contextmanager
 def atomic_directory(path: str | Path, overwrite: bool = False,
@@ -121,16 +126,12 @@ def atomic_directory(path: str | Path, overwrite: bool = False,
                                         dir=path.parent))
             os.replace(path, old / path.name)
         elif path.exists():
-            raise OutputRace(f"output directory {str(path)!r} was created by another process "
-                             f"while this one ran; this run's output was not kept",
-                             hint="give each run its own --out")
+            raise OutputRace.at(path)
         try:
             # rename refuses a non-empty target: a writer that won the race keeps its output
             os.rename(tmp, path)
         except OSError:
-            raise OutputRace(f"output directory {str(path)!r} was created by another process "
-                             f"while this one ran; this run's output was not kept",
-                             hint="give each run its own --out") from None
+            raise OutputRace.at(path) from None
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:
@@ -162,8 +163,7 @@ def staged_directory(path: str | Path, overwrite: bool = False,
         if aside is not None:
             os.replace(aside / path.name, path)
             shutil.rmtree(aside, ignore_errors=True)
-        raise OutputRace(f"output directory {str(path)!r} was created by another process just "
-                         f"now", hint="give each run its own --out") from None
+        raise OutputRace.at(path) from None
     try:
         yield given
     except BaseException as exc:

@@ -158,7 +158,11 @@ def _recipe(model: nn.Module, config: CompileConfig, inputs: tuple[Any, ...],
 
 
 def prepare(model: nn.Module, example_inputs: Any, config: CompileConfig):
-    """Trace a private eval-mode copy of ``model``: (traced, a fresh CompileContext)."""
+    """Check the model (finite weights, leaves it has), then trace a private eval-mode copy of
+    it: (traced, a fresh CompileContext).  The one entry of compile, analyze and the search's
+    planner."""
+    refuse_non_finite(model)
+    check_leaves(model, config.leaves)
     inputs = as_inputs(example_inputs)
     work = working_copy(model, inputs)
     traced = trace(work, config.leaves)
@@ -205,8 +209,6 @@ def compile(model: nn.Module, example_inputs: Any, *, masks: Mapping[str, Any] |
     equals the *γ-zeroed* model except at the padded borders of convolutions; ``result.fold``
     reports the folds and that deviation.
     """
-    refuse_non_finite(model)
-    check_leaves(model, leaves)
     if fold_pruned_bias:
         return _compile_folded(model, example_inputs, masks=masks, threshold=threshold,
                                prune_ratio=prune_ratio, residual=residual,
@@ -309,7 +311,6 @@ class ModelReport:
 def analyze(model: nn.Module, example_inputs: Any, *, leaves: Iterable[str] = ()
             ) -> ModelReport:
     """Trace and analyse ``model`` without pruning it (``graphprune inspect``)."""
-    check_leaves(model, leaves)
     _, ctx = prepare_analysis(model, example_inputs, CompileConfig(leaves=tuple(leaves)))
     work, inputs = ctx.model, ctx.example_inputs
     pins, reasons = structural_pins(ctx.analysis)

@@ -34,7 +34,7 @@ from .costs import LayerCost, estimate, layer_costs
 from .errors import GraphpruneError, GraphpruneWarning
 from .masks import batchnorm_sizes, global_order, masks_from_ranking, zero_mask
 from .pipeline import compile as gp_compile
-from .pipeline import check_leaves, compile_folded, prepare_analysis, refuse_non_finite
+from .pipeline import compile_folded, prepare_analysis
 from .planning import MaskPlan, plan_masks
 from .specs import LEAF_USAGE
 from .stats import count_flops, count_params
@@ -69,8 +69,6 @@ class MaskPlanner:
         self.config = CompileConfig(residual=residual, min_channels=min_channels,
                                     round_to=round_to,
                                     exclude=tuple(exclude), leaves=tuple(leaves), verify=False)
-        refuse_non_finite(model)
-        check_leaves(model, self.config.leaves)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", GraphpruneWarning)
             self.gm, self.ctx = prepare_analysis(model, example_inputs, self.config)

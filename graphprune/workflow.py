@@ -15,11 +15,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import data as gpdata
+from .artifacts import new_report, write_artifacts
 from .attention import CalibrationSet
 from .detect.train import TrainConfig, default_workers, train
 from .detect.val import check_classes, resolve_device, validate
 from .errors import GraphpruneError
-from .artifacts import new_report, write_artifacts
 from .export import refuse_existing_output
 from .report import plot_attention, plot_search
 from .search import prune_to_target
@@ -93,10 +93,9 @@ def target_compile(model: torch.nn.Module, example: torch.Tensor, *, data_yaml: 
     if evaluate and data is not None and not data.val:
         raise GraphpruneError(f"{data_yaml} has no val images to evaluate on",
                               hint="add a 'val' entry to data.yaml, or drop --eval")
-    if data is not None:
-        check_classes(model, data.names, model_name, evaluate=evaluate or bool(finetune_epochs))
     calibration = None                 # FLOPs/params goals without data: no LFA measured
     if data is not None:
+        check_classes(model, data.names, model_name, evaluate=evaluate or bool(finetune_epochs))
         with console.status("reading calibration images"):
             calibration, _ = calibration_set(data, imgsz, calib_images)
 

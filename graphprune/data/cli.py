@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..argtypes import non_negative, positive, real, whole
+from ..argtypes import IMAGE_SIDE, non_negative, positive, real, whole
 from .config import ConversionReport
 from .nwpu import convert_nwpu
 from .rsod import convert_rsod
@@ -28,6 +28,7 @@ SHOWN_PROBLEMS = 5
 
 
 VAL_FRACTION = real(lambda v: 0 <= v < 1, "{} is outside [0, 1): 0.2 keeps a fifth for validation")
+
 
 def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``data`` with its ``nwpu``, ``rsod`` and ``synthetic`` commands to ``subparsers``."""
@@ -46,7 +47,7 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     s.add_argument("out", metavar="OUT", help="the YOLO dataset folder to write")
     s.add_argument("--train", type=positive, default=400, help="training images (default 400)")
     s.add_argument("--val", type=non_negative, default=100, help="validation images (default 100)")
-    s.add_argument("--size", type=whole(32, 8192, what="the image side"), default=256,
+    s.add_argument("--size", type=whole(*IMAGE_SIDE, what="the image side"), default=256,
                    help="image side in pixels (default 256)")
     _common(s, cmd_synthetic)
     return data

@@ -22,6 +22,7 @@ import math
 import numbers
 import os
 import time
+import typing
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -37,6 +38,7 @@ from .anchors import fit_anchors
 from .loss import LossGains, YOLOv5Loss, find_detect
 from .val import resolve_device, to_input, validate
 from graphprune import data as gpdata
+from graphprune.argtypes import IMAGE_SIDE, IMAGE_STRIDE
 from graphprune.checkpoint import build_structure, load, read_checkpoint
 from graphprune.data.augment import DEFAULT_HYP
 from graphprune.errors import CheckpointError, GraphpruneError
@@ -47,17 +49,7 @@ from graphprune.sparsity import SparsityRegularizer
 
 MAX_GRAD_NORM = 10.0      # YOLOv5's clipping of the task gradient
 
-# the type of each TrainConfig field TrainConfig.check verifies, and the lowest values allowed
-CONFIG_KINDS: dict[str, type] = {
-    "data": str, "model": str, "model_kwargs": dict, "weights": str, "imgsz": int,
-    "epochs": int, "batch": int, "workers": int, "device": str, "seed": int, "out": str,
-    "lr0": float, "lrf": float, "momentum": float, "weight_decay": float,
-    "warmup_epochs": float, "warmup_momentum": float, "warmup_bias_lr": float,
-    "nominal_batch": int, "cos_lr": bool, "ema": bool, "anchors": str, "mosaic": bool,
-    "hyp": dict, "box": float, "obj": float, "cls": float, "val_every": int,
-    "save_period": int, "cache": bool, "sparsity": str, "theta": float, "phase_epochs": int,
-    "max_phases": int, "sparsity_options": dict}
-OPTIONAL_FIELDS = {"weights", "workers", "sparsity"}
+# the lowest value of each numeric TrainConfig field that TrainConfig.check allows
 CONFIG_MINIMA = {"imgsz": 32, "epochs": 1, "batch": 1, "workers": 0, "seed": 0, "lr0": 0,
                  "lrf": 0, "momentum": 0, "weight_decay": 0, "warmup_epochs": 0,
                  "warmup_momentum": 0, "warmup_bias_lr": 0, "nominal_batch": 1, "box": 0,
@@ -118,10 +110,8 @@ class TrainConfig:
                                    hint="fix the value (or start a new run)")
         for f in fields(self):
             value = getattr(self, f.name)
-            kind = CONFIG_KINDS.get(f.name)
-            if kind is None:
-                continue
-            if value is None and f.name in OPTIONAL_FIELDS:
+            kind, optional = _field_kind(TRAIN_CONFIG_HINTS[f.name])
+            if value is None and optional:
                 continue
             if kind is str and isinstance(value, os.PathLike):
                 value = os.fspath(value)
@@ -141,8 +131,8 @@ class TrainConfig:
             low = CONFIG_MINIMA.get(f.name)
             if low is not None and value < low:
                 raise bad(f.name, f"is below {low}")
-        if self.imgsz % 32 or self.imgsz > 8192:
-            raise bad("imgsz", "is not a multiple of 32 up to 8192")
+        if self.imgsz % IMAGE_STRIDE or self.imgsz > IMAGE_SIDE[1]:
+            raise bad("imgsz", f"is not a multiple of {IMAGE_STRIDE} up to {IMAGE_SIDE[1]}")
         return self
 
     @classmethod
@@ -161,6 +151,19 @@ class TrainConfig:
             raise CheckpointError(f"{where} lack a field ({exc})", hint="start a new run") \
                 from None
         return config.check(where)
+
+
+TRAIN_CONFIG_HINTS = typing.get_type_hints(TrainConfig)
+
+
+def _field_kind(hint: Any) -> tuple[type, bool]:
+    """(the plain type, whether None is allowed) of a field annotation such as
+    ``int | None`` or ``dict[str, float]``."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if optional:
+        hint = next(a for a in args if a is not type(None))
+    return typing.get_origin(hint) or hint, optional
 
 
 def default_workers() -> int:
