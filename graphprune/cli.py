@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import signal
 import sys
 import threading
@@ -28,20 +26,21 @@ from rich.table import Table
 
 from . import __version__
 from . import data as gpdata
-from .argtypes import (classes, image_side, non_negative, non_negative_real, positive,
-                       positive_real, real, unit_interval, whole)
+from .argtypes import (EVALUATION_FACTOR, INFERENCE_FACTOR, classes, image_side, non_negative,
+                       non_negative_real, positive, positive_real, real, refuse_oversized,
+                       unit_interval, whole, workers)
 from .artifacts import new_report, plain_goal, write_artifacts
 from .checkpoint import open_model
 from .context import CompileConfig
 from .data.cli import add_data_parser
 from .demo import run_demo
-from .detect.train import TrainConfig, default_workers, resume, train
+from .detect.train import TrainConfig, Trainer, default_workers, resume
 from .detect.val import check_classes, resolve_device, validate
 from .errors import GraphpruneError
-from .export import atomic_path, refuse_existing_output, staged_directory
+from .export import atomic_path, refuse_existing_output, refuse_output_file, staged_directory
 from .integrations.ultralytics import is_detection_model
 from .masks import batchnorms
-from .models import randomize_batchnorm
+from .models import DETECTORS, randomize_batchnorm
 from .pipeline import analyze
 from .pipeline import compile as gp_compile
 from .pipeline import validate_request
@@ -98,6 +97,12 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                         "for a trained model when trying a built-in one)")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                    help="show tracebacks on errors")
+
+
+# the options only a target-guided compile (--lfa-target, --flops-target, --params-target)
+# reads; a plain compile given one of them refuses it rather than ignore it
+TARGET_ONLY = ("data", "calib_images", "lfa_mode", "lfa_layers", "lfa_criterion", "eval",
+               "baseline", "finetune_epochs", "heatmaps", "device")
 
 
 def _compile_parser(sub) -> None:
@@ -169,7 +174,9 @@ def _compile_parser(sub) -> None:
                         "it is a pickled module, so loading it needs graphprune installed")
     c.add_argument("--no-onnx", action="store_true", help="do not write slim.onnx")
     c.add_argument("--no-pt2", action="store_true", help="do not write slim.pt2")
-    c.set_defaults(func=cmd_compile)
+    c.set_defaults(func=cmd_compile,
+                   target_only_defaults={name: c.get_default(name) for name in TARGET_ONLY})
+
 
 
 def _inspect_parser(sub) -> None:
@@ -184,14 +191,15 @@ def _train_parser(sub) -> None:
     """graphprune train --data D.yaml ..."""
     t = sub.add_parser("train", help="train a built-in YOLOv5 on a YOLO-format dataset")
     t.add_argument("--data", help="dataset data.yaml (ultralytics convention)")
-    t.add_argument("--model", default="yolov5s", help="built-in architecture (default yolov5s)")
+    t.add_argument("--model", default="yolov5s", choices=DETECTORS,
+                   help="built-in architecture (default yolov5s)")
     t.add_argument("--weights", default=None, metavar="CKPT",
                    help="start from this graphprune checkpoint (e.g. a compiled slim model)")
     t.add_argument("--imgsz", type=image_side, default=640)
     t.add_argument("--epochs", type=positive, default=None,
                    help="epochs to train (default 100; with --resume: the run's own)")
     t.add_argument("--batch", type=positive, default=16)
-    t.add_argument("--workers", type=non_negative, default=None,
+    t.add_argument("--workers", type=workers, default=None,
                    help="loader processes (default: 0 on <= 2 cores, else half the cores)")
     t.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1")
     t.add_argument("--seed", type=non_negative, default=0)
@@ -277,7 +285,7 @@ def _val_parser(sub) -> None:
     v.add_argument("--split", choices=("val", "train"), default="val")
     v.add_argument("--imgsz", type=image_side, default=640)
     v.add_argument("--batch", type=positive, default=16)
-    v.add_argument("--workers", type=non_negative, default=None,
+    v.add_argument("--workers", type=workers, default=None,
                    help="loader processes (default: 0 on <= 2 cores, else half the cores)")
     v.add_argument("--device", default="auto")
     v.add_argument("--conf", type=unit_interval, default=0.001)
@@ -315,7 +323,8 @@ def _open(args) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
     if shape is None and isinstance(imgsz, int) and imgsz >= 32 and imgsz % 32 == 0:
         shape = (1, 3, imgsz, imgsz)
     shape = shape or (1, 3, 640, 640)
-    _check_memory(shape)
+    refuse_oversized(shape, INFERENCE_FACTOR, "an example input",
+                     "pass a smaller --example-shape (or --imgsz)")
     # The invariant is checked on this input: random pixels in [0, 1), not zeros, so that every
     # channel carries a distinct, non-constant signal.
     example = torch.rand(shape, generator=torch.Generator().manual_seed(0))
@@ -328,24 +337,6 @@ def _open(args) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
                               f"{','.join(map(str, shape))}: {first}",
                               hint="pass --example-shape N,C,H,W that the model takes") from None
     return model, (example,)
-
-
-# a forward pass holds many times its input: refuse an example whose input alone would take
-# more than 1/64 of the memory this machine has free
-ACTIVATION_FACTOR = 64
-
-
-def _check_memory(shape: tuple[int, ...]) -> None:
-    need = 4 * math.prod(shape) * ACTIVATION_FACTOR
-    try:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):      # not a POSIX system: no estimate
-        return
-    if need > free:
-        raise GraphpruneError(f"an example input of shape {','.join(map(str, shape))} needs "
-                              f"about {need / 2**30:.0f} GiB to run through the model, more than "
-                              f"the {free / 2**30:.0f} GiB free here",
-                              hint="pass a smaller --example-shape (or --imgsz)")
 
 
 def _nothing_to_prune(model, spec) -> bool:
@@ -387,12 +378,24 @@ def cmd_compile(args) -> int:
                                   "--ultralytics-checkpoint",
                                   hint="fine-tune the written checkpoint with ultralytics' own "
                                        "tools instead")
+    if args.imgsz is not None:         # (the parser checked every number's range)
+        square = (1, 3, args.imgsz, args.imgsz)
+        if args.example_shape is not None and tuple(args.example_shape) != square:
+            raise GraphpruneError(f"--imgsz {args.imgsz} and --example-shape "
+                                  f"{','.join(map(str, args.example_shape))} disagree",
+                                  hint="give one of them")
+        args.example_shape = square
     if args.lfa_target is not None or args.flops_target is not None or \
             args.params_target is not None:
         return cmd_compile_target(args)
-    if args.eval or args.finetune_epochs:
-        raise GraphpruneError("--eval and --finetune-epochs come with a target-guided compile",
-                              hint="add --lfa-target T (or --flops-target / --params-target)")
+    given = [name for name, default in args.target_only_defaults.items()
+             if getattr(args, name) != default]
+    if given:
+        options = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise GraphpruneError(f"{options} {'applies' if len(given) == 1 else 'apply'} only to a "
+                              "target-guided compile",
+                              hint="add --lfa-target T (or --flops-target / --params-target), "
+                                   "or drop it")
     masks = _read_masks(args.masks) if args.masks else None
     sources = _compile_inputs(args)
     refuse_existing_output(args.out, args.overwrite, inputs=sources)
@@ -437,8 +440,6 @@ def _compile_inputs(args) -> list[Path]:
 
 
 def cmd_compile_target(args) -> int:
-    if args.imgsz is not None:         # (the parser checked every number's range)
-        args.example_shape = (1, 3, args.imgsz, args.imgsz)
     sources = _compile_inputs(args)
     refuse_existing_output(args.out, args.overwrite, inputs=sources)
     with err_console.status("loading the model"):
@@ -759,14 +760,19 @@ def _run_training(args):
                          val_every=args.val_every, save_period=args.save_period,
                          sparsity=args.sparsity, theta=args.theta,
                          **_sparsity_settings(args))
-    config.augmentation()              # unknown --hyp keys fail here, before any work
-    # a run writes its checkpoints as it goes: an --overwrite'n run is kept aside until the new
-    # one is done, and an interrupted new run stays (it can be resumed)
+    # the trainer reads and checks everything (settings, memory, data, device, model, weights)
+    # without writing; only then is the run directory made. A run writes its checkpoints as it
+    # goes: an --overwrite'n run is kept aside until the new one is done, and an interrupted new
+    # run that saved an epoch stays (it can be resumed)
+    trainer = Trainer(config.check("the training options"), console=err_console)
     with staged_directory(out, args.overwrite, inputs=sources, keep_partial=True):
-        return train(config, console=err_console)
+        trainer.fit()
+    return trainer
 
 
 def cmd_val(args) -> int:
+    if args.json_out is not None:
+        refuse_output_file(args.json_out, "--json-out")
     device = resolve_device(args.device)
     model = open_model(args.weights, trust=args.trust_checkpoint).to(device)
     config = gpdata.load_data_config(args.data)
@@ -775,6 +781,8 @@ def cmd_val(args) -> int:
     if not images:
         raise GraphpruneError(f"{args.data} has no {args.split} images",
                               hint=f"add a '{args.split}' entry to the data.yaml")
+    refuse_oversized((args.batch, 3, args.imgsz, args.imgsz), EVALUATION_FACTOR,
+                     "a validation batch", "pass a smaller --batch or --imgsz")
     dataset = gpdata.DetectionDataset(images, config.names, args.imgsz, augment=False)
     workers = default_workers() if args.workers is None else args.workers
     loader = gpdata.make_loader(dataset, args.batch, shuffle=False, workers=workers,

@@ -65,6 +65,26 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def refuse_file_ancestor(path: str | Path) -> None:
+    """An output cannot be made below an existing file: say so before any work (the operating
+    system would only say so at the end, as 'File exists' or 'Not a directory')."""
+    for parent in Path(path).absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise GraphpruneError(f"cannot write {str(path)!r}: {str(parent)!r} is a file, "
+                                      "not a folder", hint="choose an output path under a folder")
+            return
+
+
+def refuse_output_file(path: str | Path, what: str) -> None:
+    """The up-front check for a single output file (``what`` names its option): not a
+    directory, not below a file."""
+    refuse_file_ancestor(path)
+    if Path(path).is_dir():
+        raise GraphpruneError(f"{what} {str(path)!r} is a directory",
+                              hint="give a file name, e.g. metrics.json")
+
+
 def refuse_existing_output(path: str | Path, overwrite: bool,
                            hint: str = "choose another --out or pass --overwrite",
                            inputs: Iterable[str | Path | None] = ()) -> None:
@@ -73,6 +93,7 @@ def refuse_existing_output(path: str | Path, overwrite: bool,
     current directory (or hold it), and may not be, hold or lie inside any of ``inputs`` (an
     overwrite would delete them, or the output would land among them)."""
     path = Path(path)
+    refuse_file_ancestor(path)
     if path.exists() and not overwrite:
         raise GraphpruneError(f"output directory {str(path)!r} already exists", hint=hint)
     if path.exists() and not path.is_dir():
@@ -147,8 +168,9 @@ def staged_directory(path: str | Path, overwrite: bool = False,
     created here, exclusively (a concurrent run on the same ``path`` is refused).  With
     ``overwrite`` an existing ``path`` is first moved aside, and deleted only when the block
     succeeds.  On failure the partial ``path`` is removed and the old one put back; with
-    ``keep_partial`` (a training run, which can be resumed) the partial run stays and the old
-    one is kept aside, and a note on the exception says where."""
+    ``keep_partial`` (a training run, which can be resumed) a partial run that wrote anything
+    stays and the old one is kept aside, and a note on the exception says where; an empty one
+    is removed like any other."""
     given = Path(path)
     refuse_existing_output(given, overwrite, "choose another --out or pass --overwrite", inputs)
     path = given.resolve()
@@ -167,7 +189,7 @@ def staged_directory(path: str | Path, overwrite: bool = False,
     try:
         yield given
     except BaseException as exc:
-        if keep_partial:
+        if keep_partial and any(path.iterdir()):
             exc.add_note(f"the partial run stays at {str(path)!r}" + (
                 f", the previous one at {str(aside / path.name)!r}" if aside is not None else ""))
             raise
@@ -297,5 +319,5 @@ def onnx_parity(path: str | Path, inputs: tuple[Any, ...], expected: list[torch.
 
 
 __all__ = ["FORMAT", "ONNX_OPSET", "VERSION", "OutputRace", "atomic_directory", "atomic_path",
-           "export_onnx", "export_pt2", "onnx_parity", "refuse_existing_output", "save_checkpoint",
-           "staged_directory"]
+           "export_onnx", "export_pt2", "onnx_parity", "refuse_existing_output", "refuse_file_ancestor",
+           "refuse_output_file", "save_checkpoint", "staged_directory"]

@@ -20,7 +20,6 @@ from torch.utils._pytree import tree_flatten
 import graphprune as gp
 from graphprune.export import onnx_parity
 from graphprune.masks import batchnorms
-from graphprune.models import randomize_batchnorm
 
 ATOL = RTOL = 1e-4
 

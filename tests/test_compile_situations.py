@@ -11,12 +11,12 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from conftest import check_compile, graph_targets, random_masks, slim_layer
 
 import graphprune as gp
 from graphprune.masks import batchnorms
 from graphprune.models import randomize_batchnorm
 from graphprune.models.yolov5 import C3, SPPF, Bottleneck, Conv
-from conftest import check_compile, graph_targets, random_masks, slim_layer
 
 ZERO_MAKERS = {torch.zeros, torch.zeros_like, torch.empty, F.pad, torch.constant_pad_nd}
 

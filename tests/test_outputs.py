@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_data import make_nwpu_tree, make_rsod_tree
 
 import graphprune.cli as cli
 import graphprune.export as export
@@ -23,7 +24,6 @@ from graphprune.cli import main
 from graphprune.errors import GraphpruneError
 from graphprune.export import OutputRace, atomic_directory, save_checkpoint, staged_directory
 from graphprune.models import tiny_resnet
-from test_data import make_nwpu_tree
 
 
 def digest(folder: Path) -> dict[str, str]:
@@ -74,15 +74,17 @@ def test_a_training_with_a_missing_data_yaml_leaves_the_old_run_alone(tmp_path, 
     assert digest(tmp_path) == before
 
 
-def test_a_conversion_onto_its_own_source_is_refused(tmp_path, capsys):
+@pytest.mark.parametrize("kind, make", [("nwpu", lambda p: make_nwpu_tree(p, count=3)),
+                                        ("rsod", make_rsod_tree)])
+def test_a_conversion_onto_its_own_source_is_refused(kind, make, tmp_path, capsys):
     src = tmp_path / "src"
-    make_nwpu_tree(src, count=3)
+    make(src)
     before = digest(tmp_path)
-    assert main(["data", "nwpu", str(src), str(src), "--overwrite"]) == 1
+    assert main(["data", kind, str(src), str(src), "--overwrite"]) == 1
     assert "is the input" in one_error_line(capsys)
-    assert main(["data", "nwpu", str(src), str(src / "yolo")]) == 1
+    assert main(["data", kind, str(src), str(src / "yolo")]) == 1
     assert "lies inside the input" in one_error_line(capsys)
-    assert main(["data", "nwpu", str(src), str(tmp_path), "--overwrite"]) == 1
+    assert main(["data", kind, str(src), str(tmp_path), "--overwrite"]) == 1
     assert "holds the input" in one_error_line(capsys)
     assert digest(tmp_path) == before
 
@@ -201,3 +203,32 @@ def test_outputs_respect_the_umask(tmp_path):
         os.umask(old)
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o750
     assert (tmp_path / "model.pt").stat().st_mode & 0o777 == 0o640
+
+
+@pytest.mark.parametrize("stop, code, said", [("ctrl-c", 130, "interrupted"),
+                                              ("sigterm", 143, "terminated (SIGTERM)")])
+def test_an_interrupted_demo_overwrite_leaves_the_previous_demo_whole(stop, code, said, tmp_path,
+                                                                      monkeypatch, capsys):
+    import graphprune.demo as demo
+
+    old = tmp_path / "demo"
+    (old / "baseline").mkdir(parents=True)
+    (old / "summary.json").write_text('{"baseline_map50": 0.8}')
+    (old / "baseline" / "best.pt").write_bytes(b"weights of the earlier demo")
+    before = digest(tmp_path)
+
+    def half_done(out, *args, **kwargs):
+        (out / "data").mkdir()
+        (out / "data" / "data.yaml").write_text("train: images/train\n")
+        if stop == "ctrl-c":
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(100):                              # the handler raises in here
+            torch.zeros(1)
+
+    monkeypatch.setattr(demo, "_demo_steps", half_done)
+    assert main(["demo", "--quick", "--out", str(old), "--overwrite"]) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"graphprune: {said}; nothing was written"
+    assert digest(tmp_path) == before                    # no partial demo, no hidden temporary
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]

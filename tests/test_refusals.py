@@ -15,8 +15,9 @@ import zlib
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from test_outputs import one_error_line
 
 import graphprune.cli as cli
 from graphprune import data as gpdata
@@ -24,7 +25,6 @@ from graphprune.cli import main
 from graphprune.errors import GraphpruneError, GraphpruneWarning
 from graphprune.export import save_checkpoint
 from graphprune.models import tiny_resnet, yolov5n
-from test_outputs import one_error_line
 
 
 @pytest.mark.parametrize("argv, option", [
@@ -36,14 +36,18 @@ from test_outputs import one_error_line
     (["train", "--data", "d.yaml", "--val-every", "0"], "--val-every"),
     (["train", "--data", "d.yaml", "--lr0", "nan"], "--lr0"),
     (["train", "--data", "d.yaml", "--theta", "-1"], "--theta"),
+    (["train", "--data", "d.yaml", "--workers", "100000"], "--workers"),
     (["val", "--weights", "m.pt", "--data", "d.yaml", "--conf", "nan"], "--conf"),
     (["val", "--weights", "m.pt", "--data", "d.yaml", "--iou", "1.5"], "--iou"),
     (["compile", "tiny_resnet", "--num-classes", "0", "--prune-ratio", "0.3"], "--num-classes"),
+    (["compile", "tiny_resnet", "--num-classes", "-1", "--prune-ratio", "0.3"], "--num-classes"),
     (["compile", "tiny_resnet", "--num-classes", "100000000", "--prune-ratio", "0.3"],
      "--num-classes"),
     (["compile", "tiny_resnet", "--flops-target", "0.5", "--calib-images", "0"],
      "--calib-images"),
     (["data", "synthetic", "out", "--train", "0"], "--train"),
+    (["data", "synthetic", "out", "--val", "0"], "--val"),
+    (["data", "nwpu", "src", "out", "--val-fraction", "0"], "--val-fraction"),
     (["data", "synthetic", "out", "--size", "8"], "--size"),
 ])
 def test_every_number_is_checked_before_any_work(argv, option, tmp_path, monkeypatch, capsys):
@@ -53,6 +57,12 @@ def test_every_number_is_checked_before_any_work(argv, option, tmp_path, monkeyp
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert f"argument {option}" in err.strip().splitlines()[-1] and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_dataset_with_an_empty_split_is_never_written(tmp_path):
+    with pytest.raises(GraphpruneError, match="the val split of .* would hold no images"):
+        gpdata.make_synthetic_dataset(tmp_path / "syn", 2, 0, seed=0, size=32)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -248,32 +258,21 @@ SHAPE_TEXT = st.one_of(
        shape=st.one_of(st.sampled_from(["1,3,32,32", "2,3,64,48"]), SHAPE_TEXT),
        min_channels=st.one_of(st.integers(1, 4).map(str), NUMBER_TEXT),
        round_to=st.one_of(st.integers(1, 8).map(str), NUMBER_TEXT))
+@example(ratio="0.3", shape="1,3,32,32", min_channels="1", round_to="1")
 def test_any_option_values_give_a_whole_output_or_one_line_and_nothing(
         ratio, shape, min_channels, round_to, tmp_path_factory):
     """Whatever the values: exit 0 with every artifact the report lists, or a non-zero exit with
     one error line (a usage error from the parser, or graphprune's own) and nothing written."""
     root = tmp_path_factory.mktemp("cli")
     out = root / "out"
-    argv = ["compile", "tiny_resnet", "--prune-ratio", ratio, "--example-shape", shape,
-            "--min-channels", min_channels, "--round-to", round_to, "--no-onnx", "--no-pt2",
-            "--out", str(out)]
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()), \
-            warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            code = main(argv)
-        except SystemExit as exc:               # the parser's usage error
-            code = exc.code
-    text = err.getvalue()
-    assert "Traceback" not in text
+    code, text = _run_cli(["compile", "tiny_resnet", "--prune-ratio", ratio, "--example-shape",
+                           shape, "--min-channels", min_channels, "--round-to", round_to,
+                           "--no-onnx", "--no-pt2", "--out", str(out)])
     if code == 0:
         report = json.loads((out / "report.json").read_text())
         assert sorted(p.name for p in out.iterdir()) == sorted(report["artifacts"])
     else:
-        assert code in (1, 2), code
-        assert text.strip().splitlines()[-1].startswith(
-            "graphprune: error:" if code == 1 else "graphprune compile: error:"), text
+        _assert_one_line_failure(code, text, "compile")
         assert list(root.iterdir()) == []
 
 
@@ -298,3 +297,225 @@ def test_a_tampered_resume_state_is_refused_naming_the_field(field, value, tmp_p
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("graphprune: error:") and f"{field} = " in line
     assert (run / "last.pt").read_bytes() == before
+
+
+def test_a_batch_that_cannot_fit_in_memory_is_refused_before_any_work(tmp_path, capsys):
+    data = gpdata.make_synthetic_dataset(tmp_path / "syn", 2, 2, seed=0, size=64)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["train", "--data", str(data), "--batch", "100000", "--imgsz", "4096",
+                 "--out", str(tmp_path / "run")]) == 1
+    line = one_error_line(capsys)
+    assert "a training batch of shape 100000,3,4096,4096 needs at least" in line and "GiB" in line
+    path = save_checkpoint(yolov5n(num_classes=3).eval(), {"builder": "yolov5n", "kwargs": {
+        "num_classes": 3}, "inputs": []}, tmp_path / "model.pt")
+    assert main(["val", "--weights", str(path), "--data", str(data), "--batch", "100000",
+                 "--imgsz", "4096", "--json-out", str(tmp_path / "m.json")]) == 1
+    assert "a validation batch of shape 100000,3,4096,4096" in one_error_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "model.pt"])
+    # the library refuses it too, before the run directory exists
+    from graphprune.detect.train import TrainConfig
+
+    with pytest.raises(GraphpruneError, match="a training batch"):
+        TrainConfig(data=str(data), batch=100000, imgsz=4096, out=str(tmp_path / "run")).check()
+    assert not (tmp_path / "run").exists()
+
+
+def _run_cli(argv: list[str]) -> tuple[int, str]:
+    """``main(argv)`` with its output captured: (exit code, stderr); the parser's usage errors
+    become their exit code."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code
+    return code, err.getvalue()
+
+
+def _assert_one_line_failure(code: int, text: str, command: str) -> None:
+    assert "Traceback" not in text
+    assert code in (1, 2), (code, text)
+    assert text.strip().splitlines()[-1].startswith(
+        "graphprune: error:" if code == 1 else f"graphprune {command}: error:"), text
+
+
+SMALL_COUNT = st.one_of(st.integers(-3, 6).map(str), st.sampled_from(
+    ["", "nan", "1.5", "1e3x", "½", "-0", "abc", " 2"]))
+SIDE_TEXT = st.one_of(st.sampled_from(["32", "64", "96"]), st.integers(-64, 200).map(str),
+                      st.sampled_from(["", "nan", "64.0", "1e9", "99999", "0x40"]))
+
+
+@pytest.fixture(scope="module")
+def tiny_inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inputs")
+    data = gpdata.make_synthetic_dataset(root / "syn", 2, 2, seed=0, size=64)
+    model = save_checkpoint(yolov5n(num_classes=3).eval(), {
+        "builder": "yolov5n", "kwargs": {"num_classes": 3}, "inputs": []}, root / "model.pt")
+    return data, model
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(epochs=st.one_of(st.integers(1, 3).map(str), NUMBER_TEXT),
+       batch=st.one_of(st.integers(1, 4).map(str), NUMBER_TEXT, st.just("100000000")),
+       imgsz=SIDE_TEXT, lr0=st.one_of(st.floats(1e-4, 0.1).map(repr), NUMBER_TEXT),
+       val_every=st.one_of(st.integers(1, 3).map(str), NUMBER_TEXT),
+       warmup=st.one_of(st.floats(0, 3).map(repr), NUMBER_TEXT))
+@example(epochs="2", batch="2", imgsz="64", lr0="0.01", val_every="1", warmup="0.5")
+def test_any_training_option_values_start_a_run_or_give_one_line_and_nothing(
+        epochs, batch, imgsz, lr0, val_every, warmup, tiny_inputs, tmp_path_factory,
+        monkeypatch):
+    """The whole validation layer of ``graphprune train`` (argument types, TrainConfig.check,
+    the memory bound, the output check, the trainer's set-up) before the training loop:
+    whatever the values, either the loop is reached with settings that pass TrainConfig.check,
+    or one line and no run."""
+    from graphprune.detect.train import Trainer
+
+    data, _ = tiny_inputs
+    root = tmp_path_factory.mktemp("cli")
+    out = root / "run"
+    reached = []
+
+    def loop(trainer, stop_after=None):         # stands in for the training loop
+        reached.append(trainer.config.check())
+        (trainer.out / "last.pt").write_bytes(b"weights")
+        return []
+
+    monkeypatch.setattr(Trainer, "fit", loop)
+    code, text = _run_cli(["train", "--data", str(data), "--model", "yolov5n", "--epochs", epochs,
+                           "--batch", batch, "--imgsz", imgsz, "--lr0", lr0, "--val-every",
+                           val_every, "--warmup-epochs", warmup, "--workers", "0",
+                           "--out", str(out)])
+    if code == 0:
+        assert len(reached) == 1 and reached[0].epochs == int(epochs)
+        assert sorted(p.name for p in out.iterdir()) == ["last.pt"]
+    else:
+        _assert_one_line_failure(code, text, "train")
+        assert not reached and list(root.iterdir()) == []
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(imgsz=SIDE_TEXT, batch=st.one_of(st.integers(1, 4).map(str), NUMBER_TEXT),
+       conf=st.one_of(st.floats(0, 1).map(repr), NUMBER_TEXT),
+       iou=st.one_of(st.floats(0, 1).map(repr), NUMBER_TEXT),
+       max_det=st.one_of(st.integers(1, 300).map(str), NUMBER_TEXT))
+@example(imgsz="64", batch="2", conf="0.001", iou="0.6", max_det="300")
+def test_any_validation_option_values_give_metrics_or_one_line_and_nothing(
+        imgsz, batch, conf, iou, max_det, tiny_inputs, tmp_path_factory):
+    data, model = tiny_inputs
+    root = tmp_path_factory.mktemp("cli")
+    code, text = _run_cli(["val", "--weights", str(model), "--data", str(data), "--imgsz", imgsz,
+                           "--batch", batch, "--conf", conf, "--iou", iou, "--max-det", max_det,
+                           "--workers", "0", "--device", "cpu",
+                           "--json-out", str(root / "metrics.json")])
+    if code == 0:
+        metrics = json.loads((root / "metrics.json").read_text())
+        assert 0 <= metrics["map"] <= metrics["map50"] <= 1
+    else:
+        _assert_one_line_failure(code, text, "val")
+        assert list(root.iterdir()) == []
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(train=SMALL_COUNT, val=SMALL_COUNT, size=SIDE_TEXT, seed=SMALL_COUNT)
+@example(train="2", val="1", size="64", seed="3")
+def test_any_dataset_option_values_give_a_loadable_dataset_or_one_line_and_nothing(
+        train, val, size, seed, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    out = root / "syn"
+    code, text = _run_cli(["data", "synthetic", str(out), "--train", train, "--val", val,
+                           "--size", size, "--seed", seed])
+    if code == 0:
+        config = gpdata.load_data_config(out / "data.yaml")
+        assert len(config.train) == int(train) and len(config.val) == int(val)
+        gpdata.DetectionDataset(config.train, config.names, 32, augment=False)[0]
+    else:
+        _assert_one_line_failure(code, text, "data synthetic")
+        assert list(root.iterdir()) == []
+
+
+@pytest.mark.parametrize("extra, phrase", [
+    (["--hyp", "fliplr=5"], "augmentation setting fliplr = 5.0 is not in [0, 1]"),
+    (["--hyp", "scale=1"], "augmentation setting scale = 1.0 is not in [0, 1)"),
+    (["--hyp", "hsv_h=nan"], "hsv_h = nan"),
+    (["--device", "banana"], "'banana' is not a device"),
+    (["--weights", "notes.txt"], "not a graphprune checkpoint"),
+])
+def test_a_training_refused_at_set_up_leaves_no_run_and_the_old_one_whole(extra, phrase,
+                                                                          tiny_inputs, tmp_path,
+                                                                          capsys):
+    from test_outputs import digest
+
+    data, _ = tiny_inputs
+    (tmp_path / "notes.txt").write_text("not weights")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"an earlier run")
+    before = digest(tmp_path)
+    argv = ["train", "--data", str(data), "--model", "yolov5n", "--imgsz", "64", "--epochs", "1",
+            "--workers", "0", *[str(tmp_path / v) if v == "notes.txt" else v for v in extra]]
+    assert main([*argv, "--out", str(tmp_path / "new")]) == 1
+    assert phrase in one_error_line(capsys)
+    assert main([*argv, "--out", str(run), "--overwrite"]) == 1
+    assert phrase in one_error_line(capsys)
+    assert digest(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == [
+        "notes.txt", "run"]
+
+
+@pytest.mark.parametrize("extra, phrase", [
+    (["--baseline", "base.pt"], "--baseline applies only to a target-guided compile"),
+    (["--data", "d.yaml", "--eval"], "--data, --eval apply only to a target-guided compile"),
+    (["--device", "cpu"], "--device applies only"),
+    (["--heatmaps", "0"], "--heatmaps applies only"),
+    (["--imgsz", "64", "--example-shape", "1,3,32,32"], "--imgsz 64 and --example-shape "
+                                                        "1,3,32,32 disagree"),
+])
+def test_a_plain_compile_refuses_options_it_would_ignore(extra, phrase, tmp_path, capsys):
+    assert main(["compile", "tiny_resnet", "--prune-ratio", "0.3", *extra,
+                 "--out", str(tmp_path / "out")]) == 1
+    assert phrase in one_error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_plain_compile_takes_imgsz_as_its_example(tmp_path):
+    out = tmp_path / "out"
+    assert main(["compile", "tiny_resnet", "--prune-ratio", "0.3", "--imgsz", "64", "--no-onnx",
+                 "--no-pt2", "--out", str(out)]) == 0
+    import graphprune as gp
+
+    assert gp.load(out / "slim.graphprune.pt").graphprune_recipe["inputs"][0]["shape"] == [
+        1, 3, 64, 64]
+
+
+@pytest.mark.parametrize("argv", [
+    ["compile", "tiny_resnet", "--prune-ratio", "0.3", "--out", "{f}/out"],
+    ["train", "--data", "{data}", "--model", "yolov5n", "--imgsz", "64", "--out", "{f}/run"],
+    ["data", "synthetic", "{f}/syn", "--train", "2", "--val", "1", "--size", "32"],
+    ["demo", "--quick", "--out", "{f}/demo"],
+    ["val", "--weights", "{model}", "--data", "{data}", "--imgsz", "64", "--json-out", "{f}/m.json"],
+])
+def test_an_output_below_a_file_is_refused_up_front(argv, tiny_inputs, tmp_path, capsys):
+    data, model = tiny_inputs
+    afile = tmp_path / "afile"
+    afile.write_text("a file, not a folder")
+    argv = [a.format(f=afile, data=data, model=model) for a in argv]
+    assert main(argv) == 1
+    assert f"'{afile}' is a file, not a folder" in one_error_line(capsys)
+    assert [p.name for p in tmp_path.iterdir()] == ["afile"]
+    assert afile.read_text() == "a file, not a folder"
+
+
+def test_a_json_out_that_is_a_directory_is_refused_before_validating(tiny_inputs, tmp_path,
+                                                                      capsys, monkeypatch):
+    data, model = tiny_inputs
+    monkeypatch.setattr(cli, "validate", lambda *a, **k: pytest.fail("validated first"))
+    (tmp_path / "metrics").mkdir()
+    assert main(["val", "--weights", str(model), "--data", str(data), "--imgsz", "64",
+                 "--json-out", str(tmp_path / "metrics")]) == 1
+    line = one_error_line(capsys)
+    assert f"--json-out '{tmp_path / 'metrics'}' is a directory" in line
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics"]

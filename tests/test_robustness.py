@@ -7,6 +7,7 @@ import errno
 import json
 import pickle
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -259,3 +260,20 @@ def test_unreadable_images_and_malformed_labels_are_skipped_and_reported(tmp_pat
         assert main(["val", "--weights", str(ckpt), "--data", str(data), "--imgsz", "64",
                      "--workers", "0"]) == 0
     assert label.read_text() == before               # inputs are never modified
+
+
+def test_16_bit_and_float_images_are_scaled_not_saturated(tmp_path):
+    from PIL import Image
+
+    from graphprune.data.dataset import _decode
+
+    ramp = np.linspace(0, 1, 64, dtype=np.float64)[None, :].repeat(32, axis=0)
+    Image.fromarray(np.rint(ramp * 65535).astype(np.uint16)).save(tmp_path / "a16.png")
+    Image.fromarray(ramp.astype(np.float32)).save(tmp_path / "unit.tif")
+    Image.fromarray((100 + 200 * ramp).astype(np.float32)).save(tmp_path / "wide.tif")
+    expected = np.rint(ramp * 255)
+    for name in ("a16.png", "unit.tif", "wide.tif"):
+        img, orig = _decode(tmp_path / name, 64)
+        assert orig == (32, 64) and img.shape == (32, 64, 3) and img.dtype == np.uint8
+        assert np.abs(img[..., 0].astype(float) - expected).max() <= 1, name
+        assert (img[..., 0] == img[..., 2]).all()

@@ -25,11 +25,11 @@ from ultralytics.nn.tasks import load_checkpoint  # noqa: E402
 
 import graphprune as gp  # noqa: E402
 from graphprune.attention import AttentionReader  # noqa: E402
+from graphprune.checkpoint import open_model  # noqa: E402
 from graphprune.cli import main  # noqa: E402
 from graphprune.data import load_data_config, make_synthetic_dataset  # noqa: E402
 from graphprune.integrations.ultralytics import (SlimDetectionModel, add_sparsity,  # noqa: E402
                                                  save_ultralytics_checkpoint)
-from graphprune.checkpoint import open_model  # noqa: E402
 
 pytestmark = pytest.mark.ultralytics
 IMGSZ = 96

@@ -27,7 +27,7 @@ console = Console(highlight=False)
 SHOWN_PROBLEMS = 5
 
 
-VAL_FRACTION = real(lambda v: 0 <= v < 1, "{} is outside [0, 1): 0.2 keeps a fifth for validation")
+VAL_FRACTION = real(lambda v: 0 < v < 1, "{} is outside (0, 1): 0.2 keeps a fifth for validation")
 
 
 def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -46,7 +46,7 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     s = sub.add_parser("synthetic", help="render the synthetic aircraft/ship/tank dataset")
     s.add_argument("out", metavar="OUT", help="the YOLO dataset folder to write")
     s.add_argument("--train", type=positive, default=400, help="training images (default 400)")
-    s.add_argument("--val", type=non_negative, default=100, help="validation images (default 100)")
+    s.add_argument("--val", type=positive, default=100, help="validation images (default 100)")
     s.add_argument("--size", type=whole(*IMAGE_SIDE, what="the image side"), default=256,
                    help="image side in pixels (default 256)")
     _common(s, cmd_synthetic)

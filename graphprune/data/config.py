@@ -288,6 +288,11 @@ def write_yolo_dataset(out: str | Path, splits: dict[str, Iterable[Sample]], nam
                 _write_sample(sample, images, labels)
                 report.images[split] += 1
                 report.boxes[split] += len(sample.boxes)
+        empty = [split for split in splits if not report.images[split]]
+        if empty:                       # load_data_config (and ultralytics) could not read it
+            raise GraphpruneError(f"the {' and '.join(empty)} split of {str(out)!r} would hold "
+                                  "no images; nothing was written",
+                                  hint="give it at least one image (--val, --val-fraction)")
         _write_data_yaml(tmp / "data.yaml", names, list(splits))
     return report
 

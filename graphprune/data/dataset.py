@@ -167,12 +167,35 @@ class DetectionDataset(Dataset):
         return img, self._boxes(i, img)
 
 
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB of any image mode. PIL's own conversion saturates 16-bit and float images
+    (a 16-bit satellite tile turns white); those are scaled instead: 16-bit by 255/65535 (as
+    OpenCV reads them), float in [0, 1] by 255, any other range stretched from its minimum to
+    its maximum."""
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        pixels = np.asarray(img, dtype=np.float64)
+        if img.mode.startswith("I;16"):
+            pixels = pixels * (255 / 65535)
+        else:
+            finite = pixels[np.isfinite(pixels)]
+            low, high = (float(finite.min()), float(finite.max())) if finite.size else (0, 0)
+            if 0 <= low and high <= 1:
+                pixels = pixels * 255
+            elif high > low:
+                pixels = (pixels - low) * (255 / (high - low))
+            else:
+                pixels = np.zeros_like(pixels)
+        pixels = np.nan_to_num(pixels, nan=0.0, posinf=255.0, neginf=0.0)
+        img = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "L")
+    return img.convert("RGB")
+
+
 def _decode(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     """(RGB image as displayed — EXIF orientation applied — resized so its longer side is
     ``size``, its original (h, w)).  A corrupt file raises :class:`GraphpruneError`."""
     try:
         with Image.open(path) as opened:
-            img = ImageOps.exif_transpose(opened).convert("RGB")
+            img = _to_rgb(ImageOps.exif_transpose(opened))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise GraphpruneError(f"{path}: cannot decode the image ({exc})",
                               hint="replace or remove the file") from None

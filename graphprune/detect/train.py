@@ -38,12 +38,13 @@ from .anchors import fit_anchors
 from .loss import LossGains, YOLOv5Loss, find_detect
 from .val import resolve_device, to_input, validate
 from graphprune import data as gpdata
-from graphprune.argtypes import IMAGE_SIDE, IMAGE_STRIDE
+from graphprune.argtypes import (IMAGE_SIDE, IMAGE_STRIDE, MAX_WORKERS, TRAINING_FACTOR,
+                                 refuse_oversized)
 from graphprune.checkpoint import build_structure, load, read_checkpoint
 from graphprune.data.augment import DEFAULT_HYP
 from graphprune.errors import CheckpointError, GraphpruneError
 from graphprune.export import FORMAT, VERSION, atomic_path
-from graphprune.models import build
+from graphprune.models import DETECTORS, build
 from graphprune.models.yolov5 import DEFAULT_ANCHORS
 from graphprune.sparsity import SparsityRegularizer
 
@@ -96,10 +97,19 @@ class TrainConfig:
     sparsity_options: dict[str, float] = field(default_factory=dict)   # eps, near_zero, a, t, ...
 
     def augmentation(self) -> dict[str, float]:
+        """The augmentation settings: DEFAULT_HYP with ``hyp`` over it, each a gain, a fraction
+        or a probability in [0, 1] (scale below 1: its factor is 1 ± scale)."""
         unknown = set(self.hyp) - set(DEFAULT_HYP)
         if unknown:
             raise GraphpruneError(f"unknown augmentation setting(s) {', '.join(sorted(unknown))}",
                                   hint=f"known: {', '.join(DEFAULT_HYP)}")
+        for key, value in self.hyp.items():
+            top_ok = value < 1 if key == "scale" else value <= 1
+            if not (isinstance(value, numbers.Real) and not isinstance(value, bool)
+                    and math.isfinite(value) and value >= 0 and top_ok):
+                raise GraphpruneError(f"augmentation setting {key} = {str(value)[:40]} is not in "
+                                      f"[0, 1{')' if key == 'scale' else ']'}",
+                                      hint=f"the default is {DEFAULT_HYP[key]}")
         return {**DEFAULT_HYP, **self.hyp}
 
     def check(self, where: str = "the training settings") -> "TrainConfig":
@@ -133,6 +143,13 @@ class TrainConfig:
                 raise bad(f.name, f"is below {low}")
         if self.imgsz % IMAGE_STRIDE or self.imgsz > IMAGE_SIDE[1]:
             raise bad("imgsz", f"is not a multiple of {IMAGE_STRIDE} up to {IMAGE_SIDE[1]}")
+        if self.workers is not None and self.workers > MAX_WORKERS:
+            raise bad("workers", f"is above {MAX_WORKERS}")
+        if self.weights is None and self.model not in DETECTORS:
+            raise bad("model", f"is not one of {', '.join(DETECTORS)}")
+        self.augmentation()
+        refuse_oversized((self.batch, 3, self.imgsz, self.imgsz), TRAINING_FACTOR,
+                         f"{where}: a training batch", "lower batch or imgsz")
         return self
 
     @classmethod

@@ -17,6 +17,8 @@ BUILDERS = {
     "yolov5_custom": yolov5_custom,
     "tiny_resnet": tiny_resnet,
 }
+# the builders that make a detector graphprune can train (the rest are test fixtures)
+DETECTORS = ("yolov5n", "yolov5s", "yolov5m", "yolov5l", "yolov5x", "yolov5_custom")
 
 
 def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -50,5 +52,5 @@ def build(name: str, **kwargs):
     return builder(**kwargs)
 
 
-__all__ = ["BUILDERS", "TinyResNet", "YOLOv5", "build", "randomize_batchnorm", "tiny_resnet", "yolov5", "yolov5_custom", "yolov5l",
+__all__ = ["BUILDERS", "DETECTORS", "TinyResNet", "YOLOv5", "build", "randomize_batchnorm", "tiny_resnet", "yolov5", "yolov5_custom", "yolov5l",
            "yolov5m", "yolov5n", "yolov5s", "yolov5x"]
