@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +21,11 @@ RESIDUAL_MODES = ("reconstruct", "couple", "auto")
 # The invariant's tolerance (DESIGN.md): |slim - ref| <= ATOL + RTOL * |ref|, float32.
 ATOL = 1e-4
 RTOL = 1e-4
+
+
+def as_names(value: Iterable[str] | str) -> tuple:
+    """``exclude``/``leaves`` as a tuple; one string is one name (not its letters)."""
+    return (value,) if isinstance(value, str) else tuple(value)
 
 
 @dataclass

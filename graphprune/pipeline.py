@@ -16,9 +16,10 @@ import numpy as np
 import torch
 import torch.fx
 import torch.nn as nn
+from torch.utils._pytree import tree_flatten
 
 from . import passes as gp_passes
-from .context import ATOL, RESIDUAL_MODES, RTOL, CompileConfig, CompileContext
+from .context import ATOL, RESIDUAL_MODES, RTOL, CompileConfig, CompileContext, as_names
 from .errors import GraphpruneError, GraphpruneWarning, MaskError
 from .export import export_onnx, export_pt2, save_checkpoint
 from .fold import border_deviation, fold_pruned_bias, gamma_zeroed
@@ -52,6 +53,11 @@ def validate_request(config: CompileConfig) -> None:
     if config.masks is not None and not isinstance(config.masks, Mapping):
         raise MaskError(f"masks must be a mapping of BatchNorm name to keep mask, got "
                         f"{type(config.masks).__name__}")
+    for option in ("exclude", "leaves"):
+        names = getattr(config, option)
+        if not all(isinstance(n, str) for n in names):
+            raise MaskError(f"{option} must be a list of module names or patterns, got "
+                            f"{names!r}"[:200], hint=f"e.g. {option}=['model.24']")
 
 
 def refuse_non_finite(model: nn.Module) -> None:
@@ -66,6 +72,31 @@ def refuse_non_finite(model: nn.Module) -> None:
                                       f"value(s) of {tensor.numel()}",
                                       hint="the weights are corrupt or the training diverged; "
                                            "compile an earlier checkpoint")
+
+
+def check_example(model: nn.Module, inputs: tuple[Any, ...]) -> None:
+    """The example inputs are finite and the model runs on them (on a throw-away copy, so
+    neither the caller's model nor the one traced sees the call): a shape, dtype or device the
+    model cannot take is the input's fault, said so before any work, and not later reported as a
+    compiler bug."""
+    tensors = [t for t in tree_flatten(inputs)[0] if isinstance(t, torch.Tensor)]
+    for k, tensor in enumerate(tensors):
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise GraphpruneError(f"example input {k} holds NaN/Inf values",
+                                  hint="give finite example inputs, e.g. torch.rand(1, 3, 640, 640)")
+    probe = working_copy(model, inputs)
+    try:
+        with torch.no_grad():
+            probe(*inputs)
+    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        shapes = ", ".join("x".join(map(str, t.shape)) + f" {str(t.dtype).removeprefix('torch.')}"
+                           for t in tensors)
+        raise GraphpruneError(f"the model cannot run on the example inputs ({shapes}): {first}",
+                              hint="give example inputs of the shape, dtype and device the model "
+                                   "takes") from None
+    finally:
+        del probe
 
 
 def check_leaves(model: nn.Module, leaves: Iterable[str]) -> None:
@@ -161,9 +192,13 @@ def prepare(model: nn.Module, example_inputs: Any, config: CompileConfig):
     """Check the model (finite weights, leaves it has), then trace a private eval-mode copy of
     it: (traced, a fresh CompileContext).  The one entry of compile, analyze and the search's
     planner."""
+    if not isinstance(model, nn.Module):
+        raise GraphpruneError(f"the model must be a torch.nn.Module, got {type(model).__name__}",
+                              hint="pass the module itself (gp.load(path) reads a checkpoint)")
     refuse_non_finite(model)
     check_leaves(model, config.leaves)
     inputs = as_inputs(example_inputs)
+    check_example(model, inputs)
     work = working_copy(model, inputs)
     traced = trace(work, config.leaves)
     ctx = CompileContext(work, inputs, config,
@@ -218,7 +253,7 @@ def compile(model: nn.Module, example_inputs: Any, *, masks: Mapping[str, Any] |
                                dependency_groups=dependency_groups)
     config = CompileConfig(masks=masks, threshold=threshold, prune_ratio=prune_ratio,
                            residual=residual, min_channels=min_channels, round_to=round_to,
-                           exclude=tuple(exclude), leaves=tuple(leaves), verify=verify,
+                           exclude=as_names(exclude), leaves=as_names(leaves), verify=verify,
                            atol=atol, rtol=rtol, dependency_groups=dependency_groups)
     validate_request(config)
     traced, ctx = prepare(model, example_inputs, config)
@@ -311,7 +346,7 @@ class ModelReport:
 def analyze(model: nn.Module, example_inputs: Any, *, leaves: Iterable[str] = ()
             ) -> ModelReport:
     """Trace and analyse ``model`` without pruning it (``graphprune inspect``)."""
-    _, ctx = prepare_analysis(model, example_inputs, CompileConfig(leaves=tuple(leaves)))
+    _, ctx = prepare_analysis(model, example_inputs, CompileConfig(leaves=as_names(leaves)))
     work, inputs = ctx.model, ctx.example_inputs
     pins, reasons = structural_pins(ctx.analysis)
     return ModelReport(params=count_params(work), flops=count_flops(work, inputs),

@@ -29,7 +29,7 @@ import torch.nn as nn
 from . import fold as bias_folding
 from .attention import (LFA, LFA_CRITERIA, AttentionReader, CalibrationSet, FeatureAttention,
                         feature_attention, lfa)
-from .context import CompileConfig
+from .context import CompileConfig, as_names
 from .costs import LayerCost, estimate, layer_costs
 from .errors import GraphpruneError, GraphpruneWarning
 from .masks import batchnorm_sizes, global_order, masks_from_ranking, zero_mask
@@ -68,7 +68,7 @@ class MaskPlanner:
                  leaves: Iterable[str] = ()):
         self.config = CompileConfig(residual=residual, min_channels=min_channels,
                                     round_to=round_to,
-                                    exclude=tuple(exclude), leaves=tuple(leaves), verify=False)
+                                    exclude=as_names(exclude), leaves=as_names(leaves), verify=False)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", GraphpruneWarning)
             self.gm, self.ctx = prepare_analysis(model, example_inputs, self.config)

@@ -519,3 +519,42 @@ def test_a_json_out_that_is_a_directory_is_refused_before_validating(tiny_inputs
     line = one_error_line(capsys)
     assert f"--json-out '{tmp_path / 'metrics'}' is a directory" in line
     assert [p.name for p in tmp_path.iterdir()] == ["metrics"]
+
+
+@pytest.mark.parametrize("call, phrase", [
+    (lambda gp, m, x: gp.compile("model.pt", x, prune_ratio=0.3),
+     "the model must be a torch.nn.Module, got str"),
+    (lambda gp, m, x: gp.compile(m, x.half(), prune_ratio=0.3),
+     "the model cannot run on the example inputs (1x3x32x32 float16)"),
+    (lambda gp, m, x: gp.compile(m, torch.rand(1, 4, 32, 32), prune_ratio=0.3),
+     "the model cannot run on the example inputs (1x4x32x32 float32)"),
+    (lambda gp, m, x: gp.compile(m, x * float("nan"), prune_ratio=0.3),
+     "example input 0 holds NaN/Inf values"),
+    (lambda gp, m, x: gp.compile(m, x, prune_ratio=0.3, exclude=[3]),
+     "exclude must be a list of module names or patterns"),
+    (lambda gp, m, x: gp.analyze(m, (x, x)), "the model cannot run on the example inputs"),
+])
+def test_the_library_refuses_bad_inputs_as_the_inputs_fault(call, phrase):
+    import graphprune as gp
+    from graphprune.models import randomize_batchnorm
+
+    model = randomize_batchnorm(tiny_resnet(), 0).eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(GraphpruneError) as exc:
+        call(gp, model, torch.rand(1, 3, 32, 32))
+    assert phrase in str(exc.value) and "please report" not in str(exc.value)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_one_name_given_as_a_string_is_one_name_not_its_letters():
+    import graphprune as gp
+    from graphprune.models import randomize_batchnorm
+
+    model = randomize_batchnorm(tiny_resnet(), 0).eval()
+    x = torch.rand(1, 3, 32, 32)
+    as_string = gp.compile(model, x, prune_ratio=0.5, exclude="stem")
+    as_list = gp.compile(model, x, prune_ratio=0.5, exclude=["stem"])
+    assert as_string.masks.keys() == as_list.masks.keys()
+    assert all(torch.equal(torch.as_tensor(as_string.masks[k]), torch.as_tensor(as_list.masks[k]))
+               for k in as_list.masks)
+    assert bool(torch.as_tensor(as_list.masks["stem.1"]).all())
