@@ -12,6 +12,7 @@ import os
 import struct
 import warnings
 import zlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -558,3 +559,99 @@ def test_one_name_given_as_a_string_is_one_name_not_its_letters():
     assert all(torch.equal(torch.as_tensor(as_string.masks[k]), torch.as_tensor(as_list.masks[k]))
                for k in as_list.masks)
     assert bool(torch.as_tensor(as_list.masks["stem.1"]).all())
+
+
+def test_a_truncated_image_is_skipped_and_reported_through_train_and_val(tmp_path, capsys):
+    from test_outputs import digest
+
+    data = gpdata.make_synthetic_dataset(tmp_path / "syn", 4, 3, seed=0, size=64)
+    for split in ("train", "val"):
+        image = sorted((data.parent / "images" / split).iterdir())[0]
+        body = image.read_bytes()
+        image.write_bytes(body[:len(body) // 3])       # the header intact, the body cut
+    before = digest(data.parent)
+    run = tmp_path / "run"
+    with pytest.warns(GraphpruneWarning, match="replaced by the next readable image"):
+        assert main(["train", "--data", str(data), "--model", "yolov5n", "--imgsz", "64",
+                     "--epochs", "1", "--batch", "2", "--workers", "0", "--out", str(run)]) == 0
+    assert len((run / "results.jsonl").read_text().splitlines()) == 1
+    with pytest.warns(GraphpruneWarning, match="replaced by the next readable image"):
+        assert main(["val", "--weights", str(run / "last.pt"), "--data", str(data), "--imgsz",
+                     "64", "--workers", "0", "--json-out", str(tmp_path / "m.json")]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["map50"] >= 0
+    assert digest(data.parent) == before                 # the dataset is only read
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-3, 3) | st.floats(allow_nan=False)
+                    | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=5) |
+                    st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+LAYER = st.sampled_from(["stem.1", "layer1.0.conv1.1", "layer1.0.conv2.1", "nope", ""])
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(content=st.one_of(JSON, st.dictionaries(LAYER, st.one_of(
+    st.lists(st.sampled_from([0, 1, True, False, 2, -1, 0.5, "1", None]), max_size=20),
+    st.lists(st.booleans(), min_size=16, max_size=16), st.text(max_size=16), JSON), max_size=3)),
+       raw=st.one_of(st.none(), st.binary(max_size=40)))
+@example(content={"stem.1": [1] * 8 + [0] * 8}, raw=None)
+def test_any_mask_file_gives_a_whole_output_or_one_line_and_nothing(content, raw,
+                                                                   tmp_path_factory):
+    root = tmp_path_factory.mktemp("masks")
+    masks = root / "masks.json"
+    masks.write_bytes(raw if raw is not None else json.dumps(content).encode())
+    out = root / "out"
+    code, text = _run_cli(["compile", "tiny_resnet", "--random-bn", "0", "--masks", str(masks),
+                           "--example-shape", "1,3,32,32", "--no-onnx", "--no-pt2",
+                           "--out", str(out)])
+    if code == 0:
+        report = json.loads((out / "report.json").read_text())
+        assert sorted(p.name for p in out.iterdir()) == sorted(report["artifacts"])
+    else:
+        _assert_one_line_failure(code, text, "compile")
+        assert sorted(p.name for p in root.iterdir()) == ["masks.json"]
+
+
+PATH_PIECE = st.sampled_from(["", ".", "..", "out", "inp", "model.pt", "afile", "a b", "ü",
+                              "x" * 300, "-o", "new"])
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pieces=st.lists(PATH_PIECE, min_size=1, max_size=3), overwrite=st.booleans())
+@example(pieces=["new", "out"], overwrite=False)
+def test_any_output_path_gives_a_whole_output_or_one_line_and_changes_nothing(
+        pieces, overwrite, tmp_path_factory, monkeypatch):
+    """Whatever --out names (the input's folder, the input itself, a file, the current
+    directory or above it, a name too long, odd characters): a whole output in a new place, or
+    one line, and every file that was there before is unchanged."""
+    from test_outputs import digest
+
+    root = tmp_path_factory.mktemp("paths")
+    here = root / "l1" / "l2" / "l3"                # three ".." still land inside root
+    here.mkdir(parents=True)
+    monkeypatch.chdir(here)
+    (here / "inp").mkdir()
+    save_checkpoint(tiny_resnet().eval(), {"builder": "tiny_resnet", "kwargs": {}, "inputs": []},
+                    here / "inp" / "model.pt")
+    (here / "afile").write_text("mine")
+    (here / "out").mkdir()
+    (here / "out" / "old.txt").write_text("an earlier output")
+    before = digest(root)
+    out = "/".join(pieces).lstrip("/") or "."     # relative: below root whatever the pieces
+    code, text = _run_cli(["compile", "inp/model.pt", "--prune-ratio", "0.3", "--example-shape",
+                           "1,3,32,32", "--no-onnx", "--no-pt2", f"--out={out}",
+                           *(["--overwrite"] if overwrite else [])])
+    after = digest(root)
+    if code == 0:
+        written = (here / out).resolve()
+        report = json.loads((written / "report.json").read_text())
+        assert sorted(p.name for p in written.iterdir()) == sorted(report["artifacts"])
+        replaced = written.relative_to(root)
+        kept = {k: v for k, v in before.items() if not Path(k).is_relative_to(replaced)}
+        assert {k: after[k] for k in kept} == kept
+    else:
+        _assert_one_line_failure(code, text, "compile")
+        assert after == before
+        assert not [p for p in root.rglob(".*")]            # no temporaries left
