@@ -321,6 +321,10 @@ def run_seed(args, preset, seed: int, console: Console) -> dict[str, Any]:
         spec = methods(preset)[name]
         run = work / f"sparse-{name}"
         callbacks = None
+        if args.finished_only and name != "none" and done(run) is None:
+            console.print(f"seed {seed}: {name} has no finished sparse run; left out "
+                          "(--finished-only)")
+            continue
         if spec.get("scratch"):         # sparse training from scratch, for the baseline's and
             epochs = preset["base_epochs"] + preset["sparse_epochs"]       # sparse epochs
             console.rule(f"seed {seed}: {name}, {epochs} epochs from scratch")
@@ -388,6 +392,10 @@ def run_seed(args, preset, seed: int, console: Console) -> dict[str, Any]:
 
     for width in preset["widths"]:
         run = work / f"dense-w{width:g}"
+        if args.finished_only and done(run) is None:
+            console.print(f"seed {seed}: dense width {width:g} is not finished; left out "
+                          "(--finished-only)")
+            continue
         console.rule(f"seed {seed}: dense width {width:g}, {total} epochs from scratch")
         info = training(run, TrainConfig(model="yolov5_custom", model_kwargs=dict(
             depth_multiple=0.33, width_multiple=width), epochs=total, out=str(run),
@@ -557,12 +565,12 @@ def markdown(payload: dict[str, Any]) -> str:
                   f"{cell(ref['map50_ft'], ref['map50_ft_spread'])}; "
                   f"{ref['flops'] / 1e9:.3f} GFLOPs.", ""]
     lines += ["| method | cut | FLOPs removed | GFLOPs | params | mAP50 pruned | mAP50-95 pruned "
-              "| mAP50 fine-tuned | mAP50-95 fine-tuned | ORT ms |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| mAP50 fine-tuned | mAP50-95 fine-tuned | ORT ms | seeds |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in s["points"]:
         if "map50" not in row:
             lines.append(f"| {row['method']} | {op_name(row['op'])} | failed: "
-                         f"{row['failed'][0]} | | | | | | | |")
+                         f"{row['failed'][0]} | | | | | | | | 0 |")
             continue
         lines.append(f"| {row['method']} | {op_name(row['op'])} | "
                      f"{cell(row['flops_removed'], row['flops_removed_spread'], pct=True)} | "
@@ -571,13 +579,13 @@ def markdown(payload: dict[str, Any]) -> str:
                      f"{cell(row['map'], row['map_spread'])} | "
                      f"{cell(row['map50_ft'], row['map50_ft_spread'])} | "
                      f"{cell(row['map_ft'], row['map_ft_spread'])} | "
-                     f"{cell(row['latency_ms'], row['latency_ms_spread'], 2)} |")
+                     f"{cell(row['latency_ms'], row['latency_ms_spread'], 2)} | {row['seeds']} |")
     for row in s["dense"]:
         lines.append(f"| dense w = {row['width']:g} | trained from scratch | – | "
                      f"{row['flops'] / 1e9:.3f} | {row['params'] / 1e6:.3f} M | – | – | "
                      f"{cell(row['map50'], row['map50_spread'])} | "
                      f"{cell(row['map'], row['map_spread'])} | "
-                     f"{cell(row['latency_ms'], row['latency_ms_spread'], 2)} |")
+                     f"{cell(row['latency_ms'], row['latency_ms_spread'], 2)} | {row['seeds']} |")
     for v in payload["verdicts"].values():
         lines += ["", f"## Verdicts: {v['method']} (from the means)", ""]
         for key, label in (("within_1pt_at_70pct_flops_map50",
@@ -666,6 +674,10 @@ def main(argv=None) -> int:
                         help="what the LFA targets bound: plus (LFA⁺), two-sided (LFA±)")
     parser.add_argument("--flops-targets", default="0.5,0.7,0.85")
     parser.add_argument("--seeds", default=None, help="comma-separated (default: the preset's)")
+    parser.add_argument("--finished-only", action="store_true",
+                        help="train nothing new: leave out of a seed every method whose sparse "
+                             "run and every dense width whose training has not finished (the "
+                             "table's seeds column says how many seeds each row averages)")
     parser.add_argument("--widths", default=None,
                         help="dense family width multipliers, comma-separated (default: the "
                              "preset's)")

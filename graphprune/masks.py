@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import difflib
 import fnmatch
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -19,8 +19,13 @@ import torch.nn as nn
 
 from .errors import MaskError
 
-# the layer types the compiler slims: every module that reads them imports them from here
-BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+# the layer types the compiler slims: every module that reads them imports them from here.
+# Every BatchNorm counts, however it is written: BatchNorm1d/2d/3d, SyncBatchNorm, and
+# subclasses that fuse more into their forward (timm's BatchNormAct2d: batch norm, then its
+# activation); the tracer keeps them whole, and a subclass whose forward does not send a zeroed
+# channel to zero is left unpruned, with the reason (passes/collect_statistics.py).
+BATCHNORMS = (nn.modules.batchnorm._BatchNorm,)
+PLAIN_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
@@ -54,6 +59,30 @@ def unknown_layer_error(name: str, known: Iterable[str]) -> MaskError:
 
 def batchnorms(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, BATCHNORMS)}
+
+
+def fused_batchnorm_problem(bn: nn.Module, input_shape: Sequence[int]) -> str | None:
+    """Why a BatchNorm subclass with its own forward (a fused activation, drop path, ...) cannot
+    be pruned, or None when it can: run on a throw-away copy with γ = β = 0, a channel must
+    come out exactly 0 and the shape unchanged, as for a BatchNorm followed by a zero-preserving
+    op. A plain BatchNorm needs no probe."""
+    if type(bn) in PLAIN_BATCHNORMS or not getattr(bn, "affine", False):
+        return None
+    probe = copy.deepcopy(bn).eval()
+    shape = (1, *input_shape[1:])
+    try:
+        with torch.no_grad():
+            probe.weight.zero_()
+            probe.bias.zero_()
+            out = probe(torch.zeros(shape, dtype=bn.weight.dtype, device=bn.weight.device))
+    except Exception as exc:             # its forward is its own: anything may fail
+        return f"its own forward ({type(bn).__name__}) failed on a probe: {type(exc).__name__}"
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != shape:
+        return f"its own forward ({type(bn).__name__}) changes the shape of its input"
+    if bool(out.any()):
+        return (f"its own forward ({type(bn).__name__}) turns a zeroed channel into a non-zero "
+                "output (a fused op such as sigmoid)")
+    return None
 
 
 def batchnorm_sizes(model: nn.Module) -> dict[str, int]:
@@ -172,6 +201,6 @@ def round_up_channels(masks: dict[str, np.ndarray], gammas: Mapping[str, np.ndar
     return grown
 
 
-__all__ = ["BATCHNORMS", "CONVS", "as_mask", "batchnorm_sizes", "batchnorms", "count_below",
+__all__ = ["BATCHNORMS", "CONVS", "PLAIN_BATCHNORMS", "as_mask", "batchnorm_sizes", "batchnorms", "count_below",
            "enforce_min_channels", "global_order", "masked_copy", "masks_from_ranking", "matches",
            "round_up_channels", "unknown_layer_error", "zero_mask"]

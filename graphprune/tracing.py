@@ -67,7 +67,11 @@ class GraphpruneTracer(torch.fx.Tracer):
         self.failure: BaseException | None = None
 
     def is_leaf_module(self, m: nn.Module, qualified_name: str) -> bool:
-        return qualified_name in self.leaves or super().is_leaf_module(m, qualified_name)
+        # a BatchNorm subclass (timm's BatchNormAct2d, ...) stays one call_module node, which
+        # the BatchNorm rule prunes, instead of dissolving into F.batch_norm and its extras
+        return qualified_name in self.leaves or \
+            isinstance(m, nn.modules.batchnorm._BatchNorm) or \
+            super().is_leaf_module(m, qualified_name)
 
     def call_module(self, m: nn.Module, forward, args, kwargs):
         try:

@@ -18,7 +18,8 @@ from torch.fx.passes.infra.pass_base import PassResult
 from graphprune.analysis import ChannelAnalysis
 from graphprune.context import CompileContext, LayerStatistics
 from graphprune.groups import DependencyGroups, build_groups
-from graphprune.masks import BATCHNORMS
+from graphprune.masks import BATCHNORMS, fused_batchnorm_problem
+from graphprune.specs import is_tensor, spec_of
 
 # |γ| below this counts as "near zero" (paper §3.1.2 uses 0.01).
 NEAR_ZERO = 0.01
@@ -44,16 +45,20 @@ def collect_statistics(gm: torch.fx.GraphModule, ctx: CompileContext) -> PassRes
         for node in gm.graph.nodes:
             if node.op == "call_module" and node.target in calls:
                 calls[node.target].append(node)
+        # a BatchNorm subclass with its own forward is probed once on its input's shape
+        fused = {n: fused_batchnorm_problem(modules[n], spec_of(calls[n][0].args[0]).shape)
+                 for n in bn_names if len(calls[n]) == 1 and calls[n][0].args and
+                 is_tensor(calls[n][0].args[0])}
         candidates = {n: np.ones(modules[n].num_features, dtype=bool) for n in bn_names
-                      if modules[n].affine}
+                      if modules[n].affine and not fused.get(n)}
         analysis = ChannelAnalysis(gm, candidates)
         prunable = analysis.bn_nodes()           # graph order
         analysis.masks = {n: candidates[n] for n in prunable}
         ctx.analysis = analysis
         for name in bn_names:
             if name not in prunable:
-                ctx.unprunable[name] = _unprunable_reason(gm, name, modules[name], calls[name],
-                                                          ctx.leaves)
+                ctx.unprunable[name] = fused.get(name) or _unprunable_reason(
+                    gm, name, modules[name], calls[name], ctx.leaves)
         for name in prunable:
             gamma = modules[name].weight.detach().abs().float().cpu().numpy()
             ctx.statistics[name] = LayerStatistics(name, gamma, int((gamma < NEAR_ZERO).sum()))

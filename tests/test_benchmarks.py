@@ -201,6 +201,21 @@ def test_tradeoff_benchmark_measures_every_method_and_yardstick(tmp_path):
     assert tradeoff.main(["--quick", "--work", str(tmp_path / "work"), "--flops-targets",
                           "0.5,0.7", "--widths", "0.25", "--json-out", str(out)]) == 0
     assert [d["width"] for d in json.loads(out.read_text())["per_seed"][0]["dense"]] == [0.25]
+    # --finished-only leaves out what has not finished instead of training it
+    work = tmp_path / "work" / "seed0"
+    (work / "sparse-l1rr" / "done.json").unlink()
+    (work / "dense-w0.125" / "done.json").unlink()
+    assert tradeoff.main(["--quick", "--work", str(tmp_path / "work"), "--flops-targets",
+                          "0.5,0.7", "--finished-only", "--json-out", str(out)]) == 0
+    partial = json.loads(out.read_text())
+    assert "l1rr" not in {p["method"] for p in partial["per_seed"][0]["points"]}
+    assert [d["width"] for d in partial["per_seed"][0]["dense"]] == [0.25]
+    assert not (work / "sparse-l1rr" / "done.json").exists()
+    assert not (work / "dense-w0.125" / "done.json").exists()
+    partial.setdefault("plot", "tradeoff.png")
+    rows = [line for line in tradeoff.markdown(partial).splitlines() if line.startswith("| ")]
+    assert rows[0].endswith("| seeds |")
+    assert all(r.endswith(("| 1 |", "| 0 |")) for r in rows[2:])
 
 
 def test_tradeoff_front_comparison():
