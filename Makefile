@@ -30,7 +30,7 @@ $(TV_STAMP): pyproject.toml
 	test -x $(TV_VENV)/bin/python || $(PYTHON) -m venv $(TV_VENV)
 	$(TV_VENV)/bin/python -c "import torchvision" 2>/dev/null || \
 		$(TV_VENV)/bin/pip install -q $(TV_PIN)
-	$(TV_VENV)/bin/pip install -q -e ".[dev,ultralytics]"
+	$(TV_VENV)/bin/pip install -q -e ".[dev,ultralytics,timm]"
 	touch $(TV_STAMP)
 
 # core suite on torch 2.13.0, then the ultralytics suite on torch 2.14.1 (never skipped there)

@@ -29,10 +29,13 @@ import argparse
 import importlib
 import json
 import platform
+import signal
 import sys
 import tempfile
+import threading
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from functools import partial
@@ -105,6 +108,31 @@ TV_DETECTORS = {
     "fcos_resnet50_fpn": {"min_size": 320, "max_size": 320},
 }
 ULTRALYTICS = ("yolov8n", "yolov5nu", "yolov8s", "yolo11n")
+# timm CNNs across families (the backbones of many detectors), each at 128 px: ResNet and its
+# variants, CSP/Darknet, DenseNet/DLA/DPN, the EfficientNet/MobileNet family, RegNet, VoVNet,
+# HGNet, re-parameterisable RepVGG/MobileOne, GhostNet, and norm-free / LayerNorm nets (which
+# have no BatchNorm to prune: reported as such)
+TIMM = (
+    "resnet18", "resnet26t", "resnet50d", "resnext26ts", "seresnet33ts", "seresnext26d_32x4d",
+    "ecaresnet26t", "skresnet18", "res2net50_26w_4s", "res2next50", "resnest14d",
+    "gcresnet33ts", "bat_resnext26ts", "resnetblur18", "resnetrs50", "wide_resnet50_2",
+    "tresnet_m", "resnetv2_50", "densenet121", "dla34", "dpn68", "cspdarknet53",
+    "cspresnet50", "cspresnext50", "darknet53", "cs3darknet_s", "cs3darknet_focus_s",
+    "cs3sedarknet_l", "efficientnet_b0", "efficientnet_lite0", "efficientnetv2_rw_t",
+    "tf_efficientnetv2_b0", "mobilenetv2_100", "mobilenetv3_large_100",
+    "mobilenetv3_small_100", "mobilenetv4_conv_small", "mixnet_s", "mnasnet_100",
+    "fbnetc_100", "spnasnet_100", "lcnet_050", "hardcorenas_a", "tinynet_a", "ghostnet_100",
+    "ghostnetv2_100", "repghostnet_050", "regnetx_002", "regnety_002", "regnety_008",
+    "regnetz_b16", "rexnet_100", "selecsls42b", "hrnet_w18_small", "vovnet39a",
+    "ese_vovnet19b_dw", "hgnet_tiny", "hgnetv2_b0", "repvgg_a0", "repvgg_b0", "mobileone_s0",
+    "gernet_s", "inception_v3", "xception41", "vgg11_bn", "efficientformer_l1",
+    "fastvit_t8", "mobilevit_xxs", "nf_resnet26", "dm_nfnet_f0", "convnext_atto",
+)
+
+
+def _timm(name: str) -> nn.Module:
+    import timm
+    return timm.create_model(name, pretrained=False)
 QUICK = ("yolov5n", "tiny_resnet", "resnet18", "mobilenet_v3_small")
 
 
@@ -163,6 +191,8 @@ def default_entries() -> dict[str, ZooEntry]:
                 for n, kw in TV_DETECTORS.items() for part in ("backbone", "backbone+head")]
     entries += [ZooEntry(n, "ultralytics", partial(_ultralytics, n), imgsz=320,
                          requires="ultralytics") for n in ULTRALYTICS]
+    entries += [ZooEntry(f"timm.{n}", "timm", partial(_timm, n), imgsz=128, requires="timm")
+                for n in TIMM]
     return {e.name: e for e in entries}
 
 
@@ -310,6 +340,108 @@ def evaluate(entry: ZooEntry, size: int, *, onnx: bool, workdir: Path, seed: int
     return row
 
 
+# --- torch-pruning on the same model -----------------------------------------------------------
+
+def output_layers(model: nn.Module, inputs: tuple[Any, ...]) -> list[nn.Module]:
+    """The convolutions and linear layers whose output is (a view of) a model output, plus a
+    timm model's classifier: what a pruner must leave whole to keep the outputs' shapes."""
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
+    produced: dict[int, nn.Module] = {}
+
+    def record(module: nn.Module, _inputs, out) -> None:      # returns None: output unchanged
+        if isinstance(out, torch.Tensor):
+            produced.setdefault(out.untyped_storage().data_ptr(), module)
+
+    hooks = [m.register_forward_hook(record) for m in layers]
+    try:
+        outputs = run_model(model, inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    found = [produced[t.untyped_storage().data_ptr()] for t in tree_flatten(outputs)[0]
+             if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() in produced]
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if isinstance(head, nn.Module) and any(p.numel() for p in head.parameters()):
+        found.append(head)
+    return list({id(m): m for m in found}.values())
+
+
+TP_LIMIT_S = 120          # torch-pruning's graph building can run on for many minutes
+
+
+class TimeLimit(BaseException):
+    """Not an Exception: a library's own ``except Exception`` must not swallow it."""
+
+
+@contextmanager
+def time_limit(seconds: float):
+    """Raise TimeLimit in the block after ``seconds`` (SIGALRM; no limit off the main thread or
+    where the platform has none)."""
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not \
+            threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise TimeLimit(f"did not finish within {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def evaluate_tp(entry: ZooEntry, size: int, seed: int = 0) -> dict[str, Any]:
+    """Torch-Pruning on the same model, by its own check: a MetaPruner with random importance
+    and pruning ratio 0.5 per layer (its counterpart of the random masks), the output layers
+    left whole; a pass runs afterwards with unchanged output shapes and has removed at least
+    ``MIN_PRUNED`` of the BatchNorm channels (of the parameters, for a model without BatchNorm).
+    Nothing here checks the pruned model's values: torch-pruning defines none to check."""
+    row: dict[str, Any] = {"tp_status": "fail", "tp_pruned": None, "tp_params_ratio": None,
+                           "tp_reason": None, "tp_seconds": None}
+    clock = time.perf_counter()
+    try:
+        with time_limit(TP_LIMIT_S):
+            _run_tp(entry, size, seed, row)
+    except (Exception, TimeLimit) as exc:                     # noqa: BLE001 - report, go on
+        row["tp_reason"] = failure(exc)
+    finally:
+        row["tp_seconds"] = round(time.perf_counter() - clock, 2)
+    return row
+
+
+def _run_tp(entry: ZooEntry, size: int, seed: int, row: dict[str, Any]) -> None:
+    """evaluate_tp's body: fills ``row``."""
+    import torch_pruning as tp
+    model = entry.build().eval()
+    randomize_batchnorm(model, seed)
+    inputs = entry.example(size, seed)
+    shapes = [t.shape for t in tree_flatten(run_model(model, inputs))[0]
+              if isinstance(t, torch.Tensor)]
+    bn_before = sum(m.num_features for m in batchnorms(model).values())
+    params_before = sum(p.numel() for p in model.parameters())
+    pruner = tp.pruner.MetaPruner(model, example_inputs=inputs[0] if len(inputs) == 1
+                                  else inputs, importance=tp.importance.RandomImportance(),
+                                  pruning_ratio=KEEP_P,
+                                  ignored_layers=output_layers(model, inputs))
+    pruner.step()
+    after = [t.shape for t in tree_flatten(run_model(model, inputs))[0]
+             if isinstance(t, torch.Tensor)]
+    row["tp_params_ratio"] = sum(p.numel() for p in model.parameters()) / params_before
+    if after != shapes:
+        row["tp_reason"] = "the pruned model's output shapes changed"
+        return
+    bn_after = sum(m.num_features for m in batchnorms(model).values())
+    row["tp_pruned"] = 1 - bn_after / bn_before if bn_before else \
+        1 - row["tp_params_ratio"]
+    row["tp_status"] = "pass" if row["tp_pruned"] >= MIN_PRUNED else "pinned everything"
+    if row["tp_status"] != "pass":
+        row["tp_reason"] = f"only {row['tp_pruned']:.1%} removed"
+
+
 # --- output -------------------------------------------------------------------------------------
 
 def yes_no(value: bool | None) -> str:
@@ -325,14 +457,20 @@ def cells(row: Mapping[str, Any]) -> list[str]:
     params = "—" if row["params_after"] is None else \
         f"{count(row['params_after'])} / {count(row['params_before'])}"
     seconds = sum(row["seconds"].values())
+    tp = row.get("tp_status")
+    tp_cell = "—" if tp is None else tp + ("" if row.get("tp_pruned") is None else
+                                           f", {row['tp_pruned']:.1%}")
+    if row.get("tp_reason"):
+        tp_cell += f": {row['tp_reason']}"
     return [row["model"], row["source"], str(row["imgsz"]), row["status"],
             yes_no(row["compiled"]), yes_no(row["verified"]), yes_no(row["onnx"]), pruned,
             params, "—" if row["leaves"] is None else str(row["leaves"]), f"{seconds:.1f}",
-            row["reason"] or ""]
+            row["reason"] or "", tp_cell]
 
 
 HEADERS = ["model", "source", "px", "status", "compiled?", "verified?", "ONNX parity?",
-           "BN channels pruned", "params after / before", "leaves kept whole", "s", "reason"]
+           "BN channels pruned", "params after / before", "leaves kept whole", "s", "reason",
+           "torch-pruning (random, 0.5)"]
 
 
 def rich_table(rows: Iterable[Mapping[str, Any]], title: str) -> Table:
@@ -341,7 +479,8 @@ def rich_table(rows: Iterable[Mapping[str, Any]], title: str) -> Table:
         numeric = h in ("px", "BN channels pruned", "params after / before",
                         "leaves kept whole", "s")
         table.add_column(h, justify="right" if numeric else "left",
-                         overflow="fold", max_width=70 if h == "reason" else None)
+                         overflow="fold", max_width=70 if h in ("reason", HEADERS[-1])
+                         else None)
     colours = {"pass": "green", "fail": "red", "pinned everything": "yellow"}
     for row in rows:
         c = cells(row)
@@ -362,10 +501,18 @@ def markdown(payload: Mapping[str, Any]) -> str:
         f"{MIN_PRUNED:.0%} of the prunable BatchNorm channels.", "",
         f"{payload['machine']}; Python {payload['python']}, torch {payload['torch']}, "
         f"torchvision {payload['torchvision'] or 'not installed'}, ultralytics "
-        f"{payload['ultralytics'] or 'not installed'}, onnxruntime {payload['onnxruntime']}; "
+        f"{payload['ultralytics'] or 'not installed'}, timm "
+        f"{payload.get('timm') or 'not installed'}, onnxruntime {payload['onnxruntime']}; "
         f"{payload['threads']} torch thread(s); {payload['date']}; the run took "
         f"{payload['total_s'] / 60:.1f} min.", "",
-        f"**{passed} of {len(rows)} pass.**", "",
+        f"**{passed} of {len(rows)} pass.**" + (
+            f" Torch-Pruning {payload.get('torch_pruning')} on the same models (MetaPruner, "
+            f"random importance, ratio {KEEP_P} per layer, output layers left whole; its own "
+            f"check: the pruned model runs with the same output shapes and lost ≥ "
+            f"{MIN_PRUNED:.0%} of its BatchNorm channels, or of its parameters without "
+            f"BatchNorm; it has no reference to compare values with): "
+            f"{sum(r.get('tp_status') == 'pass' for r in rows)} of {len(rows)} pass."
+            if payload.get("tp") else ""), "",
         "`NAME.backbone` is a torchvision detector's backbone + FPN alone and "
         "`NAME.backbone+head` adds its dense head (Faster R-CNN: the RPN head), without the "
         "image-list transform, anchors and post-processing of the full detector. "
@@ -391,6 +538,9 @@ def main(argv=None, extra: Iterable[ZooEntry] | Mapping[str, ZooEntry] = ()) -> 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=None,
                         help="comma-separated names (default: every available one)")
+    parser.add_argument("--sources", default=None,
+                        help="only these sources, comma-separated: graphprune, torchvision, "
+                             "ultralytics, timm (results then go to zoo_SOURCES.*)")
     parser.add_argument("--quick", action="store_true",
                         help=f"small inputs (64 px) and only {', '.join(QUICK)} "
                              "(or the --models given)")
@@ -400,6 +550,8 @@ def main(argv=None, extra: Iterable[ZooEntry] | Mapping[str, ZooEntry] = ()) -> 
     parser.add_argument("--no-onnx", dest="onnx", action="store_false",
                         help="skip the ONNX export and onnxruntime parity check")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-tp", dest="tp", action="store_false",
+                        help="skip the torch-pruning run on each model")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's own choice, e.g. OMP_NUM_THREADS)")
     parser.add_argument("--json-out", type=Path, default=None)
@@ -437,6 +589,13 @@ def main(argv=None, extra: Iterable[ZooEntry] | Mapping[str, ZooEntry] = ()) -> 
         names = [n for n, e in registry.items() if e.quick or e in extra]
     else:
         names = list(registry)
+    if args.sources:
+        sources = [s for s in args.sources.split(",") if s]
+        known = {e.source for e in registry.values()}
+        if set(sources) - known:
+            parser.error(f"unknown source(s) {', '.join(sorted(set(sources) - known))}; "
+                         f"known: {', '.join(sorted(known))}")
+        names = [n for n in names if registry[n].source in sources]
     skipped = {n: why for n in names if (why := unavailable(registry[n]))}
     chosen = [registry[n] for n in names if n not in skipped]
 
@@ -447,12 +606,17 @@ def main(argv=None, extra: Iterable[ZooEntry] | Mapping[str, ZooEntry] = ()) -> 
             size = args.imgsz or (entry.quick_imgsz if args.quick else entry.imgsz)
             with console.status(f"[{k}/{len(chosen)}] {entry.name} @ {size} px"):
                 row = evaluate(entry, size, onnx=args.onnx, workdir=Path(tmp), seed=args.seed)
+                if args.tp:
+                    row.update(evaluate_tp(entry, size, seed=args.seed))
             rows.append(row)
             pruned = "" if row["channels_pruned"] is None else \
                 f", {row['channels_pruned']:.1%} pruned"
+            tp_note = "" if row.get("tp_status") is None else \
+                f"; torch-pruning: {row['tp_status']}" + \
+                (f" ({row['tp_reason']})" if row.get("tp_reason") else "")
             console.print(f"[{k}/{len(chosen)}] {entry.name}: {row['status']}{pruned}"
                           f"{' — ' + row['reason'] if row['reason'] else ''} "
-                          f"({sum(row['seconds'].values()):.1f} s)")
+                          f"({sum(row['seconds'].values()):.1f} s){tp_note}")
     total = time.perf_counter() - start
 
     payload = {
@@ -462,6 +626,8 @@ def main(argv=None, extra: Iterable[ZooEntry] | Mapping[str, ZooEntry] = ()) -> 
                    f"{platform.release()}",
         "python": platform.python_version(), "torch": torch.__version__,
         "torchvision": version_of("torchvision"), "ultralytics": version_of("ultralytics"),
+        "timm": version_of("timm"), "torch_pruning": version_of("torch_pruning"),
+        "tp": args.tp,
         "onnxruntime": version_of("onnxruntime"), "threads": torch.get_num_threads(),
         "date": str(date.today()), "total_s": round(total, 1),
         "passed": sum(r["status"] == "pass" for r in rows), "rows": rows, "skipped": skipped}
@@ -475,8 +641,9 @@ def main(argv=None, extra: Iterable[ZooEntry] | Mapping[str, ZooEntry] = ()) -> 
         args.json_out.write_text(json.dumps(payload, indent=2) + "\n")
     if not args.quick:
         args.results.mkdir(parents=True, exist_ok=True)
-        (args.results / "zoo.json").write_text(json.dumps(payload, indent=2) + "\n")
-        (args.results / "zoo.md").write_text(markdown(payload))
+        stem = "zoo" if not args.sources else "zoo_" + "_".join(args.sources.split(","))
+        (args.results / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
+        (args.results / f"{stem}.md").write_text(markdown(payload))
     return 0
 
 

@@ -67,8 +67,8 @@ def test_ablation_trajectory_compiles_every_kept_checkpoint(tmp_path):
 
     import graphprune as gp
     from graphprune import data as gpdata
-    from graphprune.detect.train import TrainConfig, train
     from graphprune.checkpoint import read_checkpoint
+    from graphprune.detect.train import TrainConfig, train
     from graphprune.export import save_checkpoint
 
     ablation = _script("ablation")

@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from graphprune.models import tiny_resnet
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -98,3 +100,19 @@ def test_zoo_independent_check_flags_a_mismatch():
     assert "max |diff|" in zoo.compare((a, [a]), (a, [a + 1e-2]))
     assert "shape" in zoo.compare((a,), (a.t(),))
     assert "output tensors" in zoo.compare((a,), (a, a))
+
+
+def test_torch_pruning_runs_on_the_same_model_by_its_own_check(monkeypatch):
+    import time
+
+    zoo = _zoo()
+    entry = zoo.default_entries()["tiny_resnet"]
+    row = zoo.evaluate_tp(entry, 32)
+    assert row["tp_status"] == "pass" and row["tp_pruned"] >= zoo.MIN_PRUNED
+    assert 0 < row["tp_params_ratio"] < 1 and row["tp_reason"] is None
+    # a torch-pruning run that does not finish is stopped and reported, not waited for
+    monkeypatch.setattr(zoo, "TP_LIMIT_S", 0.5)
+    slow = zoo.ZooEntry("slow", "test", lambda: time.sleep(30) or tiny_resnet())
+    row = zoo.evaluate_tp(slow, 32)
+    assert row["tp_status"] == "fail" and "did not finish within 0.5 s" in row["tp_reason"]
+    assert row["tp_seconds"] < 5
