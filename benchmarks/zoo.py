@@ -29,13 +29,10 @@ import argparse
 import importlib
 import json
 import platform
-import signal
 import sys
 import tempfile
-import threading
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from functools import partial
@@ -50,6 +47,7 @@ from rich.table import Table
 from torch.utils._pytree import tree_flatten
 
 import graphprune as gp
+from graphprune.groups import TimeLimit, deadline
 from graphprune.masks import batchnorms
 from graphprune.models import build, randomize_batchnorm
 
@@ -369,31 +367,6 @@ def output_layers(model: nn.Module, inputs: tuple[Any, ...]) -> list[nn.Module]:
 TP_LIMIT_S = 120          # torch-pruning's graph building can run on for many minutes
 
 
-class TimeLimit(BaseException):
-    """Not an Exception: a library's own ``except Exception`` must not swallow it."""
-
-
-@contextmanager
-def time_limit(seconds: float):
-    """Raise TimeLimit in the block after ``seconds`` (SIGALRM; no limit off the main thread or
-    where the platform has none)."""
-    if not hasattr(signal, "setitimer") or threading.current_thread() is not \
-            threading.main_thread():
-        yield
-        return
-
-    def expire(signum, frame):
-        raise TimeLimit(f"did not finish within {seconds:g} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def evaluate_tp(entry: ZooEntry, size: int, seed: int = 0) -> dict[str, Any]:
     """Torch-Pruning on the same model, by its own check: a MetaPruner with random importance
     and pruning ratio 0.5 per layer (its counterpart of the random masks), the output layers
@@ -404,7 +377,7 @@ def evaluate_tp(entry: ZooEntry, size: int, seed: int = 0) -> dict[str, Any]:
                            "tp_reason": None, "tp_seconds": None}
     clock = time.perf_counter()
     try:
-        with time_limit(TP_LIMIT_S):
+        with deadline(TP_LIMIT_S):
             _run_tp(entry, size, seed, row)
     except (Exception, TimeLimit) as exc:                     # noqa: BLE001 - report, go on
         row["tp_reason"] = failure(exc)

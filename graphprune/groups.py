@@ -69,19 +69,22 @@ class DependencyGroups:
     error: str | None = None
 
 
-class _TimeLimit(Exception):
-    pass
+class TimeLimit(BaseException):
+    """Raised by ``deadline``; not an Exception, so that a library's own ``except Exception``
+    (torch-pruning has several) cannot swallow it."""
 
 
 @contextmanager
-def _time_limit(seconds: float):
-    """Interrupt the block after ``seconds`` (main thread only; elsewhere no limit)."""
-    if threading.current_thread() is not threading.main_thread() or seconds <= 0:
+def deadline(seconds: float):
+    """Raise TimeLimit in the block after ``seconds`` (on the main thread of a system with
+    SIGALRM; elsewhere no limit)."""
+    if threading.current_thread() is not threading.main_thread() or seconds <= 0 or \
+            not hasattr(signal, "setitimer"):
         yield
         return
 
     def handler(signum, frame):
-        raise _TimeLimit()
+        raise TimeLimit(f"did not finish within {seconds:g} s")
 
     previous = signal.signal(signal.SIGALRM, handler)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -147,13 +150,13 @@ def build_groups(model: nn.Module, example_inputs: tuple[Any, ...],
     try:
         # torch-pruning's own warnings (e.g. its shape inference giving up on long slice
         # chains) concern its index mapping, which graphprune does not use.
-        with _time_limit(time_limit), torch.enable_grad(), warnings.catch_warnings():
+        with deadline(time_limit), torch.enable_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             inputs = small_inputs(model, example_inputs)
             dg = tp.DependencyGraph().build_dependency(
                 model, inputs if len(inputs) != 1 else inputs[0], verbose=False,
                 ignored_layers=list(ignore))
-    except _TimeLimit:
+    except TimeLimit:
         result.error = f"torch-pruning's dependency graph took longer than {time_limit:.0f} s"
         return result
     except Exception as exc:  # torch-pruning does not understand every model
@@ -242,5 +245,5 @@ def apply_coupling(masks: dict[str, np.ndarray], sets: Iterable[CouplingSet],
     return grown
 
 
-__all__ = ["CouplingSet", "DependencyGroups", "GroupInfo", "apply_coupling", "build_groups",
-           "small_inputs"]
+__all__ = ["CouplingSet", "DependencyGroups", "GroupInfo", "TimeLimit", "apply_coupling",
+           "build_groups", "deadline", "small_inputs"]
