@@ -73,3 +73,56 @@ def test_sync_batchnorm_prunes_like_batchnorm(tmp_path):
     assert {"n1", "n2"} <= set(result.masks)
     assert type(slim_layer(result, "n1")) is nn.SyncBatchNorm
     assert slim_layer(result, "n1").num_features < 16
+
+
+class RepBlock(nn.Module):
+    """A RepVGG/MobileOne-style block before re-parameterisation: a 3x3 conv-BN, a 1x1 conv-BN
+    and an identity BN, summed, then ReLU."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.dense = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+                                   nn.BatchNorm2d(channels))
+        self.point = nn.Sequential(nn.Conv2d(channels, channels, 1, bias=False),
+                                   nn.BatchNorm2d(channels))
+        self.identity = nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        return F.relu(self.dense(x) + self.point(x) + self.identity(x))
+
+
+class RepNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(16), nn.ReLU())
+        self.blocks = nn.Sequential(RepBlock(16), RepBlock(16))
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)))
+
+
+BRANCHES = ("dense.1", "point.1", "identity")
+
+
+def test_reparameterisable_blocks_prune_exactly_and_couple_to_one_mask(tmp_path):
+    model = randomize_batchnorm(RepNet(), 0)
+    x = torch.rand(1, 3, 32, 32)
+    rng = np.random.default_rng(0)
+    masks = {}
+    for name in ["stem.1", *[f"blocks.{b}.{n}" for b in (0, 1) for n in BRANCHES]]:
+        keep = rng.random(16) < 0.5                  # random, but channels 0-3 go everywhere
+        keep[:4] = False
+        masks[name] = keep
+    # reconstruct: each branch keeps its own channels, the sum is rebuilt, exactly
+    result = check_compile(model, x, tmp_path, masks=masks)
+    kept = {n: int(np.asarray(m).sum()) for n, m in result.masks.items()}
+    assert kept["blocks.0.dense.1"] < 16 and result.stats.channels_pruned > 0
+    # couple: the branches of a block share one mask, so the block can still be fused into one
+    # convolution after pruning
+    coupled = check_compile(model, x, tmp_path, masks=masks, residual="couple")
+    for b in (0, 1):
+        branch = [np.asarray(coupled.masks[f"blocks.{b}.{n}"]) for n in BRANCHES]
+        assert all(np.array_equal(branch[0], m) for m in branch[1:])
+    assert not np.asarray(coupled.masks["blocks.0.dense.1"])[:4].any()
