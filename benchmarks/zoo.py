@@ -367,7 +367,8 @@ def output_layers(model: nn.Module, inputs: tuple[Any, ...]) -> list[nn.Module]:
 TP_LIMIT_S = 120          # torch-pruning's graph building can run on for many minutes
 
 
-def evaluate_tp(entry: ZooEntry, size: int, seed: int = 0) -> dict[str, Any]:
+def evaluate_tp(entry: ZooEntry, size: int, seed: int = 0, limit: float | None = None
+                ) -> dict[str, Any]:
     """Torch-Pruning on the same model, by its own check: a MetaPruner with random importance
     and pruning ratio 0.5 per layer (its counterpart of the random masks), the output layers
     left whole; a pass runs afterwards with unchanged output shapes and has removed at least
@@ -377,7 +378,7 @@ def evaluate_tp(entry: ZooEntry, size: int, seed: int = 0) -> dict[str, Any]:
                            "tp_reason": None, "tp_seconds": None}
     clock = time.perf_counter()
     try:
-        with deadline(TP_LIMIT_S):
+        with deadline(TP_LIMIT_S if limit is None else limit):
             _run_tp(entry, size, seed, row)
     except (Exception, TimeLimit) as exc:                     # noqa: BLE001 - report, go on
         row["tp_reason"] = failure(exc)
@@ -483,7 +484,8 @@ def markdown(payload: Mapping[str, Any]) -> str:
             f"random importance, ratio {KEEP_P} per layer, output layers left whole; its own "
             f"check: the pruned model runs with the same output shapes and lost ≥ "
             f"{MIN_PRUNED:.0%} of its BatchNorm channels, or of its parameters without "
-            f"BatchNorm; it has no reference to compare values with): "
+            f"BatchNorm; it has no reference to compare values with; stopped after "
+            f"{payload.get('tp_limit_s', TP_LIMIT_S):g} s): "
             f"{sum(r.get('tp_status') == 'pass' for r in rows)} of {len(rows)} pass."
             if payload.get("tp") else ""), "",
         "`NAME.backbone` is a torchvision detector's backbone + FPN alone and "
@@ -525,6 +527,8 @@ def main(argv=None, extra: Iterable[ZooEntry] | Mapping[str, ZooEntry] = ()) -> 
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-tp", dest="tp", action="store_false",
                         help="skip the torch-pruning run on each model")
+    parser.add_argument("--tp-limit", type=float, default=TP_LIMIT_S, metavar="S",
+                        help=f"stop a torch-pruning run after S seconds (default {TP_LIMIT_S})")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's own choice, e.g. OMP_NUM_THREADS)")
     parser.add_argument("--json-out", type=Path, default=None)
@@ -580,7 +584,7 @@ def main(argv=None, extra: Iterable[ZooEntry] | Mapping[str, ZooEntry] = ()) -> 
             with console.status(f"[{k}/{len(chosen)}] {entry.name} @ {size} px"):
                 row = evaluate(entry, size, onnx=args.onnx, workdir=Path(tmp), seed=args.seed)
                 if args.tp:
-                    row.update(evaluate_tp(entry, size, seed=args.seed))
+                    row.update(evaluate_tp(entry, size, seed=args.seed, limit=args.tp_limit))
             rows.append(row)
             pruned = "" if row["channels_pruned"] is None else \
                 f", {row['channels_pruned']:.1%} pruned"
@@ -600,7 +604,7 @@ def main(argv=None, extra: Iterable[ZooEntry] | Mapping[str, ZooEntry] = ()) -> 
         "python": platform.python_version(), "torch": torch.__version__,
         "torchvision": version_of("torchvision"), "ultralytics": version_of("ultralytics"),
         "timm": version_of("timm"), "torch_pruning": version_of("torch_pruning"),
-        "tp": args.tp,
+        "tp": args.tp, "tp_limit_s": args.tp_limit,
         "onnxruntime": version_of("onnxruntime"), "threads": torch.get_num_threads(),
         "date": str(date.today()), "total_s": round(total, 1),
         "passed": sum(r["status"] == "pass" for r in rows), "rows": rows, "skipped": skipped}
