@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import numpy as np
 import torch.nn as nn
 
-from .masks import CONVS
+from .masks import CONVS, features
 from .specs import spec_of
 
 if TYPE_CHECKING:     # annotations only: analysis builds on this module's layer
@@ -59,7 +59,7 @@ def layer_costs(A: ChannelAnalysis, prunable: Iterable[str]) -> list[LayerCost]:
             flops = 2 * int(np.prod(shape)) * (weight // m.weight.shape[0])
             out.append(LayerCost("conv", node, m, weight, bias, flops))
         elif node.target in prunable:
-            out.append(LayerCost("bn", node, m, 2 * m.num_features, 0, 0))
+            out.append(LayerCost("bn", node, m, 2 * features(m), 0, 0))
     return out
 
 

@@ -162,16 +162,21 @@ def slim_linear(linear: nn.Linear, in_order: np.ndarray | None,
     return new
 
 
-def slim_batchnorm(bn: nn.modules.batchnorm._BatchNorm, order: np.ndarray | None) -> nn.Module:
+def slim_batchnorm(bn: nn.Module, order: np.ndarray | None) -> nn.Module:
+    """A copy of a BatchNorm (of its own type: a subclass, a frozen one) keeping the channels
+    ``order`` lists: each of γ, β and the running statistics sliced, a parameter staying a
+    parameter and a buffer a buffer."""
     new = copy.deepcopy(bn)
-    idx = _index(order, bn.num_features)
-    new.num_features = len(idx)
-    if bn.affine:
-        new.weight = nn.Parameter(bn.weight.detach().index_select(0, idx).clone(),
-                                  requires_grad=bn.weight.requires_grad)
-        new.bias = nn.Parameter(bn.bias.detach().index_select(0, idx).clone(),
-                                requires_grad=bn.bias.requires_grad)
-    if bn.running_mean is not None:
-        new.running_mean = bn.running_mean.index_select(0, idx).clone()
-        new.running_var = bn.running_var.index_select(0, idx).clone()
+    idx = _index(order, int(bn.weight.shape[0]) if bn.weight is not None else bn.num_features)
+    if hasattr(new, "num_features"):
+        new.num_features = len(idx)
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        value = getattr(bn, name, None)
+        if not isinstance(value, torch.Tensor):
+            continue
+        sliced = value.detach().index_select(0, idx.to(value.device)).clone()
+        if isinstance(value, nn.Parameter):
+            setattr(new, name, nn.Parameter(sliced, requires_grad=value.requires_grad))
+        else:
+            new._buffers[name] = sliced
     return new

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 from torch.utils._pytree import tree_flatten
 
-from .masks import CONVS, masked_copy, zero_mask
+from .masks import CONVS, features, masked_copy, zero_mask
 from .tracing import as_inputs
 
 
@@ -180,7 +180,7 @@ def _fold_one(conv: nn.Module, bn: nn.Module | None, delta: torch.Tensor, rtol: 
     if conv.bias is not None:
         conv.bias.add_(d)
         return ""
-    if bn is not None and bn.running_mean is not None and bn.num_features == len(d):
+    if bn is not None and bn.running_mean is not None and features(bn) == len(d):
         bn.running_mean.sub_(d.to(bn.running_mean.dtype))
         return ""
     return "it has no bias and no BatchNorm right after it to absorb the constant"

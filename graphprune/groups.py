@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from .masks import BATCHNORMS, CONVS
+from .masks import BATCHNORMS, CONVS, features
 
 LAYERS = CONVS + (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
 # Building torch-pruning's graph is one forward and backward pass on a small input; past this,
@@ -189,7 +189,7 @@ def build_groups(model: nn.Module, example_inputs: tuple[Any, ...],
 
     def coupling_set(kind: str, bn_names: list[str]) -> CouplingSet | None:
         modules = {n: model.get_submodule(n) for n in bn_names}
-        sizes = {m.num_features for m in modules.values()}
+        sizes = {features(m) for m in modules.values()}
         if len(bn_names) < 2 or len(sizes) != 1:
             return None
         idx = np.arange(sizes.pop())

@@ -19,12 +19,34 @@ import torch.nn as nn
 
 from .errors import MaskError
 
+
+class _FrozenMeta(type):
+    def __instancecheck__(cls, module: Any) -> bool:
+        if not isinstance(module, nn.Module) or \
+                isinstance(module, nn.modules.batchnorm._BatchNorm) or any(module.children()):
+            return False
+        tensors = [getattr(module, k, None) for k in FROZEN_FIELDS]
+        return all(isinstance(t, torch.Tensor) and t.dim() == 1 for t in tensors) and \
+            len({t.shape[0] for t in tensors}) == 1 and \
+            type(module).forward is not nn.Module.forward
+
+
+FROZEN_FIELDS = ("weight", "bias", "running_mean", "running_var")
+
+
+class FrozenBatchNorm(metaclass=_FrozenMeta):
+    """Any module that is a BatchNorm written by hand: no children, 1-D ``weight``, ``bias``,
+    ``running_mean`` and ``running_var`` of one length (parameters or buffers), and a forward
+    of its own (torchvision's and detectron2's FrozenBatchNorm2d). ``isinstance`` checks the
+    module itself, so no such class needs to be imported."""
+
+
 # the layer types the compiler slims: every module that reads them imports them from here.
-# Every BatchNorm counts, however it is written: BatchNorm1d/2d/3d, SyncBatchNorm, and
-# subclasses that fuse more into their forward (timm's BatchNormAct2d: batch norm, then its
-# activation); the tracer keeps them whole, and a subclass whose forward does not send a zeroed
-# channel to zero is left unpruned, with the reason (passes/collect_statistics.py).
-BATCHNORMS = (nn.modules.batchnorm._BatchNorm,)
+# Every BatchNorm counts, however it is written: BatchNorm1d/2d/3d, SyncBatchNorm, subclasses
+# that fuse more into their forward (timm's BatchNormAct2d: batch norm, then its activation)
+# and frozen ones written as buffers; the tracer keeps them whole, and one whose forward does not
+# send a zeroed channel to zero is left unpruned, with the reason (passes/collect_statistics.py).
+BATCHNORMS = (nn.modules.batchnorm._BatchNorm, FrozenBatchNorm)
 PLAIN_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -61,12 +83,22 @@ def batchnorms(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, BATCHNORMS)}
 
 
+def features(bn: nn.Module) -> int:
+    """A BatchNorm's channel count (a frozen one has no ``num_features``)."""
+    return int(bn.weight.shape[0])
+
+
+def is_affine(bn: nn.Module) -> bool:
+    """Whether a BatchNorm has a γ and β to zero (a frozen one always has)."""
+    return bool(getattr(bn, "affine", True)) and bn.weight is not None and bn.bias is not None
+
+
 def fused_batchnorm_problem(bn: nn.Module, input_shape: Sequence[int]) -> str | None:
     """Why a BatchNorm subclass with its own forward (a fused activation, drop path, ...) cannot
     be pruned, or None when it can: run on a throw-away copy with γ = β = 0, a channel must
     come out exactly 0 and the shape unchanged, as for a BatchNorm followed by a zero-preserving
     op. A plain BatchNorm needs no probe."""
-    if type(bn) in PLAIN_BATCHNORMS or not getattr(bn, "affine", False):
+    if type(bn) in PLAIN_BATCHNORMS or not is_affine(bn):
         return None
     probe = copy.deepcopy(bn).eval()
     shape = (1, *input_shape[1:])
@@ -88,7 +120,7 @@ def fused_batchnorm_problem(bn: nn.Module, input_shape: Sequence[int]) -> str | 
 def batchnorm_sizes(model: nn.Module) -> dict[str, int]:
     """{name: channels} of every BatchNorm of ``model``, prunable or not (what a mask request
     may name)."""
-    return {n: m.num_features for n, m in batchnorms(model).items()}
+    return {n: features(m) for n, m in batchnorms(model).items()}
 
 
 def zero_mask(model: nn.Module, masks: Mapping[str, Any]) -> nn.Module:
@@ -109,10 +141,10 @@ def masked_copy(model: nn.Module, masks: Mapping[str, Any], zero_bias: bool) -> 
             if name not in bns:
                 raise unknown_layer_error(name, bns)
             bn = bns[name]
-            keep = torch.as_tensor(as_mask(value, name, bn.num_features),
+            keep = torch.as_tensor(as_mask(value, name, features(bn)),
                                    device=bn.running_mean.device if bn.running_mean is not None
                                    else None)
-            if not bn.affine:
+            if not is_affine(bn):
                 raise MaskError(f"BatchNorm {name!r} has no affine parameters to zero",
                                 hint="only affine BatchNorms can be masked")
             bn.weight.mul_(keep.to(bn.weight.dtype))
@@ -201,6 +233,6 @@ def round_up_channels(masks: dict[str, np.ndarray], gammas: Mapping[str, np.ndar
     return grown
 
 
-__all__ = ["BATCHNORMS", "CONVS", "PLAIN_BATCHNORMS", "as_mask", "batchnorm_sizes", "batchnorms", "count_below",
+__all__ = ["BATCHNORMS", "CONVS", "FrozenBatchNorm", "PLAIN_BATCHNORMS", "features", "is_affine", "as_mask", "batchnorm_sizes", "batchnorms", "count_below",
            "enforce_min_channels", "global_order", "masked_copy", "masks_from_ranking", "matches",
            "round_up_channels", "unknown_layer_error", "zero_mask"]

@@ -28,6 +28,7 @@ from torch.fx.immutable_collections import immutable_dict, immutable_list
 from torch.fx.proxy import Proxy
 
 from .errors import GraphpruneError, TraceFailure
+from .masks import BATCHNORMS
 
 MAX_LEAF_RETRIES = 64
 
@@ -69,8 +70,7 @@ class GraphpruneTracer(torch.fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualified_name: str) -> bool:
         # a BatchNorm subclass (timm's BatchNormAct2d, ...) stays one call_module node, which
         # the BatchNorm rule prunes, instead of dissolving into F.batch_norm and its extras
-        return qualified_name in self.leaves or \
-            isinstance(m, nn.modules.batchnorm._BatchNorm) or \
+        return qualified_name in self.leaves or isinstance(m, BATCHNORMS) or \
             super().is_leaf_module(m, qualified_name)
 
     def call_module(self, m: nn.Module, forward, args, kwargs):

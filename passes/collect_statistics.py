@@ -18,7 +18,7 @@ from torch.fx.passes.infra.pass_base import PassResult
 from graphprune.analysis import ChannelAnalysis
 from graphprune.context import CompileContext, LayerStatistics
 from graphprune.groups import DependencyGroups, build_groups
-from graphprune.masks import BATCHNORMS, fused_batchnorm_problem
+from graphprune.masks import BATCHNORMS, features, fused_batchnorm_problem, is_affine
 from graphprune.specs import is_tensor, spec_of
 
 # |γ| below this counts as "near zero" (paper §3.1.2 uses 0.01).
@@ -27,7 +27,7 @@ NEAR_ZERO = 0.01
 
 def _unprunable_reason(gm: torch.fx.GraphModule, name: str, module: nn.Module,
                        calls: list[torch.fx.Node], leaves: dict[str, str]) -> str:
-    if not module.affine:
+    if not is_affine(module):
         return "has no affine γ/β to prune"
     if not calls:
         owner = next((leaf for leaf in leaves if name.startswith(leaf + ".")), None)
@@ -49,8 +49,8 @@ def collect_statistics(gm: torch.fx.GraphModule, ctx: CompileContext) -> PassRes
         fused = {n: fused_batchnorm_problem(modules[n], spec_of(calls[n][0].args[0]).shape)
                  for n in bn_names if len(calls[n]) == 1 and calls[n][0].args and
                  is_tensor(calls[n][0].args[0])}
-        candidates = {n: np.ones(modules[n].num_features, dtype=bool) for n in bn_names
-                      if modules[n].affine and not fused.get(n)}
+        candidates = {n: np.ones(features(modules[n]), dtype=bool) for n in bn_names
+                      if is_affine(modules[n]) and not fused.get(n)}
         analysis = ChannelAnalysis(gm, candidates)
         prunable = analysis.bn_nodes()           # graph order
         analysis.masks = {n: candidates[n] for n in prunable}

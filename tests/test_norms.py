@@ -126,3 +126,43 @@ def test_reparameterisable_blocks_prune_exactly_and_couple_to_one_mask(tmp_path)
         branch = [np.asarray(coupled.masks[f"blocks.{b}.{n}"]) for n in BRANCHES]
         assert all(np.array_equal(branch[0], m) for m in branch[1:])
     assert not np.asarray(coupled.masks["blocks.0.dense.1"])[:4].any()
+
+
+class FrozenBN(nn.Module):
+    """A BatchNorm written by hand with its statistics as buffers, as torchvision's and
+    detectron2's FrozenBatchNorm2d are."""
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        for name, value in (("weight", torch.ones(channels)), ("bias", torch.zeros(channels)),
+                            ("running_mean", torch.zeros(channels)),
+                            ("running_var", torch.ones(channels))):
+            self.register_buffer(name, value)
+
+    def forward(self, x):
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
+
+
+def test_a_frozen_batchnorm_written_as_buffers_prunes_and_stays_frozen(tmp_path):
+    from graphprune.masks import BATCHNORMS
+
+    model = Net(norm=FrozenBN)
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, FrozenBN):
+            m.weight.copy_(10 ** (-3 * torch.rand(m.weight.shape, generator=g)))
+            m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+            m.running_mean.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+            m.running_var.copy_(0.5 + torch.rand(m.bias.shape, generator=g))
+    assert isinstance(model.n1, BATCHNORMS) and not isinstance(model.head, BATCHNORMS)
+    result = check_compile(randomize_batchnorm(model, 0), torch.rand(1, 3, 32, 32), tmp_path,
+                           prune_ratio=0.5)
+    assert {"n1", "n2"} <= set(result.masks)
+    slim = slim_layer(result, "n1")
+    keep = int(np.asarray(result.masks["n1"]).sum())
+    assert type(slim) is FrozenBN and keep < 16
+    assert dict(slim.named_buffers())["weight"].shape == (keep,)
+    assert not list(slim.parameters())                     # its buffers stay buffers
