@@ -71,8 +71,11 @@ bench: install
 	$(BIN)/python -m benchmarks.summary
 
 # the prunability zoo needs torchvision and ultralytics: the second environment
+# graphprune's, torchvision's and ultralytics' models in results/zoo.*, timm's in
+# results/zoo_timm.*; torch-pruning runs beside graphprune on each
 bench-zoo: install-tv
-	YOLO_OFFLINE=1 $(TV_VENV)/bin/python -m benchmarks.zoo
+	YOLO_OFFLINE=1 $(TV_VENV)/bin/python -m benchmarks.zoo --sources graphprune,torchvision,ultralytics --stem zoo
+	$(TV_VENV)/bin/python -m benchmarks.zoo --sources timm
 
 clean:
 	rm -rf $(VENV) $(TV_VENV) runs build *.egg-info .pytest_cache

@@ -516,6 +516,8 @@ def main(argv=None, extra: Iterable[ZooEntry] | Mapping[str, ZooEntry] = ()) -> 
     parser.add_argument("--sources", default=None,
                         help="only these sources, comma-separated: graphprune, torchvision, "
                              "ultralytics, timm (results then go to zoo_SOURCES.*)")
+    parser.add_argument("--stem", default=None,
+                        help="name of the results files (default zoo, or zoo_SOURCES)")
     parser.add_argument("--quick", action="store_true",
                         help=f"small inputs (64 px) and only {', '.join(QUICK)} "
                              "(or the --models given)")
@@ -618,7 +620,8 @@ def main(argv=None, extra: Iterable[ZooEntry] | Mapping[str, ZooEntry] = ()) -> 
         args.json_out.write_text(json.dumps(payload, indent=2) + "\n")
     if not args.quick:
         args.results.mkdir(parents=True, exist_ok=True)
-        stem = "zoo" if not args.sources else "zoo_" + "_".join(args.sources.split(","))
+        stem = args.stem or ("zoo" if not args.sources else
+                             "zoo_" + "_".join(args.sources.split(",")))
         (args.results / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
         (args.results / f"{stem}.md").write_text(markdown(payload))
     return 0
