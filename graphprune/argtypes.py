@@ -100,7 +100,7 @@ def refuse_oversized(shape: tuple[int, ...], factor: int, what: str, hint: str) 
     free = free_memory()
     if free is not None and need > free:
         raise GraphpruneError(f"{what} of shape {','.join(map(str, shape))} needs at least about "
-                              f"{need / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB "
+                              f"{need / 2**30:,.1f} GiB, more than the {free / 2**30:,.1f} GiB "
                               "free here", hint=hint)
 
 
