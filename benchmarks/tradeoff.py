@@ -58,6 +58,7 @@ from graphprune.detect.loss import find_detect
 from graphprune.detect.train import TrainConfig, load_resume, resume, train
 from graphprune.detect.val import resolve_device
 from graphprune.export import export_onnx
+from graphprune.integrations.torch_pruning import masks_from_pruner
 from graphprune.search import prune_to_target
 from graphprune.sparsity import default_phases
 from graphprune.stats import count_flops, count_params
@@ -205,18 +206,8 @@ def tp_pruner(model, x, kind: str, ratio: float, reg: float = 1e-4):
 def tp_masks(model, x, kind: str, ratio: float) -> tuple[dict[str, np.ndarray], torch.nn.Module]:
     """The BatchNorm keep-masks torch-pruning's global ranking chooses at ``ratio``, and its own
     pruned copy of the model."""
-    import torch_pruning as tp
-
     work = copy.deepcopy(model).eval()
-    names = {m: n for n, m in work.named_modules()}
-    masks = {n: np.ones(m.num_features, dtype=bool) for n, m in work.named_modules()
-             if isinstance(m, torch.nn.BatchNorm2d)}
-    pruner = tp_pruner(work, x, kind, ratio)
-    for group in pruner.step(interactive=True):
-        for dep, idxs in group:
-            if dep.handler == tp.pruner.function.prune_batchnorm_out_channels:
-                masks[names[dep.target.module]][list(idxs)] = False
-        group.prune()
+    masks = masks_from_pruner(work, tp_pruner(work, x, kind, ratio), apply=True)
     return masks, work
 
 
