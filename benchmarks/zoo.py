@@ -67,7 +67,9 @@ class ZooEntry:
     ``build()`` returns the model (random init, no downloads).  ``inputs`` says what it takes:
     ``"image"`` = one batch tensor [1, 3, S, S]; ``"image_list"`` = a list holding one image
     [3, S, S] (torchvision detectors); or a callable ``S -> tuple of forward arguments``.
-    ``requires`` names a package that must import (else the entry is unavailable)."""
+    ``requires`` names a package that must import (else the entry is unavailable).
+    ``native_imgsz``: the model's own input size, used instead when it cannot run at the
+    zoo's (attention blocks sized for one resolution)."""
 
     name: str
     source: str
@@ -77,6 +79,7 @@ class ZooEntry:
     inputs: str | Callable[[int], tuple[Any, ...]] = "image"
     requires: str | None = None
     quick: bool = False
+    native_imgsz: int | None = None   # the size to fall back to when the model takes only that
 
     def example(self, size: int, seed: int = 0) -> tuple[Any, ...]:
         if callable(self.inputs):
@@ -106,7 +109,8 @@ TV_DETECTORS = {
     "fcos_resnet50_fpn": {"min_size": 320, "max_size": 320},
 }
 ULTRALYTICS = ("yolov8n", "yolov5nu", "yolov8s", "yolo11n")
-# timm CNNs across families (the backbones of many detectors), each at 128 px: ResNet and its
+# timm CNNs across families (the backbones of many detectors), each at 128 px (at its own size
+# where it takes only that, as attention blocks sized for one resolution do): ResNet and its
 # variants, CSP/Darknet, DenseNet/DLA/DPN, the EfficientNet/MobileNet family, RegNet, VoVNet,
 # HGNet, re-parameterisable RepVGG/MobileOne, GhostNet, and norm-free / LayerNorm nets (which
 # have no BatchNorm to prune: reported as such)
@@ -131,6 +135,16 @@ TIMM = (
 def _timm(name: str) -> nn.Module:
     import timm
     return timm.create_model(name, pretrained=False)
+
+
+def _timm_native_size(name: str) -> int | None:
+    """The input side timm's default configuration gives ``name`` (None without timm)."""
+    try:
+        import timm
+        cfg = timm.get_pretrained_cfg(name)
+        return int(cfg.input_size[-1]) if cfg is not None else None
+    except Exception:                                         # noqa: BLE001 - no timm, no size
+        return None
 QUICK = ("yolov5n", "tiny_resnet", "resnet18", "mobilenet_v3_small")
 
 
@@ -189,8 +203,8 @@ def default_entries() -> dict[str, ZooEntry]:
                 for n, kw in TV_DETECTORS.items() for part in ("backbone", "backbone+head")]
     entries += [ZooEntry(n, "ultralytics", partial(_ultralytics, n), imgsz=320,
                          requires="ultralytics") for n in ULTRALYTICS]
-    entries += [ZooEntry(f"timm.{n}", "timm", partial(_timm, n), imgsz=128, requires="timm")
-                for n in TIMM]
+    entries += [ZooEntry(f"timm.{n}", "timm", partial(_timm, n), imgsz=128, requires="timm",
+                         native_imgsz=_timm_native_size(n)) for n in TIMM]
     return {e.name: e for e in entries}
 
 
@@ -236,6 +250,15 @@ def run_model(model: nn.Module, inputs: tuple[Any, ...]):
         return model(*inputs)
 
 
+def runs(model: nn.Module, inputs: tuple[Any, ...]) -> bool:
+    """Whether the model runs on ``inputs`` at all."""
+    try:
+        run_model(model, inputs)
+    except Exception:                                         # noqa: BLE001 - any failure
+        return False
+    return True
+
+
 def compare(out, ref) -> str | None:
     """None when every output matches within |a − b| ≤ 1e-4 + 1e-4·|b|, else what differs."""
     flat_out = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
@@ -279,6 +302,9 @@ def evaluate(entry: ZooEntry, size: int, *, onnx: bool, workdir: Path, seed: int
         randomize_batchnorm(model, seed)
         masks = random_keep_masks(model, KEEP_P, seed)
         inputs = entry.example(size, seed)
+        if entry.native_imgsz and entry.native_imgsz != size and not runs(model, inputs):
+            size = row["imgsz"] = entry.native_imgsz
+            inputs = entry.example(size, seed)
         row["seconds"]["build"] = time.perf_counter() - clock
 
         phase, clock = "compile", time.perf_counter()
@@ -586,7 +612,8 @@ def main(argv=None, extra: Iterable[ZooEntry] | Mapping[str, ZooEntry] = ()) -> 
             with console.status(f"[{k}/{len(chosen)}] {entry.name} @ {size} px"):
                 row = evaluate(entry, size, onnx=args.onnx, workdir=Path(tmp), seed=args.seed)
                 if args.tp:
-                    row.update(evaluate_tp(entry, size, seed=args.seed, limit=args.tp_limit))
+                    row.update(evaluate_tp(entry, row["imgsz"], seed=args.seed,
+                                           limit=args.tp_limit))
             rows.append(row)
             pruned = "" if row["channels_pruned"] is None else \
                 f", {row['channels_pruned']:.1%} pruned"

@@ -14,6 +14,8 @@ Every file is written to a temporary name beside its destination and renamed whe
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -266,6 +268,10 @@ def _flat_outputs(out: Any) -> list[torch.Tensor]:
     return [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
 
 
+# the opset the dynamo exporter writes (its lowest supported), used when the TorchScript one fails
+DYNAMO_OPSET = 18
+
+
 def export_onnx(module: nn.Module, example_inputs: tuple[Any, ...], path: str | Path, *,
                 opset: int = ONNX_OPSET, dynamic_batch: bool = True, check: bool = True,
                 atol: float = ATOL, rtol: float = RTOL) -> Path:
@@ -286,9 +292,21 @@ def export_onnx(module: nn.Module, example_inputs: tuple[Any, ...], path: str | 
                               input_names=input_names, output_names=output_names,
                               dynamic_axes=axes, do_constant_folding=True)
         except Exception as exc:
-            raise GraphpruneError(f"ONNX export failed ({type(exc).__name__}: "
-                                  f"{str(exc).splitlines()[0][:160]})",
-                                  hint="the graphprune checkpoint is unaffected") from None
+            # the TorchScript-based exporter (fast) lacks some ops, e.g. an adaptive pooling
+            # whose output size does not divide its input; the dynamo exporter (slower) has them
+            first = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]}"
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):     # its progress lines
+                    torch.onnx.export(module, inputs, str(tmp), dynamo=True,
+                                      opset_version=max(opset, DYNAMO_OPSET),
+                                      input_names=input_names, output_names=output_names,
+                                      dynamic_axes=axes, verbose=False,
+                                      external_data=False)   # one file, renamed whole
+            except Exception as second:
+                raise GraphpruneError(f"ONNX export failed ({first}; the dynamo exporter: "
+                                      f"{type(second).__name__}: "
+                                      f"{(str(second).splitlines() or [''])[0][:120]})",
+                                      hint="the graphprune checkpoint is unaffected") from None
         onnx.checker.check_model(str(tmp))
         if check:
             worst = onnx_parity(tmp, inputs, expected, atol, rtol)

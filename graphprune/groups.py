@@ -16,6 +16,7 @@ connected only through adds are coupled by residuals alone.
 
 from __future__ import annotations
 
+import copy
 import signal
 import threading
 import time
@@ -141,9 +142,15 @@ def build_groups(model: nn.Module, example_inputs: tuple[Any, ...],
     graphs full of slices).  Channels map one to one along the counted dependencies, so the
     BatchNorms of a component are tied channel by channel.  ``ignore``: modules torch-pruning
     should not look into (graphprune's leaves, whose input channels the compiler handles
-    itself).  Never raises: a failure is reported in ``.error``.
+    itself).  Never raises: a failure is reported in ``.error``.  torch-pruning runs the model
+    with gradients on, so it runs on a copy: modules that cache tensors during a forward (timm's
+    attention biases) would otherwise keep a graph that no later copy of the model survives.
     """
+    given = {m: n for n, m in model.named_modules()}
+    ignored_names = {given[m] for m in ignore if m in given}
+    model = copy.deepcopy(model)
     names = {m: n for n, m in model.named_modules()}
+    ignore = [m for m, n in names.items() if n in ignored_names]
     separators = _separators()
     start = time.perf_counter()
     result = DependencyGroups()

@@ -19,7 +19,7 @@ from torch.utils._pytree import tree_flatten
 
 import graphprune as gp
 from graphprune.export import onnx_parity
-from graphprune.masks import batchnorms
+from graphprune.masks import batchnorms, features
 
 ATOL = RTOL = 1e-4
 
@@ -30,7 +30,7 @@ torch.set_num_threads(1)
 
 def random_masks(model: nn.Module, p: float = 0.5, seed: int = 0, names=None):
     rng = np.random.default_rng(seed)
-    return {n: rng.random(m.num_features) < p for n, m in batchnorms(model).items()
+    return {n: rng.random(features(m)) < p for n, m in batchnorms(model).items()
             if names is None or n in names}
 
 
@@ -86,8 +86,13 @@ __all__ = ["assert_close", "check_compile", "graph_targets", "outputs", "random_
 # they must run (then the import error fails the run instead of hiding the tests).
 import importlib.util  # noqa: E402
 
-if importlib.util.find_spec("ultralytics") is None and not os.environ.get("GP_REQUIRE_ULTRALYTICS"):
-    collect_ignore_glob = ["test_ultralytics*.py"]
+# The timm tests (test_timm*.py, also marked ``ultralytics``) live in the same environment.
+collect_ignore_glob = []
+if not os.environ.get("GP_REQUIRE_ULTRALYTICS"):
+    if importlib.util.find_spec("ultralytics") is None:
+        collect_ignore_glob.append("test_ultralytics*.py")
+    if importlib.util.find_spec("timm") is None:
+        collect_ignore_glob.append("test_timm*.py")
 
 
 def pytest_configure(config):

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import torch.nn as nn
 
 import graphprune as gp
 from graphprune.checkpoint import read_checkpoint
@@ -120,3 +121,19 @@ def test_a_slim_model_compiled_again_reloads_exactly(tmp_path):
     again = gp.load(second.save(tmp_path / "twice.pt"))
     with torch.no_grad():
         assert torch.equal(again(x)[0], second.module(x)[0])
+
+
+def test_an_op_the_torchscript_exporter_lacks_goes_through_the_dynamo_exporter(tmp_path):
+    """An adaptive pooling whose output size does not divide its input (timm's VGG head at
+    128 px) is refused by the TorchScript-based exporter; the file still comes out whole and
+    matches in onnxruntime."""
+    from graphprune.export import export_onnx
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(3), nn.Flatten(), nn.Linear(72, 4)).eval()
+    x = torch.rand(1, 3, 4, 4)
+    with pytest.raises(Exception):
+        torch.onnx.export(model, (x,), str(tmp_path / "ts.onnx"), dynamo=False)
+    path = export_onnx(model, (x,), tmp_path / "slim.onnx")
+    onnx.checker.check_model(str(path))
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
