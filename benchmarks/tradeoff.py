@@ -359,8 +359,10 @@ def run_seed(args, preset, seed: int, console: Console) -> dict[str, Any]:
                         sparse = sparse.to(device)
                 except (gp.GraphpruneError, RuntimeError) as exc:
                     cut.mkdir(parents=True, exist_ok=True)
-                    mark_done(cut, {"failed": str(exc)})
-                    continue
+                    found = mark_done(cut, {"failed": str(exc)})
+                else:
+                    found = None
+            if found is None:                   # cut: measure it, fine-tune it
                 cut.mkdir(parents=True, exist_ok=True)
                 compiled.module.cpu()
                 compiled.save(cut / "slim.graphprune.pt")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -151,7 +152,7 @@ def test_residual_headroom_of_a_trained_model_counts_each_groups_union():
     assert view["residual_members_only"]["difference"] > 0
 
 
-def test_tradeoff_benchmark_measures_every_method_and_yardstick(tmp_path):
+def test_tradeoff_benchmark_measures_every_method_and_yardstick(tmp_path, monkeypatch):
     """benchmarks/tradeoff.py --quick: every method cut at every operating point (FLOPs goals
     met), torch-pruning's cuts realised exactly, the dense family and the same-budget
     baseline measured, the verdicts computed."""
@@ -212,6 +213,16 @@ def test_tradeoff_benchmark_measures_every_method_and_yardstick(tmp_path):
     assert [d["width"] for d in partial["per_seed"][0]["dense"]] == [0.25]
     assert not (work / "sparse-l1rr" / "done.json").exists()
     assert not (work / "dense-w0.125" / "done.json").exists()
+    # a cut that fails is in the table from its first run on, with its reason
+    def refuse(*args, **kwargs):
+        raise tradeoff.gp.GraphpruneError("no such cut")
+
+    monkeypatch.setattr(tradeoff, "gp_point", refuse)
+    assert tradeoff.main(["--quick", "--work", str(tmp_path / "work"), "--methods", "ns",
+                          "--lfa-targets", "", "--flops-targets", "0.6", "--widths", "0.25",
+                          "--json-out", str(out)]) == 0
+    failed = json.loads(out.read_text())["per_seed"][0]["points"]
+    assert failed == [{"method": "ns", "op": ["flops", 0.6], "failed": "no such cut"}]
     partial.setdefault("plot", "tradeoff.png")
     rows = [line for line in tradeoff.markdown(partial).splitlines() if line.startswith("| ")]
     assert rows[0].endswith("| seeds |")
@@ -282,7 +293,7 @@ def test_the_benchmarks_readme_is_what_the_results_give(tmp_path):
     assert summary.render(template, summary.RESULTS) == summary.OUTPUT.read_text()
     text = summary.render(template, results)
     assert text != summary.OUTPUT.read_text()
-    assert "0 % · 0.123 → " in text
+    assert re.search(r"0 % · 0\.123( ± [0-9.]+)? → ", text)      # ± the seeds' spread
     # every method of the run has a row, every operating point a column
     payload = json.loads((results / "tradeoff_nwpu.json").read_text())
     table = [line for line in summary.tradeoff_table(payload) if line.startswith("|")]

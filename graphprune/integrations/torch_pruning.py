@@ -39,13 +39,13 @@ def masks_from_pruner(model: nn.Module, pruner: Any, apply: bool = False
     names = {id(m): n for n, m in norms.items()}
     masks = {n: np.ones(features(m), dtype=bool) for n, m in norms.items()}
     try:
-        groups = list(pruner.step(interactive=True))
+        groups = iter(pruner.step(interactive=True))
     except (TypeError, AttributeError) as exc:
         raise GraphpruneError(f"{type(pruner).__name__} is not a Torch-Pruning pruner with an "
                               f"interactive step ({exc})",
                               hint="pass a torch_pruning.pruner.MetaPruner (or a subclass)") \
             from None
-    for group in groups:
+    for group in groups:         # lazily: with ``apply`` each group is cut before the next
         for dep, idxs in group:
             if dep.handler != function.prune_batchnorm_out_channels:   # bound methods: ==
                 continue
