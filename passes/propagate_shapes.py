@@ -54,6 +54,11 @@ class _WatchedSize(tuple):
         obj._read = on_channel_read
         return obj
 
+    def __reduce__(self):
+        # a leaf may keep the shape it saw (ultralytics' Detect caches it): a copy or a pickle
+        # of the model then holds a plain torch.Size, without the watcher
+        return torch.Size, (tuple(tuple.__iter__(self)),)
+
     def __getitem__(self, index):
         if isinstance(index, int):
             if range(len(self))[index] == 1:

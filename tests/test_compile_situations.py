@@ -352,3 +352,27 @@ def test_a_wrong_channel_rule_is_refused_naming_the_diverging_node(monkeypatch):
     model = randomize_batchnorm(Net(), 13)
     with pytest.raises(gp.VerificationError, match="first diverging node: head"):
         gp.compile(model, torch.randn(1, 3, 8, 8), masks={"a.bn": keep(8, [0, 1, 2, 3])})
+
+
+class _ShapeCachingHead(nn.Module):
+    """A kept-whole module that remembers the shape it last saw, as ultralytics' Detect does."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 4, 1)
+        self.shape = None
+
+    def forward(self, x):
+        if self.shape != x.shape:
+            self.shape = x.shape
+        return self.conv(x)
+
+
+def test_a_leaf_that_keeps_the_shape_it_saw_still_compiles(tmp_path):
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8),
+                          nn.ReLU(), _ShapeCachingHead())
+    result = check_compile(randomize_batchnorm(model, 0), torch.rand(1, 3, 16, 16), tmp_path,
+                           prune_ratio=0.5, leaves=["3"])
+    assert result.leaves == {"3": "requested"}
+    assert bool(torch.as_tensor(result.masks["1"]).all())   # it reads the channel count
+    assert model[3].shape is None                      # the caller's model is not run
