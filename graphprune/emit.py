@@ -167,7 +167,8 @@ def slim_batchnorm(bn: nn.Module, order: np.ndarray | None) -> nn.Module:
     ``order`` lists: each of γ, β and the running statistics sliced, a parameter staying a
     parameter and a buffer a buffer."""
     new = copy.deepcopy(bn)
-    idx = _index(order, int(bn.weight.shape[0]) if bn.weight is not None else bn.num_features)
+    count = getattr(bn, "num_features", None)      # a frozen BatchNorm has none
+    idx = _index(order, int(count) if count is not None else int(bn.weight.shape[0]))
     if hasattr(new, "num_features"):
         new.num_features = len(idx)
     for name in ("weight", "bias", "running_mean", "running_var"):

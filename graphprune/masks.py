@@ -84,8 +84,10 @@ def batchnorms(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def features(bn: nn.Module) -> int:
-    """A BatchNorm's channel count (a frozen one has no ``num_features``)."""
-    return int(bn.weight.shape[0])
+    """A BatchNorm's channel count: ``num_features``, or, for a frozen one, which has none,
+    the length of its ``weight``."""
+    count = getattr(bn, "num_features", None)
+    return int(count) if count is not None else int(bn.weight.shape[0])
 
 
 def is_affine(bn: nn.Module) -> bool:

@@ -166,3 +166,12 @@ def test_a_frozen_batchnorm_written_as_buffers_prunes_and_stays_frozen(tmp_path)
     assert type(slim) is FrozenBN and keep < 16
     assert dict(slim.named_buffers())["weight"].shape == (keep,)
     assert not list(slim.parameters())                     # its buffers stay buffers
+
+
+def test_a_batchnorm_without_affine_parameters_is_left_whole_with_the_reason(tmp_path):
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8, affine=False),
+                          nn.ReLU(), nn.Conv2d(8, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+    result = check_compile(randomize_batchnorm(model, 0), torch.rand(1, 3, 16, 16), tmp_path,
+                           prune_ratio=0.5)
+    assert "no affine" in result.unprunable["1"] and "1" not in result.masks
+    assert slim_layer(result, "1").num_features == 8 and "4" in result.masks
