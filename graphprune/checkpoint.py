@@ -30,7 +30,7 @@ import torch.nn as nn
 
 from . import models
 from .argtypes import MAX_CLASSES
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line, summary
 from .export import FORMAT, VERSION
 from .pipeline import compile as gp_compile
 
@@ -45,7 +45,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"{str(path)!r} is not a graphprune checkpoint "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})",
+                              f"({summary(exc, 120)})",
                               hint="graphprune checkpoints are written by `graphprune compile` "
                                    "or CompileResult.save") from None
     return parse_checkpoint(payload, path)
@@ -206,7 +206,7 @@ def rebuild(recipe: dict[str, Any], state: dict[str, torch.Tensor], path: str | 
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"the weights in {str(path)!r} do not fit the rebuilt model: "
-                              f"{str(exc).splitlines()[0][:200]}",
+                              f"{first_line(exc)}",
                               hint="was it saved by another graphprune version, or is `model` "
                                    "a different architecture?") from None
     module.graphprune_recipe = recipe
@@ -225,7 +225,7 @@ def _pickled_module(path: Path) -> nn.Module:
                                    "as a graphprune checkpoint") from None
     except Exception as exc:
         raise CheckpointError(f"{str(path)!r} cannot be read as a torch checkpoint "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})",
+                              f"({summary(exc, 120)})",
                               hint="is the file complete?") from None
     if isinstance(obj, dict):
         for key in ("ema", "model"):
@@ -272,7 +272,7 @@ def open_model(spec: str, *, trust: bool = False, num_classes: int | None = None
                                                    "file?") from None
         if "weights_only" not in str(exc) and "GLOBAL" not in str(exc):
             raise CheckpointError(f"{spec!r} is not a readable checkpoint "
-                                  f"({str(exc).splitlines()[0][:120]})",
+                                  f"({first_line(exc, 120)})",
                                   hint="is the file complete?") from None
         if not trust:
             raise CheckpointError(
@@ -281,7 +281,7 @@ def open_model(spec: str, *, trust: bool = False, num_classes: int | None = None
         return _pickled_module(path)
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
         raise CheckpointError(f"{spec!r} is not a readable checkpoint "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})",
+                              f"({summary(exc, 120)})",
                               hint="is the file complete?") from None
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
         return rebuild(*parse_checkpoint(payload, path), path)

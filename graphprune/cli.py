@@ -36,12 +36,12 @@ from .data.cli import add_data_parser
 from .demo import run_demo
 from .detect.train import TrainConfig, Trainer, default_workers, resume
 from .detect.val import check_classes, resolve_device, validate
-from .errors import GraphpruneError
+from .errors import GraphpruneError, summary
 from .export import atomic_path, refuse_existing_output, refuse_output_file, staged_directory
 from .integrations.ultralytics import is_detection_model
 from .masks import batchnorms
 from .models import DETECTORS, randomize_batchnorm
-from .pipeline import analyze
+from .pipeline import analyze, check_example
 from .pipeline import compile as gp_compile
 from .pipeline import validate_request
 from .report import accuracy_rows, fold_sentence
@@ -328,14 +328,10 @@ def _open(args) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
     # The invariant is checked on this input: random pixels in [0, 1), not zeros, so that every
     # channel carries a distinct, non-constant signal.
     example = torch.rand(shape, generator=torch.Generator().manual_seed(0))
-    try:                               # one forward: a shape the model cannot take is said so
-        with torch.no_grad():
-            model.eval()(example)
-    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise GraphpruneError(f"{args.model} cannot run on an example input of shape "
-                              f"{','.join(map(str, shape))}: {first}",
-                              hint="pass --example-shape N,C,H,W that the model takes") from None
+    # before any other step reads the model: a shape it cannot take is said so in one line
+    model.eval()
+    check_example(model, (example,), subject=str(args.model),
+                  hint="pass --example-shape N,C,H,W that the model takes")
     return model, (example,)
 
 
@@ -764,7 +760,7 @@ def _run_training(args):
     # without writing; only then is the run directory made. A run writes its checkpoints as it
     # goes: an --overwrite'n run is kept aside until the new one is done, and an interrupted new
     # run that saved an epoch stays (it can be resumed)
-    trainer = Trainer(config.check("the training options"), console=err_console)
+    trainer = Trainer(config, console=err_console)         # (it runs TrainConfig.check)
     with staged_directory(out, args.overwrite, inputs=sources, keep_partial=True):
         trainer.fit()
     return trainer
@@ -878,8 +874,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:           # anything else: still one line, the traceback on request
         if args.debug:
             raise
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
-        err_console.print(f"graphprune: error: unexpected {type(exc).__name__}: {first} "
+        err_console.print(f"graphprune: error: unexpected {summary(exc, 300)} "
                           f"(rerun with --debug for the traceback, and please report it)",
                           markup=False, soft_wrap=True)
         return EXIT_ERROR

@@ -7,6 +7,21 @@ it; the command line prints exactly that line (and the traceback only with ``--d
 from __future__ import annotations
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of ``exc``'s message, cut to ``limit`` characters ("" when it
+    has none): what an error line quotes of an exception raised elsewhere."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()[:limit]
+    return ""
+
+
+def summary(exc: BaseException, limit: int = 160) -> str:
+    """``Type: first line`` of an exception, or just its type when the message is empty."""
+    line = first_line(exc, limit)
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
 class GraphpruneError(Exception):
     """A failure the user can act on.  ``hint`` says how to fix it."""
 

@@ -32,7 +32,7 @@ import torch.nn as nn
 from torch.utils._pytree import tree_flatten
 
 from .context import ATOL, RTOL
-from .errors import GraphpruneError, VerificationError
+from .errors import GraphpruneError, VerificationError, summary
 
 FORMAT = "graphprune"
 VERSION = 1
@@ -145,9 +145,7 @@ def atomic_directory(path: str | Path, overwrite: bool = False,
         yield tmp
         old = None
         if path.exists() and overwrite:
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old",
-                                        dir=path.parent))
-            os.replace(path, old / path.name)
+            old = _move_aside(path)
         elif path.exists():
             raise OutputRace.at(path)
         try:
@@ -160,6 +158,20 @@ def atomic_directory(path: str | Path, overwrite: bool = False,
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _move_aside(path: Path) -> Path:
+    """Move an existing output into a hidden ``.NAME.*.old`` folder beside it; that folder."""
+    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+    os.replace(path, aside / path.name)
+    return aside
+
+
+def _put_back(aside: Path | None, path: Path) -> None:
+    """Undo ``_move_aside`` (nothing when nothing was moved)."""
+    if aside is not None:
+        os.replace(aside / path.name, path)
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 @contextmanager
@@ -179,14 +191,11 @@ def staged_directory(path: str | Path, overwrite: bool = False,
     path.parent.mkdir(parents=True, exist_ok=True)
     aside = None
     if path.exists() and overwrite:         # keep it until the new run is done
-        aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-        os.replace(path, aside / path.name)
+        aside = _move_aside(path)
     try:
         path.mkdir()
     except FileExistsError:
-        if aside is not None:
-            os.replace(aside / path.name, path)
-            shutil.rmtree(aside, ignore_errors=True)
+        _put_back(aside, path)
         raise OutputRace.at(path) from None
     try:
         yield given
@@ -196,9 +205,7 @@ def staged_directory(path: str | Path, overwrite: bool = False,
                 f", the previous one at {str(aside / path.name)!r}" if aside is not None else ""))
             raise
         shutil.rmtree(path, ignore_errors=True)
-        if aside is not None:
-            os.replace(aside / path.name, path)
-            shutil.rmtree(aside, ignore_errors=True)
+        _put_back(aside, path)
         raise
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
@@ -252,7 +259,7 @@ def export_pt2(module: nn.Module, example_inputs: tuple[Any, ...], path: str | P
         except Exception as exc:
             exc = error or exc
             raise GraphpruneError(f"torch.export could not export the slim model "
-                                  f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})",
+                                  f"({summary(exc)})",
                                   hint="the ONNX file and the graphprune checkpoint are "
                                        "unaffected") from None
     with atomic_path(path, ".pt2") as tmp, warnings.catch_warnings():
@@ -294,7 +301,7 @@ def export_onnx(module: nn.Module, example_inputs: tuple[Any, ...], path: str | 
         except Exception as exc:
             # the TorchScript-based exporter (fast) lacks some ops, e.g. an adaptive pooling
             # whose output size does not divide its input; the dynamo exporter (slower) has them
-            first = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]}"
+            first = summary(exc)
             try:
                 with contextlib.redirect_stdout(io.StringIO()):     # its progress lines
                     torch.onnx.export(module, inputs, str(tmp), dynamo=True,
@@ -304,8 +311,7 @@ def export_onnx(module: nn.Module, example_inputs: tuple[Any, ...], path: str | 
                                       external_data=False)   # one file, renamed whole
             except Exception as second:
                 raise GraphpruneError(f"ONNX export failed ({first}; the dynamo exporter: "
-                                      f"{type(second).__name__}: "
-                                      f"{(str(second).splitlines() or [''])[0][:120]})",
+                                      f"{summary(second, 120)})",
                                       hint="the graphprune checkpoint is unaffected") from None
         onnx.checker.check_model(str(tmp))
         if check:

@@ -20,7 +20,7 @@ from torch.utils._pytree import tree_flatten
 
 from . import passes as gp_passes
 from .context import ATOL, RESIDUAL_MODES, RTOL, CompileConfig, CompileContext, as_names
-from .errors import GraphpruneError, GraphpruneWarning, MaskError
+from .errors import GraphpruneError, GraphpruneWarning, MaskError, first_line
 from .export import export_onnx, export_pt2, save_checkpoint
 from .fold import border_deviation, fold_pruned_bias, gamma_zeroed
 from .planning import structural_pins
@@ -74,11 +74,13 @@ def refuse_non_finite(model: nn.Module) -> None:
                                            "compile an earlier checkpoint")
 
 
-def check_example(model: nn.Module, inputs: tuple[Any, ...]) -> None:
+def check_example(model: nn.Module, inputs: tuple[Any, ...], subject: str = "the model",
+                  hint: str = "give example inputs of the shape, dtype and device the model "
+                              "takes") -> None:
     """The example inputs are finite and the model runs on them (on a throw-away copy, so
     neither the caller's model nor the one traced sees the call): a shape, dtype or device the
     model cannot take is the input's fault, said so before any work, and not later reported as a
-    compiler bug."""
+    compiler bug. ``subject`` names the model in the message, ``hint`` says how to fix it."""
     tensors = [t for t in tree_flatten(inputs)[0] if isinstance(t, torch.Tensor)]
     for k, tensor in enumerate(tensors):
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
@@ -89,12 +91,11 @@ def check_example(model: nn.Module, inputs: tuple[Any, ...]) -> None:
         with torch.no_grad():
             probe(*inputs)
     except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        first = first_line(exc) or type(exc).__name__
         shapes = ", ".join("x".join(map(str, t.shape)) + f" {str(t.dtype).removeprefix('torch.')}"
                            for t in tensors)
-        raise GraphpruneError(f"the model cannot run on the example inputs ({shapes}): {first}",
-                              hint="give example inputs of the shape, dtype and device the model "
-                                   "takes") from None
+        raise GraphpruneError(f"{subject} cannot run on the example inputs ({shapes}): {first}",
+                              hint=hint) from None
     finally:
         del probe
 
@@ -358,5 +359,5 @@ def analyze(model: nn.Module, example_inputs: Any, *, leaves: Iterable[str] = ()
 
 
 __all__ = ["ANALYSIS_PASSES", "CompileResult", "ModelReport", "analyze", "attach_fold",
-           "check_leaves", "compile", "compile_folded", "prepare", "prepare_analysis",
+           "check_example", "check_leaves", "compile", "compile_folded", "prepare", "prepare_analysis",
            "refuse_non_finite", "run_passes", "validate_request"]

@@ -27,7 +27,7 @@ import torch.nn as nn
 from torch.fx.immutable_collections import immutable_dict, immutable_list
 from torch.fx.proxy import Proxy
 
-from .errors import GraphpruneError, TraceFailure
+from .errors import GraphpruneError, TraceFailure, summary
 from .masks import BATCHNORMS
 
 MAX_LEAF_RETRIES = 64
@@ -113,8 +113,7 @@ class TraceResult:
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return f"{type(exc).__name__}: {text[:160]}"
+    return summary(exc, 160)
 
 
 def trace(model: nn.Module, leaves: Iterable[str] = ()) -> TraceResult:

@@ -96,8 +96,10 @@ def test_nan_weights_are_refused_as_such(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra, phrase", [
-    (["--example-shape", "1,4,32,32", "--prune-ratio", "0.3"], "cannot run on an example input"),
-    (["--example-shape", "3,32,32", "--prune-ratio", "0.3"], "cannot run on an example input"),
+    (["--example-shape", "1,4,32,32", "--prune-ratio", "0.3"],
+     "tiny_resnet cannot run on the example inputs (1x4x32x32 float32)"),
+    (["--example-shape", "3,32,32", "--prune-ratio", "0.3"],
+     "tiny_resnet cannot run on the example inputs (3x32x32 float32)"),
     (["--example-shape", "1,3,100000,100000", "--prune-ratio", "0.3"], "GiB"),
     (["--example-shape", "1,3,32,32", "--prune-ratio", "0.3", "--leaf", "no.such"],
      "'no.such' is not a submodule"),

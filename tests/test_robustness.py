@@ -277,3 +277,11 @@ def test_16_bit_and_float_images_are_scaled_not_saturated(tmp_path):
         assert orig == (32, 64) and img.shape == (32, 64, 3) and img.dtype == np.uint8
         assert np.abs(img[..., 0].astype(float) - expected).max() <= 1, name
         assert (img[..., 0] == img[..., 2]).all()
+
+
+def test_an_exception_without_a_message_still_gives_a_line():
+    from graphprune.errors import first_line, summary
+
+    assert summary(RuntimeError("")) == "RuntimeError"          # the old [0] raised IndexError
+    assert summary(ValueError("\n  bad value\nmore")) == "ValueError: bad value"
+    assert first_line(OSError("x" * 500), 40) == "x" * 40 and first_line(KeyError()) == ""

@@ -28,7 +28,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from ..errors import GraphpruneError
+from ..errors import GraphpruneError, first_line
 from ..export import atomic_directory
 from .labels import write_yolo_labels, xyxy_to_cxcywh
 
@@ -127,7 +127,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc) or type(exc).__name__
         raise GraphpruneError(f"{str(path)!r} is not valid YAML ({first})",
                               hint="fix the file; see the ultralytics data.yaml format") from None
     if not isinstance(data, dict):
