@@ -48,8 +48,8 @@ from torch.utils._pytree import tree_flatten
 
 import graphprune as gp
 from graphprune.groups import TimeLimit, deadline
-from graphprune.masks import batchnorms
-from graphprune.models import build, randomize_batchnorm
+from graphprune.masks import batchnorms, features, producers
+from graphprune.models import build, randomize_norms
 
 from benchmarks.common import machine
 
@@ -57,7 +57,7 @@ HERE = Path(__file__).resolve().parent
 ATOL = RTOL = 1e-4
 MIN_PRUNED = 0.15         # a pass removes at least this share of the prunable BN channels
 KEEP_P = 0.5              # each BatchNorm channel is kept with this probability
-NOTHING_TO_PRUNE = "no BatchNorm: nothing to prune"
+NOTHING_TO_PRUNE = "no norm, convolution or linear layer: nothing to prune"
 
 
 @dataclass(frozen=True)
@@ -240,9 +240,11 @@ def failure(exc: BaseException) -> str:
 
 
 def random_keep_masks(model: nn.Module, p: float, seed: int) -> dict[str, np.ndarray]:
-    """A keep-mask for every BatchNorm, each channel kept with probability ``p``."""
+    """A keep-mask for every BatchNorm (in a model without BatchNorm: for every channel
+    producer, the layers a prune ratio ranks there), each channel kept with probability ``p``."""
     rng = np.random.default_rng(seed)
-    return {n: rng.random(m.num_features) < p for n, m in batchnorms(model).items()}
+    layers = batchnorms(model) or producers(model)
+    return {n: rng.random(features(m)) < p for n, m in layers.items()}
 
 
 def run_model(model: nn.Module, inputs: tuple[Any, ...]):
@@ -294,12 +296,11 @@ def evaluate(entry: ZooEntry, size: int, *, onnx: bool, workdir: Path, seed: int
     clock = time.perf_counter()
     try:
         model = entry.build().eval()
-        bns = batchnorms(model)
-        row["batchnorms"] = len(bns)
-        if not bns:
+        row["batchnorms"] = len(batchnorms(model))
+        if not producers(model):
             row["reason"] = NOTHING_TO_PRUNE
             return row
-        randomize_batchnorm(model, seed)
+        randomize_norms(model, seed)
         masks = random_keep_masks(model, KEEP_P, seed)
         inputs = entry.example(size, seed)
         if entry.native_imgsz and entry.native_imgsz != size and not runs(model, inputs):
@@ -417,7 +418,7 @@ def _run_tp(entry: ZooEntry, size: int, seed: int, row: dict[str, Any]) -> None:
     """evaluate_tp's body: fills ``row``."""
     import torch_pruning as tp
     model = entry.build().eval()
-    randomize_batchnorm(model, seed)
+    randomize_norms(model, seed)
     inputs = entry.example(size, seed)
     shapes = [t.shape for t in tree_flatten(run_model(model, inputs))[0]
               if isinstance(t, torch.Tensor)]

@@ -21,6 +21,9 @@ from . import specs
 from .emit import Emitter
 from .tracing import module_call_counts
 
+# the rules of the layers a mask may name
+PRODUCER_RULES = ("batchnorm", "groupnorm", "layernorm", "conv")
+
 
 @dataclass
 class Solution:
@@ -39,8 +42,8 @@ class ChannelAnalysis:
         self.nodes = list(gm.graph.nodes)
         self.modules = dict(gm.named_modules())
         self.counts = module_call_counts(gm)
-        self.masks = masks                       # BatchNorm name -> bool array, grown in place
-        self.reasons: dict[str, list[str]] = {}  # BatchNorm name -> why it grew
+        self.masks = masks                       # producer name -> bool array, grown in place
+        self.reasons: dict[str, list[str]] = {}  # producer name -> why it grew
         self.structural_only = False
         self.changed = False
         self.lives: dict[torch.fx.Node, Any] = {}
@@ -66,23 +69,35 @@ class ChannelAnalysis:
         return self.counts.get(node.target, 0)
 
     def is_prunable_node(self, node: torch.fx.Node) -> bool:
+        """Whether ``node`` is the one call of a layer a mask names, on one tensor, with as
+        many output channels as the mask."""
         return node.op == "call_module" and node.target in self.masks and \
             self.call_count(node) == 1 and len(node.args) == 1 and not node.kwargs and \
             specs.is_tensor(node.args[0]) and \
-            specs.channels(node.args[0]) == len(self.masks[node.target])
+            specs.channels(node) == len(self.masks[node.target])
 
     def _find_producers(self) -> dict[torch.fx.Node, torch.fx.Node]:
-        """Conv/Linear nodes whose only user is a prunable BatchNorm: conv -> BatchNorm."""
+        """Conv/Linear nodes whose output rows a mask decides: conv -> the prunable BatchNorm
+        or GroupNorm that is its only user, or conv -> itself when a mask names the conv."""
         out = {}
         for n in self.nodes:
-            if self.rules[n].name == "conv" and len(n.users) == 1:
+            if self.rules[n].name != "conv":
+                continue
+            if self.is_prunable_node(n):
+                out[n] = n
+            elif len(n.users) == 1:
                 (user,) = n.users
-                if self.rules[user].name == "batchnorm":
+                if self.rules[user].name in ("batchnorm", "groupnorm"):
                     out[n] = user
         return out
 
     def bn_nodes(self) -> dict[str, torch.fx.Node]:
         return {n.target: n for n in self.nodes if self.rules[n].name == "batchnorm"}
+
+    def mask_nodes(self) -> dict[str, torch.fx.Node]:
+        """{name: node} of every layer whose mask the analysis applies, in graph order."""
+        return {n.target: n for n in self.nodes
+                if self.rules[n].name in PRODUCER_RULES and self.is_prunable_node(n)}
 
     # -- liveness ----------------------------------------------------------------------------
     def live(self, node: Any) -> Any:
@@ -234,7 +249,7 @@ class ChannelAnalysis:
         bad = []
         for n in self.nodes:
             live, order = self.lives.get(n), self.orders.get(n)
-            if n in self.producers or not isinstance(live, np.ndarray):
+            if self.producers.get(n, n) is not n or not isinstance(live, np.ndarray):
                 continue
             have = np.arange(len(live)) if order is None else np.asarray(order)
             if isinstance(order, tuple):

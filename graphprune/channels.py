@@ -32,8 +32,8 @@ import torch.nn.functional as F
 
 from . import adds
 from .adds import AddPlan
-from .emit import Emitter, slim_batchnorm, slim_conv, slim_linear
-from .masks import BATCHNORMS, CONVS
+from .emit import Emitter, slim_batchnorm, slim_conv, slim_groupnorm, slim_linear
+from .masks import BATCHNORMS, CONVS, GROUPNORMS, LAYERNORMS, group_size, whole_groups
 from .specs import (LEAF_USAGE, LeafUsage, TensorSpec, channels, describe, full_like_spec,
                     is_tensor, spec_of)
 from .tracing import flat_tensor_args
@@ -242,7 +242,9 @@ class ShapeQuery(Rule):
 
 
 class Convolution(Rule):
-    """Conv (groups=1) or Linear: any input columns can go; output rows go with its BatchNorm."""
+    """Conv (groups=1) or Linear: any input columns can go; output rows go with its BatchNorm,
+    or, for a layer a mask names itself (a producer with no BatchNorm after it), with that
+    mask: a pruned row has zero weights and bias, so its output channel is exactly 0."""
 
     name = "conv"
 
@@ -260,10 +262,14 @@ class Convolution(Rule):
         return False
 
     def live(self, node: torch.fx.Node, A: ChannelAnalysis):
+        if A.is_prunable_node(node):
+            return A.mask(node.target).copy()
         return full_like_spec(spec_of(node))
 
     def backward(self, node: torch.fx.Node, A: ChannelAnalysis) -> None:
-        pass
+        req = A.required(node)
+        if req is not None and A.is_prunable_node(node):
+            A.grow(node.target, req[0], req[1])
 
     def order(self, node: torch.fx.Node, A: ChannelAnalysis):
         return A.producer_order(node)
@@ -310,13 +316,15 @@ class DepthwiseConvolution(Rule):
         return E.copy_node(node)
 
 
-class BatchNorm(Rule):
-    """A prunable BatchNorm: its mask decides which channels stay live (zero-mask semantics)."""
+class MaskedNorm(Rule):
+    """A prunable norm layer: its mask decides which output channels stay live (γ = β = 0 sends
+    a channel to 0) and consumers' requirements grow it; by default its output holds the kept
+    channels in ascending order."""
 
-    name = "batchnorm"
+    types: tuple[type, ...] = ()
 
     def accepts(self, node: torch.fx.Node, A: ChannelAnalysis) -> bool:
-        return A.is_prunable_node(node)
+        return isinstance(A.module_of(node), self.types) and A.is_prunable_node(node)
 
     def live(self, node: torch.fx.Node, A: ChannelAnalysis):
         return A.mask(node.target).copy()
@@ -325,6 +333,34 @@ class BatchNorm(Rule):
         req = A.required(node)
         if req is not None:
             A.grow(node.target, req[0], req[1])
+
+    def order(self, node: torch.fx.Node, A: ChannelAnalysis):
+        keep = A.mask(node.target)
+        return None if keep.all() else np.flatnonzero(keep)
+
+    # (module, order) -> the slimmed copy keeping those channels
+    slim: Callable[[nn.Module, np.ndarray], nn.Module]
+
+    def emit(self, node: torch.fx.Node, E: Emitter, A: ChannelAnalysis):
+        """A norm that computes channel by channel (or group by group): its input taken in its
+        own order, the layer sliced to it."""
+        x = node.args[0]
+        order = A.order(node)
+        if order is None and A.order(x) is None:
+            return E.copy_node(node)
+        slim_in = E.reorder(E.env[x], A.order(x), order, channels(x))
+        if order is not None:
+            E.add_module(node.target, self.slim(A.module_of(node), order))
+        return E.copy_node(node, (slim_in,), {})
+
+
+class BatchNorm(MaskedNorm):
+    """A prunable BatchNorm: its mask decides which channels stay live (zero-mask semantics)."""
+
+    name, types = "batchnorm", BATCHNORMS
+
+    def backward(self, node: torch.fx.Node, A: ChannelAnalysis) -> None:
+        super().backward(node, A)
         if not A.structural_only:
             # a kept channel whose input is zero would still be BN(0) != 0: its input must stay
             A.need(node.args[0], A.mask(node.target),
@@ -339,14 +375,42 @@ class BatchNorm(Rule):
         return None if len(out) == len(keep) and np.array_equal(out, np.arange(len(keep))) \
             else out
 
+    slim = staticmethod(slim_batchnorm)
+
+
+class GroupNorm(MaskedNorm):
+    """A prunable GroupNorm: whole groups are kept or pruned (a group's statistics are its own),
+    and a kept group needs every one of its input channels."""
+
+    name, types = "groupnorm", GROUPNORMS
+
+    def backward(self, node: torch.fx.Node, A: ChannelAnalysis) -> None:
+        super().backward(node, A)
+        size = group_size(A.module_of(node))
+        A.grow(node.target, whole_groups(A.mask(node.target), size),
+               f"GroupNorm {node.target!r} keeps or prunes whole groups of {size} channels")
+        if not A.structural_only:
+            A.need(node.args[0], A.mask(node.target),
+                   f"GroupNorm {node.target!r} normalises each kept group over all its channels")
+
+    slim = staticmethod(slim_groupnorm)
+
+
+class LayerNorm(MaskedNorm):
+    """A prunable LayerNorm over the channel dimension: every output channel depends on all
+    input channels (their mean and variance), so its input stays whole; a pruned output channel
+    (γ = β = 0) is dropped after it."""
+
+    name, types = "layernorm", LAYERNORMS
+
+    def backward(self, node: torch.fx.Node, A: ChannelAnalysis) -> None:
+        super().backward(node, A)
+        A.need_full(node.args[0], f"LayerNorm {node.target!r} normalises over all channels")
+
     def emit(self, node: torch.fx.Node, E: Emitter, A: ChannelAnalysis):
-        x = node.args[0]
+        out = E.copy_node(node, (A.emit_full(E, node.args[0]),), {})
         order = A.order(node)
-        if order is None and A.order(x) is None:
-            return E.copy_node(node)
-        slim_in = E.reorder(E.env[x], A.order(x), order, channels(x))
-        E.add_module(node.target, slim_batchnorm(A.module_of(node), order))
-        return E.copy_node(node, (slim_in,), {})
+        return out if order is None else E.take(out, order, channels(node))
 
 
 class Leaf(Rule):
@@ -774,6 +838,8 @@ _mul, _bmul, _add, _split, _shape = Multiply(), BroadcastMultiply(), Add(), Spli
 # product of two live tensors before a broadcast scaling before a scaling by a constant).
 MODULE_TABLE: list[tuple[tuple[type, ...], Rule]] = [
     (BATCHNORMS, BatchNorm()),
+    (GROUPNORMS, GroupNorm()),
+    (LAYERNORMS, LayerNorm()),
     (CONVS, DepthwiseConvolution()),
     (CONVS + (nn.Linear,), Convolution()),
     ((nn.Flatten,), _flatten),

@@ -130,7 +130,7 @@ def check_recipe(recipe: Any, path: str | Path, depth: int = 0) -> None:
         if not isinstance(masks, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) and set(v) <= {"0", "1"}
                 for k, v in masks.items()):
-            raise bad("masks", "are not strings of 0 and 1 by BatchNorm name")
+            raise bad("masks", "are not strings of 0 and 1 by layer name")
     inputs = recipe.get("inputs", [])
     if not isinstance(inputs, list) or len(inputs) > 64:
         raise bad("inputs", "is not a list of input specs")

@@ -31,7 +31,7 @@ from .argtypes import (EVALUATION_FACTOR, INFERENCE_FACTOR, classes, image_side,
                        unit_interval, whole, workers)
 from .artifacts import new_report, plain_goal, write_artifacts
 from .checkpoint import open_model
-from .context import CompileConfig
+from .context import CompileConfig, ranked_names
 from .data.cli import add_data_parser
 from .demo import run_demo
 from .detect.train import TrainConfig, Trainer, default_workers, resume
@@ -39,7 +39,7 @@ from .detect.val import check_classes, resolve_device, validate
 from .errors import GraphpruneError, summary
 from .export import atomic_path, refuse_existing_output, refuse_output_file, staged_directory
 from .integrations.ultralytics import is_detection_model
-from .masks import batchnorms
+from .masks import producers
 from .models import DETECTORS, randomize_batchnorm
 from .pipeline import analyze, check_example
 from .pipeline import compile as gp_compile
@@ -111,12 +111,16 @@ def _compile_parser(sub) -> None:
     _model_args(c)
     how = c.add_mutually_exclusive_group(required=True)
     how.add_argument("--prune-ratio", type=_ratio, metavar="R",
-                     help="prune this share of the prunable BatchNorm channels (lowest |γ| "
-                          "first)")
+                     help="prune this share of the ranked channels, least important first: "
+                          "BatchNorm channels by |γ| (a model without BatchNorm: every norm, "
+                          "convolution and linear layer by its layer-relative magnitude)")
     how.add_argument("--threshold", type=_threshold, metavar="D",
-                     help="prune channels whose |γ| is below D (global threshold δ)")
+                     help="prune the ranked channels whose importance (|γ| of a BatchNorm) is "
+                          "below D (global threshold δ)")
     how.add_argument("--masks", type=Path, metavar="FILE",
-                     help="JSON file {BatchNorm name: [0/1 per channel]}")
+                     help="JSON file {layer name: [0/1 per channel]}: any BatchNorm, GroupNorm, "
+                          "channel LayerNorm, or convolution or linear layer with no norm "
+                          "after it")
     how.add_argument("--lfa-target", type=_positive, metavar="T",
                      help="prune as far as the feature attention loss LFA⁺ stays <= T "
                           "(0.01 = 1 %%; needs --data)")
@@ -336,12 +340,12 @@ def _open(args) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
 
 
 def _nothing_to_prune(model, spec) -> bool:
-    """Say so when the model has no BatchNorm at all (graphprune prunes BatchNorm channels)."""
-    if batchnorms(model):
+    """Say so when the model has no layer whose channels a mask could name."""
+    if producers(model):
         return False
-    err_console.print(f"graphprune: nothing to prune: {spec} has no BatchNorm layer (graphprune "
-                      "removes the channels of Conv-BatchNorm layers); nothing was written",
-                      markup=False, soft_wrap=True)
+    err_console.print(f"graphprune: nothing to prune: {spec} has no BatchNorm, GroupNorm, "
+                      "LayerNorm, convolution or linear layer (graphprune removes their output "
+                      "channels); nothing was written", markup=False, soft_wrap=True)
     return True
 
 
@@ -562,15 +566,19 @@ def print_compile_summary(result, args, inputs, report: dict[str, Any],
     t.add_row("parameters", f"{s.params_before:,}", f"{s.params_after:,}", f"{s.params_ratio:.3f}")
     t.add_row("GFLOPs (2×MACs)", f"{s.flops_before / 1e9:.3f}", f"{s.flops_after / 1e9:.3f}",
               f"{s.flops_ratio:.3f}")
-    t.add_row("prunable BN channels", f"{s.channels_before:,}", f"{s.channels_after:,}",
-              f"{1 - s.channels_pruned:.3f}")
+    by_gamma = all(row["kind"] == "batchnorm" for row in result.layers)
+    t.add_row("prunable BN channels" if by_gamma else "prunable channels",
+              f"{s.channels_before:,}", f"{s.channels_after:,}", f"{1 - s.channels_pruned:.3f}")
     console.print(t)
     layers = Table(title="Channels kept per layer", show_edge=False)
-    for col, justify in (("BatchNorm", "left"), ("channels", "right"), ("requested", "right"),
-                         ("kept", "right"), ("|γ|<0.01", "right"), ("pinned because", "left")):
+    for col, justify in (("BatchNorm" if by_gamma else "layer", "left"), ("channels", "right"),
+                         ("requested", "right"), ("kept", "right"),
+                         ("|γ|<0.01" if by_gamma else "importance<0.01", "right"),
+                         ("pinned because", "left")):
         layers.add_column(col, justify=justify, overflow="fold")
     for row in result.layers:
-        layers.add_row(row["name"], str(row["channels"]), str(row["requested"]),
+        layers.add_row(row["name"] if by_gamma else f"{row['name']} ({row['kind']})",
+                       str(row["channels"]), str(row["requested"]),
                        str(row["kept"]), str(row["near_zero"]), row["pinned"] or "")
     console.print(layers)
     for name, why in result.unprunable.items():
@@ -650,20 +658,27 @@ def cmd_inspect(args) -> int:
                 parts.append(name if whole else f"{name}[{local[0]}:{local[-1] + 1}]")
             r.add_row(", ".join(dict.fromkeys(parts)), str(width))
         console.print(r)
-    t = Table(title="Prunable BatchNorms", show_edge=False)
-    for col, justify in (("BatchNorm", "left"), ("channels", "right"), ("|γ|<0.01", "right"),
+    ranked = ranked_names(report.statistics)
+    by_gamma = all(report.statistics[n].kind == "batchnorm" for n in ranked)
+    t = Table(title="Prunable layers (ranked: what --threshold and --prune-ratio order; the "
+                    "others take explicit masks)", show_edge=False)
+    for col, justify in (("layer", "left"), ("kind", "left"), ("ranked", "left"),
+                         ("channels", "right"), ("importance<0.01", "right"),
                          ("pinned channels", "right"), ("why pinned", "left")):
         t.add_column(col, justify=justify, overflow="fold")
     for name, st in report.statistics.items():
-        t.add_row(name, str(st.channels), str(st.near_zero), str(report.pinned_channels[name]),
+        t.add_row(name, st.kind, "yes" if name in ranked else "", str(st.channels),
+                  str(st.near_zero), str(report.pinned_channels[name]),
                   report.pin_reasons.get(name, ""))
     console.print(t)
     for name, why in report.unprunable.items():
         console.print(f"not prunable: {name} — {why}")
-    hist = gamma_histogram([s.gamma for s in report.statistics.values()])
+    hist = gamma_histogram([report.statistics[n].gamma for n in ranked])
     total = max(sum(c for _, c in hist), 1)
-    h = Table(title="|γ| histogram (prunable channels)", show_edge=False)
-    for col, justify in (("|γ|", "left"), ("channels", "right"), ("", "left")):
+    h = Table(title="|γ| histogram (ranked channels)" if by_gamma else
+              "importance histogram (ranked channels: layer-relative magnitude)",
+              show_edge=False)
+    for col, justify in (("|γ|" if by_gamma else "importance", "left"), ("channels", "right"), ("", "left")):
         h.add_column(col, justify=justify)
     for label, count in hist:
         h.add_row(label, str(count), "█" * int(round(40 * count / total)))

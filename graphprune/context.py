@@ -48,15 +48,29 @@ class CompileConfig:
 
 @dataclass
 class LayerStatistics:
-    """γ of one prunable BatchNorm (paper §3.1.2: the per-layer count of near-zero γ)."""
+    """The importance of each channel of one prunable producer (paper §3.1.2: the per-layer
+    count of near-zero γ).  For a BatchNorm ``gamma`` is |γ|; for the other producers it is
+    the layer-relative importance of ``graphprune.passes.collect_statistics`` (|γ| of a
+    GroupNorm or LayerNorm, the L2 norm of a convolution's or linear layer's output filter,
+    each divided by the mean over the layer's channels)."""
 
     name: str
-    gamma: np.ndarray           # |γ| per channel
-    near_zero: int              # channels with |γ| < NEAR_ZERO
+    gamma: np.ndarray           # importance per channel (|γ| for a BatchNorm)
+    near_zero: int              # channels with importance < NEAR_ZERO
+    kind: str = "batchnorm"     # batchnorm | groupnorm | layernorm | conv | linear
 
     @property
     def channels(self) -> int:
         return len(self.gamma)
+
+
+def ranked_names(statistics: dict[str, LayerStatistics]) -> list[str]:
+    """The layers a threshold or prune ratio ranks: the prunable BatchNorms when the model has
+    any (by |γ|, the paper's Algorithm 2, whose scale BatchNorm fixes across layers), otherwise
+    every prunable producer (by its layer-relative importance).  The other producers of a
+    BatchNorm model are pruned only by explicit masks."""
+    bns = [n for n, s in statistics.items() if s.kind == "batchnorm"]
+    return bns if bns else list(statistics)
 
 
 @dataclass

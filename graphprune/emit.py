@@ -181,3 +181,19 @@ def slim_batchnorm(bn: nn.Module, order: np.ndarray | None) -> nn.Module:
         else:
             new._buffers[name] = sliced
     return new
+
+
+def slim_groupnorm(gn: nn.GroupNorm, order: np.ndarray) -> nn.GroupNorm:
+    """A copy of a GroupNorm (of its own type) keeping the whole groups whose channels ``order``
+    lists, in ascending order: γ and β sliced, ``num_groups`` and ``num_channels`` counted
+    anew."""
+    new = copy.deepcopy(gn)
+    size = gn.num_channels // gn.num_groups
+    idx = _index(order, gn.num_channels)
+    new.num_channels, new.num_groups = len(idx), len(idx) // size
+    for name in ("weight", "bias"):
+        value = getattr(gn, name, None)
+        if isinstance(value, nn.Parameter):
+            setattr(new, name, nn.Parameter(value.detach().index_select(
+                0, idx.to(value.device)).clone(), requires_grad=value.requires_grad))
+    return new

@@ -1,9 +1,13 @@
 """Channel masks: the zero-masked reference, and masks from a threshold or a prune ratio.
 
-A mask is a bool array per BatchNorm, ``True`` = keep.  The zero-masked model (DESIGN.md) is the
-original model in which every pruned channel's BatchNorm output is exactly 0: its γ and β are set
-to 0, so BN(x) = 0·x̂ + 0 for those channels whatever the statistics.  That is the semantics
-every compile is checked against.
+A mask is a bool array per *channel producer*, ``True`` = keep.  The producers are the layers whose
+output channels a mask may name: BatchNorms (however they are written), GroupNorms (whole groups),
+LayerNorms over the channel dimension, and convolutions (``groups=1``) and linear layers whose
+output does not go straight into a BatchNorm.  The zero-masked model (DESIGN.md) is the original
+model in which every pruned channel's output is exactly 0 at its producer: a norm layer's γ and β
+are set to 0, so norm(x) = 0·x̂ + 0 for those channels whatever the statistics; a convolution's or
+linear layer's output rows (weights and bias) are set to 0.  That is the semantics every compile
+is checked against.
 """
 
 from __future__ import annotations
@@ -49,6 +53,28 @@ class FrozenBatchNorm(metaclass=_FrozenMeta):
 BATCHNORMS = (nn.modules.batchnorm._BatchNorm, FrozenBatchNorm)
 PLAIN_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# the other norm layers a mask may name: GroupNorm (whole groups) and LayerNorm over the channel
+# dimension (nn.LayerNorm on [N, C], or a subclass normalising dim 1, such as timm's LayerNorm2d)
+GROUPNORMS = (nn.GroupNorm,)
+LAYERNORMS = (nn.LayerNorm,)
+NORMS = BATCHNORMS + GROUPNORMS + LAYERNORMS
+# every module type a mask may name
+PRODUCERS = NORMS + CONVS + (nn.Linear,)
+
+
+def kind_of(module: nn.Module) -> str:
+    """The producer kind of ``module``: batchnorm, groupnorm, layernorm, conv or linear."""
+    if isinstance(module, BATCHNORMS):
+        return "batchnorm"
+    if isinstance(module, GROUPNORMS):
+        return "groupnorm"
+    if isinstance(module, LAYERNORMS):
+        return "layernorm"
+    if isinstance(module, CONVS):
+        return "conv"
+    if isinstance(module, nn.Linear):
+        return "linear"
+    raise TypeError(f"{type(module).__name__} is not a channel producer")
 
 
 def as_mask(value: Any, name: str, size: int) -> np.ndarray:
@@ -74,8 +100,9 @@ def unknown_layer_error(name: str, known: Iterable[str]) -> MaskError:
     known = list(known)
     close = difflib.get_close_matches(name, known, n=3)
     hint = f"did you mean {', '.join(map(repr, close))}?" if close else \
-        f"masks name BatchNorm layers, e.g. {', '.join(map(repr, known[:3]))}"
-    return MaskError(f"mask names {name!r}, which is not a prunable BatchNorm of the model",
+        f"masks name channel producers (BatchNorm, GroupNorm, LayerNorm, convolution or linear " \
+        f"layers), e.g. {', '.join(map(repr, known[:3]))}"
+    return MaskError(f"mask names {name!r}, which is not a channel producer of the model",
                      hint=hint)
 
 
@@ -83,16 +110,64 @@ def batchnorms(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, BATCHNORMS)}
 
 
-def features(bn: nn.Module) -> int:
-    """A BatchNorm's channel count: ``num_features``, or, for a frozen one, which has none,
-    the length of its ``weight``."""
-    count = getattr(bn, "num_features", None)
-    return int(count) if count is not None else int(bn.weight.shape[0])
+def producers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every module of ``model`` a mask may name (see the module docstring), prunable or not."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, PRODUCERS)}
 
 
-def is_affine(bn: nn.Module) -> bool:
-    """Whether a BatchNorm has a γ and β to zero (a frozen one always has)."""
-    return bool(getattr(bn, "affine", True)) and bn.weight is not None and bn.bias is not None
+def features(layer: nn.Module) -> int:
+    """A producer's output channel count: a BatchNorm's ``num_features`` (for a frozen one,
+    which has none, the length of its ``weight``), a GroupNorm's ``num_channels``, a
+    LayerNorm's last normalised size, a convolution's ``out_channels``, a linear layer's
+    ``out_features``."""
+    if isinstance(layer, GROUPNORMS):
+        return int(layer.num_channels)
+    if isinstance(layer, LAYERNORMS):
+        return int(layer.normalized_shape[-1])
+    if isinstance(layer, CONVS):
+        return int(layer.out_channels)
+    if isinstance(layer, nn.Linear):
+        return int(layer.out_features)
+    count = getattr(layer, "num_features", None)
+    return int(count) if count is not None else int(layer.weight.shape[0])
+
+
+def is_affine(layer: nn.Module) -> bool:
+    """Whether a producer has a per-channel scale to zero: a norm layer's γ (and β, where it has
+    one: a LayerNorm may be built without), a convolution's or linear layer's weight rows."""
+    if isinstance(layer, CONVS + (nn.Linear,)):
+        return True
+    if isinstance(layer, LAYERNORMS):
+        return getattr(layer, "weight", None) is not None and len(layer.normalized_shape) == 1
+    flag = getattr(layer, "affine", True)
+    return bool(flag) and layer.weight is not None and layer.bias is not None
+
+
+def group_size(layer: nn.Module) -> int:
+    """How many consecutive channels a mask of ``layer`` keeps or prunes together (a
+    GroupNorm's groups; 1 for every other producer)."""
+    if isinstance(layer, GROUPNORMS):
+        return int(layer.num_channels) // int(layer.num_groups)
+    return 1
+
+
+def whole_groups(mask: np.ndarray, size: int) -> np.ndarray:
+    """``mask`` grown to whole groups of ``size`` consecutive channels (a group with one kept
+    channel keeps all of them)."""
+    if size <= 1:
+        return mask
+    return np.repeat(mask.reshape(-1, size).any(1), size)
+
+
+def zero_channels(layer: nn.Module, keep: torch.Tensor, zero_bias: bool) -> None:
+    """Zero, in place, the scale of the channels ``keep`` prunes (a norm's γ, a convolution's or
+    linear layer's weight rows), and their bias when ``zero_bias``."""
+    keep = keep.to(layer.weight.device)
+    shape = (-1,) + (1,) * (layer.weight.dim() - 1)
+    layer.weight.mul_(keep.to(layer.weight.dtype).reshape(shape))
+    bias = getattr(layer, "bias", None)
+    if zero_bias and bias is not None:
+        bias.mul_(keep.to(bias.dtype))
 
 
 def fused_batchnorm_problem(bn: nn.Module, input_shape: Sequence[int]) -> str | None:
@@ -119,39 +194,70 @@ def fused_batchnorm_problem(bn: nn.Module, input_shape: Sequence[int]) -> str | 
     return None
 
 
-def batchnorm_sizes(model: nn.Module) -> dict[str, int]:
-    """{name: channels} of every BatchNorm of ``model``, prunable or not (what a mask request
-    may name)."""
-    return {n: features(m) for n, m in batchnorms(model).items()}
+def layernorm_problem(ln: nn.Module, input_shape: Sequence[int]) -> str | None:
+    """Why a LayerNorm on inputs of ``input_shape`` does not normalise their channel dimension
+    (dim 1), or None when it does.  A plain ``nn.LayerNorm`` normalises the last dimensions, so
+    it must see ``[N, C]``; a subclass with its own forward (timm's LayerNorm2d permutes NCHW
+    around ``F.layer_norm``) is run once on a throw-away copy with random γ, β and input and
+    compared with a layer norm over dim 1."""
+    shape = tuple(input_shape)
+    if len(ln.normalized_shape) != 1 or len(shape) < 2 or shape[1] != ln.normalized_shape[0]:
+        return (f"it normalises the last {len(ln.normalized_shape)} dimension(s) "
+                f"{tuple(ln.normalized_shape)}, not the channels of its {list(shape)} input")
+    if type(ln).forward is nn.LayerNorm.forward:
+        return None if len(shape) == 2 else \
+            f"it normalises the last dimension of its {list(shape)} input, not the channels"
+    probe = copy.deepcopy(ln).eval()
+    gen = torch.Generator().manual_seed(0)
+    device, dtype = ln.weight.device, ln.weight.dtype
+    x = torch.randn((2, *shape[1:]), generator=gen).to(device, dtype)
+    try:
+        with torch.no_grad():
+            probe.weight.copy_(torch.rand(probe.weight.shape, generator=gen) + 0.5)
+            if probe.bias is not None:
+                probe.bias.copy_(torch.randn(probe.bias.shape, generator=gen))
+            out = probe(x)
+            ref = torch.nn.functional.layer_norm(x.movedim(1, -1), tuple(ln.normalized_shape),
+                                                 probe.weight, probe.bias, ln.eps).movedim(-1, 1)
+    except Exception as exc:             # its forward is its own: anything may fail
+        return f"its own forward ({type(ln).__name__}) failed on a probe: {type(exc).__name__}"
+    if not isinstance(out, torch.Tensor) or out.shape != ref.shape or \
+            not torch.allclose(out, ref, atol=1e-5, rtol=1e-4):
+        return (f"its own forward ({type(ln).__name__}) does not normalise the channel "
+                "dimension of its input")
+    return None
+
+
+def producer_sizes(model: nn.Module) -> dict[str, int]:
+    """{name: channels} of every channel producer of ``model``, prunable or not (what a mask
+    request may name)."""
+    return {n: features(m) for n, m in producers(model).items()}
 
 
 def zero_mask(model: nn.Module, masks: Mapping[str, Any]) -> nn.Module:
-    """A copy of ``model`` in which each pruned BatchNorm channel outputs exactly 0.
+    """A copy of ``model`` in which each pruned channel outputs exactly 0 at its producer.
 
-    ``masks``: {BatchNorm name: keep mask}; layers not named keep every channel.  The caller's
+    ``masks``: {producer name: keep mask}; layers not named keep every channel.  The caller's
     model is not modified."""
     return masked_copy(model, masks, zero_bias=True)
 
 
 def masked_copy(model: nn.Module, masks: Mapping[str, Any], zero_bias: bool) -> nn.Module:
-    """A copy of ``model`` with γ of the pruned channels set to 0, and β too when
-    ``zero_bias`` (then the channel outputs 0; otherwise the constant β)."""
+    """A copy of ``model`` with the scale of the pruned channels set to 0 (γ of a norm layer,
+    the weight rows of a convolution or linear layer), and their bias (β) too when
+    ``zero_bias`` (then the channel outputs 0; otherwise a constant)."""
     ref = copy.deepcopy(model)
-    bns = batchnorms(ref)
+    layers = producers(ref)
     with torch.no_grad():
         for name, value in masks.items():
-            if name not in bns:
-                raise unknown_layer_error(name, bns)
-            bn = bns[name]
-            keep = torch.as_tensor(as_mask(value, name, features(bn)),
-                                   device=bn.running_mean.device if bn.running_mean is not None
-                                   else None)
-            if not is_affine(bn):
-                raise MaskError(f"BatchNorm {name!r} has no affine parameters to zero",
-                                hint="only affine BatchNorms can be masked")
-            bn.weight.mul_(keep.to(bn.weight.dtype))
-            if zero_bias:
-                bn.bias.mul_(keep.to(bn.bias.dtype))
+            if name not in layers:
+                raise unknown_layer_error(name, layers)
+            layer = layers[name]
+            keep = torch.as_tensor(as_mask(value, name, features(layer)))
+            if not is_affine(layer):
+                raise MaskError(f"{type(layer).__name__} {name!r} has no affine parameters to "
+                                "zero", hint="only norm layers with a γ (affine) can be masked")
+            zero_channels(layer, keep, zero_bias)
     return ref
 
 
@@ -235,6 +341,9 @@ def round_up_channels(masks: dict[str, np.ndarray], gammas: Mapping[str, np.ndar
     return grown
 
 
-__all__ = ["BATCHNORMS", "CONVS", "FrozenBatchNorm", "PLAIN_BATCHNORMS", "features", "is_affine", "as_mask", "batchnorm_sizes", "batchnorms", "count_below",
+__all__ = ["BATCHNORMS", "CONVS", "FrozenBatchNorm", "GROUPNORMS", "LAYERNORMS", "NORMS",
+           "PLAIN_BATCHNORMS", "PRODUCERS", "features", "group_size", "is_affine", "kind_of",
+           "as_mask", "batchnorms", "count_below", "layernorm_problem", "producer_sizes", "producers",
+           "whole_groups", "zero_channels",
            "enforce_min_channels", "global_order", "masked_copy", "masks_from_ranking", "matches",
            "round_up_channels", "unknown_layer_error", "zero_mask"]

@@ -19,7 +19,8 @@ import torch.nn as nn
 from torch.utils._pytree import tree_flatten
 
 from . import passes as gp_passes
-from .context import ATOL, RESIDUAL_MODES, RTOL, CompileConfig, CompileContext, as_names
+from .context import (ATOL, RESIDUAL_MODES, RTOL, CompileConfig, CompileContext, as_names,
+                      ranked_names)
 from .errors import GraphpruneError, GraphpruneWarning, MaskError, first_line
 from .export import export_onnx, export_pt2, save_checkpoint
 from .fold import border_deviation, fold_pruned_bias, gamma_zeroed
@@ -51,7 +52,7 @@ def validate_request(config: CompileConfig) -> None:
     if not isinstance(config.round_to, int) or config.round_to < 1:
         raise MaskError(f"round_to must be an integer >= 1, got {config.round_to!r}")
     if config.masks is not None and not isinstance(config.masks, Mapping):
-        raise MaskError(f"masks must be a mapping of BatchNorm name to keep mask, got "
+        raise MaskError(f"masks must be a mapping of layer name to keep mask, got "
                         f"{type(config.masks).__name__}")
     for option in ("exclude", "leaves"):
         names = getattr(config, option)
@@ -172,6 +173,16 @@ class CompileResult:
         }
 
 
+def reported_layers(ctx: CompileContext) -> set[str]:
+    """The layers a compile's result lists masks for: every layer a threshold or ratio ranks
+    (``ranked_names``), and any other the request named or the compile pruned.  The other
+    producers of a BatchNorm model (its plain convolutions) keep every channel unless asked,
+    and are left out, as a mask that names no layer keeps it whole."""
+    named = set(ctx.config.masks or ())
+    return set(ranked_names(ctx.statistics)) | named | \
+        {n for n, m in ctx.masks.items() if not m.all()}
+
+
 def _recipe(model: nn.Module, config: CompileConfig, inputs: tuple[Any, ...],
             masks: dict[str, np.ndarray]) -> dict[str, Any]:
     built = getattr(model, "graphprune_config", None)
@@ -225,7 +236,8 @@ def compile(model: nn.Module, example_inputs: Any, *, masks: Mapping[str, Any] |
             fold_pruned_bias: bool = False) -> CompileResult:
     """Compile ``model`` into a physically slimmer ``nn.Module``.
 
-    Exactly one of ``masks`` ({BatchNorm name: keep mask}; layers not named keep everything),
+    Exactly one of ``masks`` ({layer name: keep mask}, any channel producer; layers not named keep
+    everything),
     ``threshold`` (global δ: channels with |γ| < δ go) and ``prune_ratio`` (share of prunable
     BatchNorm channels to prune) chooses the channels; none of them compiles without pruning.
     ``residual="reconstruct"`` lets the branches of residual adds keep different channels
@@ -266,20 +278,24 @@ def compile(model: nn.Module, example_inputs: Any, *, masks: Mapping[str, Any] |
     for message in ctx.warnings:
         warnings.warn(message, GraphpruneWarning, stacklevel=2)
 
+    ranked = ranked_names(ctx.statistics)
     with ctx.timed("count_flops"):
         stats = ModelStats(
             params_before=count_params(work), params_after=count_params(slim),
             flops_before=count_flops(work, inputs), flops_after=count_flops(slim, inputs),
-            channels_before=sum(len(s.gamma) for s in ctx.statistics.values()),
-            channels_after=sum(int(ctx.masks[n].sum()) for n in ctx.statistics))
-    layers = [{"name": n, "channels": len(s.gamma), "kept": int(ctx.masks[n].sum()),
-               "requested": int(ctx.requested[n].sum()), "near_zero": s.near_zero,
-               "pinned": ctx.pinned.get(n)} for n, s in ctx.statistics.items()]
-    slim.graphprune_recipe = _recipe(model, config, inputs, ctx.masks)
+            channels_before=sum(len(ctx.statistics[n].gamma) for n in ranked),
+            channels_after=sum(int(ctx.masks[n].sum()) for n in ranked))
+    shown = reported_layers(ctx)
+    layers = [{"name": n, "kind": s.kind, "channels": len(s.gamma),
+               "kept": int(ctx.masks[n].sum()), "requested": int(ctx.requested[n].sum()),
+               "near_zero": s.near_zero, "pinned": ctx.pinned.get(n)}
+              for n, s in ctx.statistics.items() if n in shown]
+    slim.graphprune_recipe = _recipe(model, config, inputs,
+                                     {n: m for n, m in ctx.masks.items() if n in shown})
     return CompileResult(
         module=slim,
-        masks={n: torch.as_tensor(m) for n, m in ctx.masks.items()},
-        requested={n: torch.as_tensor(m) for n, m in ctx.requested.items()},
+        masks={n: torch.as_tensor(m) for n, m in ctx.masks.items() if n in shown},
+        requested={n: torch.as_tensor(m) for n, m in ctx.requested.items() if n in shown},
         pinned=dict(ctx.pinned), stats=stats, example_inputs=inputs,
         recipe=slim.graphprune_recipe, leaves=dict(ctx.leaves),
         unprunable=dict(ctx.unprunable), warnings=list(ctx.warnings),

@@ -29,8 +29,8 @@ import numpy as np
 import torch.fx
 
 from . import costs, specs
-from .analysis import ChannelAnalysis
-from .context import CompileConfig, LayerStatistics
+from .analysis import PRODUCER_RULES, ChannelAnalysis
+from .context import CompileConfig, LayerStatistics, ranked_names
 from .groups import CouplingSet, apply_coupling
 from .masks import (as_mask, count_below, enforce_min_channels, masks_from_ranking, matches,
                     round_up_channels, unknown_layer_error)
@@ -38,9 +38,15 @@ from .residuals import plan_orders, residual_sets
 from .tracing import flat_tensor_args
 
 
+# why a convolution or linear layer a mask names is not pruned by that mask
+NOT_A_PRODUCER = ("a convolution or linear layer takes a mask of its own only when it is called "
+                  "once on one tensor, with groups=1 (a linear layer on [N, C]), and its output "
+                  "does not go straight into a BatchNorm or GroupNorm (then mask that norm layer)")
+
+
 @dataclass
 class MaskPlan:
-    """What ``plan_masks`` decides: every map is keyed by BatchNorm name."""
+    """What ``plan_masks`` decides: every map is keyed by producer name."""
 
     candidates: dict[str, np.ndarray]        # channels a ranking may remove (not pinned/excluded)
     requested: dict[str, np.ndarray]         # keep masks as asked
@@ -59,8 +65,9 @@ def structural_pins(analysis: ChannelAnalysis) -> tuple[dict[str, np.ndarray], d
 
 def request(config: CompileConfig, gammas: dict[str, np.ndarray],
             candidates: dict[str, np.ndarray], sizes: dict[str, int]) -> dict[str, np.ndarray]:
-    """{BatchNorm: keep mask} as asked: every prunable layer, plus any other the user named
-    (``sizes``: channels of every BatchNorm of the model, prunable or not)."""
+    """{producer: keep mask} as asked: every prunable layer, plus any other the user named
+    (``sizes``: channels of every producer of the model, prunable or not).  A threshold or
+    ratio ranks the ``candidates`` channels by ``gammas``."""
     if config.masks is not None:
         asked = {n: np.ones(len(g), dtype=bool) for n, g in gammas.items()}
         for name, value in config.masks.items():
@@ -117,7 +124,7 @@ def choose_coupling(A: ChannelAnalysis, residual: list[CouplingSet], settled: di
             if plan is not None:
                 nodes += plan.nodes(A.physical(add.args[0]), A.physical(add.args[1])) - 1
         for src in sources:
-            if A.rules[src].name == "batchnorm":
+            if A.rules[src].name in PRODUCER_RULES and A.is_prunable_node(src):
                 extra[src.target] = max(extra.get(src.target, 0), nodes)
     chosen, report = [], {}
     for cs in residual:
@@ -148,8 +155,9 @@ def plan_masks(analysis: ChannelAnalysis, statistics: dict[str, LayerStatistics]
     names = list(A.masks)
     pins, _ = structural_pins(A)
     excluded = {n for n in names if matches(n, config.exclude)}
-    candidates = {n: np.zeros(len(pins[n]), dtype=bool) if n in excluded else ~pins[n]
-                  for n in names}
+    ranked = set(ranked_names(statistics))
+    candidates = {n: np.zeros(len(pins[n]), dtype=bool) if n in excluded or n not in ranked
+                  else ~pins[n] for n in names}
     gammas = {n: s.gamma for n, s in statistics.items()}
     requested = request(config, gammas, candidates, sizes)
 
@@ -186,11 +194,11 @@ def plan_masks(analysis: ChannelAnalysis, statistics: dict[str, LayerStatistics]
         warnings.append(f"{len(unknown)} op(s) without a channel rule keep every channel "
                         f"flowing into them (pinned): {shown}{more}")
     masks = dict(applied)
-    # BatchNorms the user named but the compiler cannot prune stay whole, and say so.
+    # Layers the user named but the compiler cannot prune stay whole, and say so.
     for n, asked in requested.items():
         if n not in applied:
             masks[n] = np.ones(len(asked), dtype=bool)
-            reasons[n] = f"not prunable: {unprunable.get(n, 'unknown layer')}"
+            reasons[n] = f"not prunable: {unprunable.get(n, NOT_A_PRODUCER)}"
     pinned = {n: reasons.get(n, "kept by the channel analysis")
               for n, asked in requested.items() if not np.array_equal(masks[n], asked)}
     return MaskPlan(candidates, requested, masks, pinned, residual_choice, warnings)

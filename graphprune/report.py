@@ -196,8 +196,9 @@ def markdown(report: dict[str, Any], plots: Sequence[str] = ()) -> str:
     elif goal in ("flops", "params"):
         lines.append(f"Goal: remove at least {_pct(r[f'{goal}_target'])} of the {goal}.")
     elif goal == "prune_ratio":
-        lines.append(f"Goal: prune {_pct(r['request']['prune_ratio'])} of the prunable BatchNorm "
-                     f"channels, smallest |γ| first.")
+        lines.append(f"Goal: prune {_pct(r['request']['prune_ratio'])} of the prunable "
+                     f"channels, least important first (BatchNorm |γ|; without BatchNorm, "
+                     f"the layer-relative magnitude).")
     elif goal == "threshold":
         lines.append(f"Goal: prune the channels whose |γ| < δ = {r['threshold']:.4g}.")
     elif goal == "masks":

@@ -28,7 +28,7 @@ import torch.fx
 
 from . import channels as ch
 from . import specs
-from .analysis import ChannelAnalysis
+from .analysis import PRODUCER_RULES, ChannelAnalysis
 from .groups import CouplingSet
 
 # Rules a residual operand is walked back through: one tensor in, same channels out.
@@ -124,14 +124,18 @@ def residual_sets(A: ChannelAnalysis) -> list[CouplingSet]:
         width = specs.channels(add)
         root = np.arange(width)
         for src, offset in feeds[add]:
-            name = src.target if A.rules[src].name == "batchnorm" else f"<{src.name}>"
+            name = src.target if A.is_prunable_node(src) and \
+                A.rules[src].name in PRODUCER_RULES else f"<{src.name}>"
             members.setdefault(uf.find(add), []).append((name, offset + root, root))
     return [CouplingSet("residual", m) for m in members.values()
             if len({name for name, _, _ in m}) >= 2]
 
 
 def free_source_conv(A: ChannelAnalysis, source: torch.fx.Node) -> torch.fx.Node | None:
-    """The convolution whose rows may be permuted to order ``source``, if any."""
+    """The convolution whose rows may be permuted to order ``source``, if any: the convolution
+    before a BatchNorm source, or a source that is a masked convolution itself."""
+    if A.producers.get(source) is source:
+        return source
     if A.rules[source].name != "batchnorm":
         return None
     conv = source.args[0]

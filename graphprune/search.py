@@ -29,10 +29,10 @@ import torch.nn as nn
 from . import fold as bias_folding
 from .attention import (LFA, LFA_CRITERIA, AttentionReader, CalibrationSet, FeatureAttention,
                         feature_attention, lfa)
-from .context import CompileConfig, as_names
+from .context import CompileConfig, as_names, ranked_names
 from .costs import LayerCost, estimate, layer_costs
 from .errors import GraphpruneError, GraphpruneWarning
-from .masks import batchnorm_sizes, global_order, masks_from_ranking, zero_mask
+from .masks import global_order, masks_from_ranking, producer_sizes, zero_mask
 from .pipeline import compile as gp_compile
 from .pipeline import compile_folded, prepare_analysis
 from .planning import MaskPlan, plan_masks
@@ -73,12 +73,15 @@ class MaskPlanner:
             warnings.simplefilter("ignore", GraphpruneWarning)
             self.gm, self.ctx = prepare_analysis(model, example_inputs, self.config)
         self.inputs, work = self.ctx.example_inputs, self.ctx.model
-        self.sizes = batchnorm_sizes(work)
+        self.sizes = producer_sizes(work)
         self.last: MaskPlan | None = None
-        self.gammas = {n: s.gamma for n, s in self.ctx.statistics.items()}
+        # the layers the global ranking orders (a BatchNorm model's BatchNorms; every producer
+        # of a model without BatchNorm), by their importance
+        self.gammas = {n: self.ctx.statistics[n].gamma for n in ranked_names(self.ctx.statistics)}
         if not self.gammas:
-            raise GraphpruneError("the model has no prunable BatchNorm layer: nothing to prune",
-                                  hint="graphprune prunes the channels of Conv-BatchNorm layers")
+            raise GraphpruneError("the model has no prunable layer: nothing to prune",
+                                  hint="graphprune prunes the output channels of BatchNorm, "
+                                       "GroupNorm, LayerNorm, convolution and linear layers")
         self.params_before = count_params(work)
         self.flops_before = count_flops(work, self.inputs)
         self._layer_costs()
@@ -102,8 +105,10 @@ class MaskPlanner:
     def _masks(self, count: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         plan = self._plan(masks_from_ranking(self.gammas, self.candidates, count) if count
                           else {})
-        return ({n: m.copy() for n, m in plan.requested.items()},
-                {n: m.copy() for n, m in plan.masks.items()})
+        # the ranked layers, and any other the planning pruned (none: an unranked layer is
+        # asked to keep everything, and masks only grow); a layer left out keeps every channel
+        return tuple({n: m.copy() for n, m in masks.items() if n in self.gammas or not m.all()}
+                     for masks in (plan.requested, plan.masks))
 
     def pinned(self) -> dict[str, str]:
         return dict(self.last.pinned) if self.last is not None else {}
@@ -229,7 +234,7 @@ class SearchResult:
     evaluations: int                         # LFA measurements made (the sparse FA excluded)
     fa_sparse: FeatureAttention | None
     lfa: LFA | None
-    channels_total: int                      # prunable BatchNorm channels
+    channels_total: int                      # channels of the ranked layers
     candidates: int                          # N
     feasible: bool = True
     notes: list[str] = field(default_factory=list)

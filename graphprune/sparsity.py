@@ -116,7 +116,7 @@ def prunable_batchnorms(model: nn.Module, example_inputs: Any) -> list[str]:
         warnings.simplefilter("ignore", GraphpruneWarning)
         report = analyze(model, example_inputs)
     return [name for name, st in report.statistics.items()
-            if report.pinned_channels[name] < st.channels]
+            if st.kind == "batchnorm" and report.pinned_channels[name] < st.channels]
 
 
 class SparsityRegularizer:

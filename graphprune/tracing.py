@@ -28,7 +28,7 @@ from torch.fx.immutable_collections import immutable_dict, immutable_list
 from torch.fx.proxy import Proxy
 
 from .errors import GraphpruneError, TraceFailure, summary
-from .masks import BATCHNORMS
+from .masks import NORMS
 
 MAX_LEAF_RETRIES = 64
 
@@ -68,9 +68,10 @@ class GraphpruneTracer(torch.fx.Tracer):
         self.failure: BaseException | None = None
 
     def is_leaf_module(self, m: nn.Module, qualified_name: str) -> bool:
-        # a BatchNorm subclass (timm's BatchNormAct2d, ...) stays one call_module node, which
-        # the BatchNorm rule prunes, instead of dissolving into F.batch_norm and its extras
-        return qualified_name in self.leaves or isinstance(m, BATCHNORMS) or \
+        # a norm layer subclass (timm's BatchNormAct2d, LayerNorm2d, ...) stays one call_module
+        # node, which its norm rule prunes, instead of dissolving into F.batch_norm /
+        # F.layer_norm and its extras (permutes, a fused activation)
+        return qualified_name in self.leaves or isinstance(m, NORMS) or \
             super().is_leaf_module(m, qualified_name)
 
     def call_module(self, m: nn.Module, forward, args, kwargs):

@@ -1,9 +1,19 @@
-"""Pass 2 — collect statistics: which BatchNorms are prunable, their γ, the dependency groups.
+"""Pass 2 — collect statistics: which layers are prunable, their importance, the dependency
+groups.
 
-* Every BatchNorm the graph calls is classified: prunable (its rule is ``batchnorm``: an affine
-  BatchNorm called once on one tensor) or not, with the reason.
-* For each prunable BatchNorm: |γ| per channel and the count of |γ| < ``NEAR_ZERO`` (paper
-  §3.1.2 counts these per layer to measure how sparse it has become).
+* Every norm layer the graph calls is classified: prunable or not, with the reason.  Prunable
+  are affine BatchNorms called once on one tensor (rule ``batchnorm``), affine GroupNorms (rule
+  ``groupnorm``, whole groups) and LayerNorms over the channel dimension (rule ``layernorm``:
+  ``nn.LayerNorm`` on ``[N, C]``, or a subclass whose own forward normalises dim 1 of its
+  input, such as timm's LayerNorm2d — probed once on a throw-away copy).
+* Convolutions (``groups=1``) and linear layers whose output does not go straight into a
+  prunable BatchNorm or GroupNorm are producers too: a mask may name them (rule ``conv``).
+* Per prunable layer, the importance of each channel and the count below ``NEAR_ZERO`` (paper
+  §3.1.2 counts the near-zero γ per layer to measure how sparse it has become).  A BatchNorm's
+  importance is |γ|.  For the other producers — whose scale is not comparable across layers — it
+  is the layer-relative magnitude: |γ| of a GroupNorm or LayerNorm, the L2 norm of a
+  convolution's or linear layer's output filter (its weights and bias), each divided by the mean
+  over the layer's channels, so a layer's average channel scores 1.
 * torch-pruning's dependency groups, split into structural and residual coupling
   (``graphprune.groups``), built on a small input.
 """
@@ -11,6 +21,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 import torch.fx
 import torch.nn as nn
 from torch.fx.passes.infra.pass_base import PassResult
@@ -18,7 +29,8 @@ from torch.fx.passes.infra.pass_base import PassResult
 from graphprune.analysis import ChannelAnalysis
 from graphprune.context import CompileContext, LayerStatistics
 from graphprune.groups import DependencyGroups, build_groups
-from graphprune.masks import BATCHNORMS, features, fused_batchnorm_problem, is_affine
+from graphprune.masks import (BATCHNORMS, CONVS, GROUPNORMS, LAYERNORMS, NORMS, features,
+                              fused_batchnorm_problem, is_affine, kind_of, layernorm_problem)
 from graphprune.specs import is_tensor, spec_of
 
 # |γ| below this counts as "near zero" (paper §3.1.2 uses 0.01).
@@ -37,31 +49,77 @@ def _unprunable_reason(gm: torch.fx.GraphModule, name: str, module: nn.Module,
     return "called in a way the compiler does not slim (several or non-tensor inputs)"
 
 
+def importance(module: nn.Module) -> np.ndarray:
+    """The importance of each output channel (see the module docstring)."""
+    if isinstance(module, BATCHNORMS):
+        return module.weight.detach().abs().float().cpu().numpy()
+    weight = module.weight.detach().float()
+    if isinstance(module, GROUPNORMS + LAYERNORMS):
+        raw = weight.abs()
+    else:
+        rows = weight.reshape(weight.shape[0], -1)
+        if module.bias is not None:
+            rows = torch.cat([rows, module.bias.detach().float()[:, None]], 1)
+        raw = rows.norm(dim=1)
+    raw = raw.cpu().numpy()
+    mean = float(raw.mean()) if raw.size else 0.0
+    return raw / mean if mean > 0 else np.ones_like(raw)
+
+
+def _single_tensor_call(calls: list[torch.fx.Node]) -> torch.fx.Node | None:
+    if len(calls) == 1 and len(calls[0].args) == 1 and is_tensor(calls[0].args[0]):
+        return calls[0]
+    return None
+
+
+def _norm_problem(module: nn.Module, call: torch.fx.Node | None) -> str | None:
+    """Why a norm layer called as ``call`` cannot take a mask (beyond the generic reasons), or
+    None: a BatchNorm subclass whose own forward does not zero a zeroed channel, a LayerNorm
+    that does not normalise the channel dimension of its input."""
+    if call is None:
+        return None
+    shape = spec_of(call.args[0]).shape
+    if isinstance(module, BATCHNORMS):
+        return fused_batchnorm_problem(module, shape)
+    if isinstance(module, LAYERNORMS):
+        return layernorm_problem(module, shape)
+    return None
+
+
 def collect_statistics(gm: torch.fx.GraphModule, ctx: CompileContext) -> PassResult:
     with ctx.timed("collect_statistics"):
         modules = dict(gm.named_modules())
-        bn_names = [n for n, m in modules.items() if isinstance(m, BATCHNORMS)]
-        calls: dict[str, list[torch.fx.Node]] = {n: [] for n in bn_names}
+        norm_names = [n for n, m in modules.items() if isinstance(m, NORMS)]
+        layer_names = [n for n, m in modules.items() if isinstance(m, CONVS + (nn.Linear,))]
+        calls: dict[str, list[torch.fx.Node]] = {n: [] for n in norm_names + layer_names}
         for node in gm.graph.nodes:
             if node.op == "call_module" and node.target in calls:
                 calls[node.target].append(node)
-        # a BatchNorm subclass with its own forward is probed once on its input's shape
-        fused = {n: fused_batchnorm_problem(modules[n], spec_of(calls[n][0].args[0]).shape)
-                 for n in bn_names if len(calls[n]) == 1 and calls[n][0].args and
-                 is_tensor(calls[n][0].args[0])}
-        candidates = {n: np.ones(features(modules[n]), dtype=bool) for n in bn_names
-                      if is_affine(modules[n]) and not fused.get(n)}
+        # a norm layer with its own forward is probed once on its input's shape
+        problems = {n: _norm_problem(modules[n], _single_tensor_call(calls[n]))
+                    for n in norm_names}
+        candidates = {n: np.ones(features(modules[n]), dtype=bool) for n in norm_names
+                      if is_affine(modules[n]) and not problems.get(n)}
+        # a convolution straight into a BatchNorm or GroupNorm is pruned by that norm's mask
+        for name in layer_names:
+            users = list(calls[name][0].users) if len(calls[name]) == 1 else []
+            feeds_norm = len(users) == 1 and users[0].op == "call_module" and \
+                users[0].target in candidates and \
+                isinstance(modules[users[0].target], BATCHNORMS + GROUPNORMS)
+            if not feeds_norm:
+                candidates[name] = np.ones(features(modules[name]), dtype=bool)
         analysis = ChannelAnalysis(gm, candidates)
-        prunable = analysis.bn_nodes()           # graph order
+        prunable = analysis.mask_nodes()         # graph order
         analysis.masks = {n: candidates[n] for n in prunable}
         ctx.analysis = analysis
-        for name in bn_names:
+        for name in norm_names:
             if name not in prunable:
-                ctx.unprunable[name] = fused.get(name) or _unprunable_reason(
+                ctx.unprunable[name] = problems.get(name) or _unprunable_reason(
                     gm, name, modules[name], calls[name], ctx.leaves)
         for name in prunable:
-            gamma = modules[name].weight.detach().abs().float().cpu().numpy()
-            ctx.statistics[name] = LayerStatistics(name, gamma, int((gamma < NEAR_ZERO).sum()))
+            score = importance(modules[name])
+            ctx.statistics[name] = LayerStatistics(name, score, int((score < NEAR_ZERO).sum()),
+                                                   kind_of(modules[name]))
 
     if not ctx.config.dependency_groups:
         ctx.groups = DependencyGroups(error="not built (dependency_groups=False)")

@@ -108,14 +108,27 @@ def test_a_pickled_module_whose_classes_cannot_be_imported(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_a_model_without_batchnorm_has_nothing_to_prune(tmp_path, capsys):
+def test_a_model_without_channel_producers_has_nothing_to_prune(tmp_path, capsys):
+    path = tmp_path / "plain.pt"
+    torch.save(nn.Sequential(nn.AvgPool2d(2), nn.ReLU()), path)
+    out = tmp_path / "out"
+    assert main(["compile", str(path), "--trust-checkpoint", "--prune-ratio", "0.5", *SMALL,
+                 "--out", str(out)]) == 0
+    _one_line_error(capsys, "nothing to prune", "no BatchNorm, GroupNorm, LayerNorm")
+    assert not out.exists()
+
+
+def test_a_model_without_batchnorm_prunes_its_convolutions(tmp_path, capsys):
     path = tmp_path / "plain.pt"
     torch.save(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1)), path)
     out = tmp_path / "out"
     assert main(["compile", str(path), "--trust-checkpoint", "--prune-ratio", "0.5", *SMALL,
-                 "--out", str(out)]) == 0
-    _one_line_error(capsys, "nothing to prune", "no BatchNorm")
-    assert not out.exists()
+                 "--out", str(out), "--no-onnx", "--no-pt2"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["compile"]["stats"]["params_after"] < report["compile"]["stats"]["params_before"]
+    slim = gp.load(out / "slim.graphprune.pt",
+                   model=nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1)))
+    assert slim.get_submodule("0").out_channels == 2
 
 
 class _Unsupported(nn.Module):

@@ -28,6 +28,8 @@ M1 = np.array([1, 1, 0, 1, 0, 0, 1, 1], dtype=bool)        # the first BatchNorm
 M2 = np.array([0, 1, 1, 0, 0, 1, 1, 0], dtype=bool)        # the second keeps 4
 KEPT1 = np.flatnonzero(M1)
 ALL = np.ones(C, dtype=bool)
+GN_ASKED = np.array([0, 1, 0, 0, 0, 0, 0, 0], dtype=bool)
+GN_GROWN = np.array([1, 1, 1, 1, 0, 0, 0, 0], dtype=bool)
 
 
 class Net(nn.Module):
@@ -56,6 +58,7 @@ class Case:
     pick: Callable[[torch.fx.Node], bool]      # the node under test
     check: Callable[[ChannelAnalysis, torch.fx.Node], None]
     leaves: tuple[str, ...] = ()
+    masks: dict[str, np.ndarray] | None = None   # masks of other producers, beside bn1 and bn2
 
 
 def _module(name):
@@ -170,6 +173,18 @@ CASES = [
          _all(_live(M1 | M2), _masks(M1, M2))),               # independent masks, none grown
     Case("leaf", lambda: Net(lambda s, a, b: s.op(a), {"op": Opaque()}), _module("op"),
          _masks(M1), leaves=("op",)),
+    # a GroupNorm of two groups of four, asked to keep one channel: its group stays whole
+    Case("groupnorm", lambda: Net(lambda s, a, b: s.gn(s.op(a)),
+                                  {"op": nn.Conv2d(C, C, 1), "gn": nn.GroupNorm(2, C)}),
+         _module("gn"),
+         _all(_live(GN_GROWN), _order(np.flatnonzero(GN_GROWN)),
+              lambda A, n: np.testing.assert_array_equal(A.mask("gn"), GN_GROWN)),
+         masks={"gn": GN_ASKED}),
+    # a LayerNorm over [N, C] reads every input channel: bn1 grows back to all of them
+    Case("layernorm", lambda: Net(lambda s, a, b: s.fc(s.ln(a.mean((2, 3)))),
+                                  {"ln": nn.LayerNorm(C), "fc": nn.Linear(C, 3)}, head=False),
+         _module("ln"), _all(_live(M2), _order(np.flatnonzero(M2)), _masks(ALL)),
+         masks={"ln": M2}),
     Case("unknown", lambda: Net(lambda s, a, b: torch.special.expit(a) * b),
          _function(torch.special.expit), _masks(ALL, M2)),      # its input is required whole
 ]
@@ -186,10 +201,11 @@ def _analysed(model, x, masks, leaves=()):
 def _prepare(case):
     torch.manual_seed(0)
     model = case.net().eval()
-    for bn in (model.bn1, model.bn2):
-        bn.weight.data.uniform_(0.5, 1.5)
-        bn.bias.data.uniform_(-0.5, 0.5)
-    return model, {"bn1": M1, "bn2": M2}
+    for norm in model.modules():
+        if isinstance(norm, (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)):
+            norm.weight.data.uniform_(0.5, 1.5)
+            norm.bias.data.uniform_(-0.5, 0.5)
+    return model, {"bn1": M1, "bn2": M2, **(case.masks or {})}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.rule}-{k}" for k, c in enumerate(CASES)])

@@ -50,3 +50,22 @@ def test_vgg_head_at_128_px_exports_through_the_dynamo_exporter(tmp_path):
     model = build("vgg11_bn")
     check_compile(model, torch.rand(1, 3, 128, 128), tmp_path,
                   masks=random_masks(model, 0.5, seed=0))
+
+
+def test_timm_convnext_prunes_its_layernorm_and_convolution_channels(tmp_path):
+    """ConvNeXt (no BatchNorm: LayerNorm2d and 1x1-convolution MLPs) prunes by ratio, the
+    hidden channels of every block's MLP and the outputs of its LayerNorms, and stays exact."""
+    from timm.layers import LayerNorm2d
+
+    from graphprune.models import randomize_norms
+
+    model = randomize_norms(timm.create_model("convnext_atto", pretrained=False).eval(), 0)
+    result = check_compile(model, torch.rand(1, 3, 64, 64), tmp_path, prune_ratio=0.5)
+    kinds = {row["kind"] for row in result.layers if row["kept"] < row["channels"]}
+    assert {"conv", "layernorm"} <= kinds
+    fc1 = "stages.0.blocks.0.mlp.fc1"
+    kept = int(np.asarray(result.masks[fc1]).sum())
+    assert slim_layer(result, fc1).out_channels == kept < model.get_submodule(fc1).out_channels
+    assert slim_layer(result, fc1.replace("fc1", "fc2")).in_channels == kept
+    assert type(slim_layer(result, "stages.0.blocks.0.norm")) is LayerNorm2d
+    assert result.stats.flops_after < 0.8 * result.stats.flops_before

@@ -47,11 +47,14 @@ def test_zoo_compiles_and_verifies_builtin_models(tmp_path):
     assert not (tmp_path / "results").exists()           # --quick writes no results files
 
 
-def test_zoo_reports_a_model_without_batchnorm_and_goes_on(tmp_path):
+def test_zoo_reports_a_model_without_producers_and_goes_on(tmp_path):
     zoo = _zoo()
 
-    def conv_relu_conv():
+    def conv_relu_conv():       # no BatchNorm: its first convolution's outputs are masked
         return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3))
+
+    def pooling():              # no layer whose channels a mask could name
+        return nn.Sequential(nn.AvgPool2d(2), nn.ReLU())
 
     def conv_bn():                                       # its only BatchNorm is an output
         return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8))
@@ -66,18 +69,23 @@ def test_zoo_reports_a_model_without_batchnorm_and_goes_on(tmp_path):
             return [self.head(self.bn(self.conv(image[None]))) for image in images]
 
     entries = [zoo.ZooEntry("conv_relu_conv", "test", conv_relu_conv, imgsz=16),
+               zoo.ZooEntry("pooling", "test", pooling, imgsz=16),
                zoo.ZooEntry("conv_bn", "test", conv_bn, imgsz=16),
                zoo.ZooEntry("broken", "test", lambda: 1 / 0),
                zoo.ZooEntry("iterates_input", "test", IteratesItsInput, imgsz=16)]
     out = tmp_path / "zoo.json"
-    code = zoo.main(["--models", "conv_relu_conv,conv_bn,broken,iterates_input,tiny_resnet",
+    code = zoo.main(["--models",
+                     "conv_relu_conv,pooling,conv_bn,broken,iterates_input,tiny_resnet",
                      "--no-onnx",
                      "--json-out", str(out), "--results", str(tmp_path)], extra=entries)
     assert code == 0
     rows = _rows(out)
-    plain = rows["conv_relu_conv"]
+    plain = rows["pooling"]
     assert plain["status"] == "fail" and plain["source"] == "test"
     assert "nothing to prune" in plain["reason"] and plain["batchnorms"] == 0
+    no_bn = rows["conv_relu_conv"]
+    assert no_bn["status"] == "pass" and no_bn["batchnorms"] == 0 and no_bn["verified"]
+    assert no_bn["channels_before"] == 8 + 4 and no_bn["channels_after"] < 8 + 4
     assert rows["conv_bn"]["status"] == "pinned everything"
     assert rows["conv_bn"]["compiled"] and rows["conv_bn"]["verified"]
     assert rows["conv_bn"]["channels_pruned"] == 0 and "model output" in rows["conv_bn"]["reason"]
@@ -88,7 +96,7 @@ def test_zoo_reports_a_model_without_batchnorm_and_goes_on(tmp_path):
     assert "TraceFailure" in root["reason"] and "IteratesItsInput itself" in root["reason"]
     assert rows["tiny_resnet"]["status"] == "pass"       # the failures did not stop the run
     md = (tmp_path / "zoo.md").read_text()               # not --quick: the results files
-    assert "| conv_relu_conv | test |" in md and "nothing to prune" in md
+    assert "| pooling | test |" in md and "nothing to prune" in md
     assert json.loads((tmp_path / "zoo.json").read_text())["rows"] == \
         json.loads(out.read_text())["rows"]
 

@@ -21,23 +21,28 @@ import numpy as np
 import torch.nn as nn
 
 from ..errors import GraphpruneError
-from ..masks import batchnorms, features
+from ..masks import features, producers
 
 
 def masks_from_pruner(model: nn.Module, pruner: Any, apply: bool = False
                       ) -> dict[str, np.ndarray]:
-    """{BatchNorm name: keep mask} for the channels ``pruner`` (a Torch-Pruning pruner built
-    on ``model``) removes in its next step. The step runs in Torch-Pruning's interactive mode
-    and, unless ``apply``, no group is pruned, so the model is not changed; with ``apply`` the
-    pruner also cuts ``model`` itself (Torch-Pruning's own pruned model, to compare with)."""
+    """{layer name: keep mask} for the channels ``pruner`` (a Torch-Pruning pruner built on
+    ``model``) removes in its next step: per Torch-Pruning group, the output channels of its
+    BatchNorms, or, in a group without BatchNorm, of its GroupNorms, LayerNorms, convolutions
+    and linear layers (graphprune's other channel producers). The step runs in Torch-Pruning's
+    interactive mode and, unless ``apply``, no group is pruned, so the model is not changed;
+    with ``apply`` the pruner also cuts ``model`` itself (Torch-Pruning's own pruned model, to
+    compare with)."""
     try:
         from torch_pruning.pruner import function  # deferred: torch-pruning loads on use
     except ImportError as exc:
         raise GraphpruneError("torch-pruning is not installed",
                               hint="pip install torch-pruning") from exc
-    norms = batchnorms(model)
-    names = {id(m): n for n, m in norms.items()}
-    masks = {n: np.ones(features(m), dtype=bool) for n, m in norms.items()}
+    layers = producers(model)
+    names = {id(m): n for n, m in layers.items()}
+    masks = {n: np.ones(features(m), dtype=bool) for n, m in layers.items()}
+    others = (function.prune_groupnorm_out_channels, function.prune_layernorm_out_channels,
+              function.prune_conv_out_channels, function.prune_linear_out_channels)
     try:
         groups = iter(pruner.step(interactive=True))
     except (TypeError, AttributeError) as exc:
@@ -46,9 +51,11 @@ def masks_from_pruner(model: nn.Module, pruner: Any, apply: bool = False
                               hint="pass a torch_pruning.pruner.MetaPruner (or a subclass)") \
             from None
     for group in groups:         # lazily: with ``apply`` each group is cut before the next
-        for dep, idxs in group:
-            if dep.handler != function.prune_batchnorm_out_channels:   # bound methods: ==
-                continue
+        items = list(group)
+        # bound methods: compared with ==
+        bn = [(d, i) for d, i in items if d.handler == function.prune_batchnorm_out_channels]
+        chosen = bn or [(d, i) for d, i in items if any(d.handler == h for h in others)]
+        for dep, idxs in chosen:
             name = names.get(id(dep.target.module))
             if name is None:
                 raise GraphpruneError("the pruner's model is not the model given",

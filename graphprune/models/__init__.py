@@ -42,6 +42,23 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
+def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """``randomize_batchnorm``, and random γ and β for every affine GroupNorm and LayerNorm too
+    (|γ| log-uniform on [1e-3, 1], β normal with σ = 0.1), in place: the stand-in for a trained
+    model that has other norm layers than BatchNorm."""
+    randomize_batchnorm(model, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.GroupNorm, nn.LayerNorm)) and \
+                    getattr(m, "weight", None) is not None:
+                shape = m.weight.shape
+                m.weight.copy_(10 ** (-3 * torch.rand(shape, generator=g)))
+                if m.bias is not None:
+                    m.bias.copy_(0.1 * torch.randn(shape, generator=g))
+    return model
+
+
 def build(name: str, **kwargs):
     """Build a registered architecture by name (see ``BUILDERS``)."""
     try:
@@ -52,5 +69,5 @@ def build(name: str, **kwargs):
     return builder(**kwargs)
 
 
-__all__ = ["BUILDERS", "DETECTORS", "TinyResNet", "YOLOv5", "build", "randomize_batchnorm", "tiny_resnet", "yolov5", "yolov5_custom", "yolov5l",
+__all__ = ["BUILDERS", "DETECTORS", "TinyResNet", "YOLOv5", "build", "randomize_batchnorm", "randomize_norms", "tiny_resnet", "yolov5", "yolov5_custom", "yolov5l",
            "yolov5m", "yolov5n", "yolov5s", "yolov5x"]
