@@ -1,12 +1,14 @@
 """Prunability zoo: compile many architectures with random masks and check slim == zero-masked.
 
 Every model is built with random weights (nothing is downloaded), put in eval mode, given random
-BatchNorm statistics and γ (``randomize_batchnorm``), and compiled with a random keep-mask of
-p = 0.5 over every BatchNorm.  ``gp.compile`` verifies the invariant itself; the zoo checks it
+norm γ, β and BatchNorm statistics (``randomize_norms``), and compiled with a random keep-mask
+of p = 0.5 over every BatchNorm (in a model without BatchNorm: over every channel producer —
+GroupNorm, LayerNorm, convolution, linear layer).  ``gp.compile`` verifies the invariant itself; the zoo checks it
 again independently (``gp.zero_mask`` of the original model against the slim module, every output
 elementwise |slim − ref| ≤ 1e-4 + 1e-4·|ref|) and, unless ``--no-onnx``, exports the slim model
 to ONNX (``export_onnx`` compares onnxruntime with it).  A model passes when all of that holds
-and at least 15 % of its prunable BatchNorm channels were really removed; one that compiles and
+and at least 15 % of its prunable channels (BatchNorm channels; a model without BatchNorm: its
+producers' channels) were really removed; one that compiles and
 verifies but keeps more is marked "pinned everything".  Every failure is reported with its
 reason (one line: where it failed, the exception type and message); the script never stops on
 one model.
@@ -56,7 +58,7 @@ from benchmarks.common import machine
 HERE = Path(__file__).resolve().parent
 ATOL = RTOL = 1e-4
 MIN_PRUNED = 0.15         # a pass removes at least this share of the prunable BN channels
-KEEP_P = 0.5              # each BatchNorm channel is kept with this probability
+KEEP_P = 0.5              # each masked channel is kept with this probability
 NOTHING_TO_PRUNE = "no norm, convolution or linear layer: nothing to prune"
 
 
@@ -112,8 +114,8 @@ ULTRALYTICS = ("yolov8n", "yolov5nu", "yolov8s", "yolo11n")
 # timm CNNs across families (the backbones of many detectors), each at 128 px (at its own size
 # where it takes only that, as attention blocks sized for one resolution do): ResNet and its
 # variants, CSP/Darknet, DenseNet/DLA/DPN, the EfficientNet/MobileNet family, RegNet, VoVNet,
-# HGNet, re-parameterisable RepVGG/MobileOne, GhostNet, and norm-free / LayerNorm nets (which
-# have no BatchNorm to prune: reported as such)
+# HGNet, re-parameterisable RepVGG/MobileOne, GhostNet, and norm-free / LayerNorm nets (no
+# BatchNorm: their other channel producers take the masks)
 TIMM = (
     "resnet18", "resnet26t", "resnet50d", "resnext26ts", "seresnet33ts", "seresnext26d_32x4d",
     "ecaresnet26t", "skresnet18", "res2net50_26w_4s", "res2next50", "resnest14d",
@@ -352,14 +354,14 @@ def evaluate(entry: ZooEntry, size: int, *, onnx: bool, workdir: Path, seed: int
     finally:
         row["seconds"] = {k: round(v, 2) for k, v in row["seconds"].items()}
     if row["channels_before"] == 0:
-        row["status"], row["reason"] = "pinned everything", "no prunable BatchNorm channel"
+        row["status"], row["reason"] = "pinned everything", "no prunable channel"
     elif row["channels_pruned"] < MIN_PRUNED:
         row["status"] = "pinned everything"
-        row["reason"] = (f"only {row['channels_pruned']:.1%} of the prunable BatchNorm channels "
+        row["reason"] = (f"only {row['channels_pruned']:.1%} of the prunable channels "
                          f"removed (< {MIN_PRUNED:.0%})")
         if row["pin_examples"]:
             name, why = next(iter(row["pin_examples"].items()))
-            row["reason"] += f"; {row['pinned']} BatchNorm(s) pinned, e.g. {name!r}: {why}"
+            row["reason"] += f"; {row['pinned']} layer(s) pinned, e.g. {name!r}: {why}"
     else:
         row["status"] = "pass"
     return row
@@ -470,14 +472,14 @@ def cells(row: Mapping[str, Any]) -> list[str]:
 
 
 HEADERS = ["model", "source", "px", "status", "compiled?", "verified?", "ONNX parity?",
-           "BN channels pruned", "params after / before", "leaves kept whole", "s", "reason",
+           "channels pruned", "params after / before", "leaves kept whole", "s", "reason",
            "torch-pruning (random, 0.5)"]
 
 
 def rich_table(rows: Iterable[Mapping[str, Any]], title: str) -> Table:
     table = Table(title=title)
     for h in HEADERS:
-        numeric = h in ("px", "BN channels pruned", "params after / before",
+        numeric = h in ("px", "channels pruned", "params after / before",
                         "leaves kept whole", "s")
         table.add_column(h, justify="right" if numeric else "left",
                          overflow="fold", max_width=70 if h in ("reason", HEADERS[-1])
@@ -495,11 +497,14 @@ def markdown(payload: Mapping[str, Any]) -> str:
     passed = sum(r["status"] == "pass" for r in rows)
     lines = [
         "# Prunability zoo", "",
-        f"Random keep-masks (p = {KEEP_P}) over every BatchNorm of randomly initialised models "
-        f"with random BatchNorm statistics (seed {payload['seed']}); a pass compiles, verifies "
+        f"Random keep-masks (p = {KEEP_P}) over every BatchNorm (a model without BatchNorm: over "
+        f"every GroupNorm, channel LayerNorm, convolution and linear layer) of randomly "
+        f"initialised models with random norm parameters and statistics (seed "
+        f"{payload['seed']}); a pass compiles, verifies "
         f"slim == zero-masked (by gp.compile and again independently, |a − b| ≤ 1e-4 + "
         f"1e-4·|b|){', matches in onnxruntime' if payload['onnx'] else ''} and removes at least "
-        f"{MIN_PRUNED:.0%} of the prunable BatchNorm channels.", "",
+        f"{MIN_PRUNED:.0%} of the prunable channels (BatchNorm channels; without BatchNorm, the "
+        f"producers' channels).", "",
         f"{payload['machine']}; Python {payload['python']}, torch {payload['torch']}, "
         f"torchvision {payload['torchvision'] or 'not installed'}, ultralytics "
         f"{payload['ultralytics'] or 'not installed'}, timm "

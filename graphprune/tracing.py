@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import operator
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -143,10 +144,67 @@ def trace(model: nn.Module, leaves: Iterable[str] = ()) -> TraceResult:
             auto[failed] = _short(tracer.failure or exc)
             continue
         name = type(model).__name__
+        out_of_place(graph)
         gm = torch.fx.GraphModule(tracer.root, graph, name)
         return TraceResult(gm, auto)
     raise TraceFailure(f"gave up after {MAX_LEAF_RETRIES} untraceable submodules",
                        hint="name the untraceable blocks with leaves=[...]")
+
+
+# in-place methods whose name without the underscore is not the same op out of place
+_NOT_TWINS = {"resize", "requires_grad", "set", "share_memory"}
+# in-place operator functions and their out-of-place twins (``x += y`` traces to iadd)
+_IN_PLACE_OPERATORS = {operator.iadd: operator.add, operator.isub: operator.sub,
+                       operator.imul: operator.mul, operator.itruediv: operator.truediv}
+
+
+def _out_of_place_target(node: torch.fx.Node) -> Any:
+    """The out-of-place twin of an in-place op on a traced value (``x.mul_(g)`` → ``mul``,
+    ``torch.relu_`` → ``torch.relu``, ``x += y`` → ``operator.add``), or None.  A mutation of
+    the model's own state (a parameter or buffer read by ``get_attr``) is left as it is."""
+    if not node.args or not isinstance(node.args[0], torch.fx.Node) or \
+            node.args[0].op == "get_attr":
+        return None
+    if node.op == "call_method":
+        name = node.target
+        twin = name[:-1]
+        if name.endswith("_") and not name.endswith("__") and twin not in _NOT_TWINS and \
+                callable(getattr(torch.Tensor, twin, None)):
+            return twin
+        return None
+    if node.op != "call_function":
+        return None
+    if node.target in _IN_PLACE_OPERATORS:
+        return _IN_PLACE_OPERATORS[node.target]
+    name = getattr(node.target, "__name__", "")
+    if name.endswith("_") and not name.endswith("__"):
+        for namespace in (torch, torch.nn.functional):
+            if getattr(namespace, name, None) is node.target:
+                return getattr(namespace, name[:-1], None)
+    return None
+
+
+def out_of_place(graph: torch.fx.Graph) -> int:
+    """Rewrite every in-place op on a traced value as its out-of-place twin, with the uses of
+    the mutated value after it reading the op's result instead (an in-place op returns the
+    value it changed): the graph then says by its edges what the mutation did by aliasing
+    (NFNet's ``out.mul_(gain)``, whose result nothing reads), and the channel analysis and
+    the slim graph, which may copy or reorder a value, stay right.  Aliases of the mutated
+    value made before it (a view) are not followed; the compile's check against the eager
+    model would refuse a model where that matters.  Returns the number of ops rewritten."""
+    position = {n: i for i, n in enumerate(graph.nodes)}
+    count = 0
+    for node in list(graph.nodes):
+        target = _out_of_place_target(node)
+        if target is None:
+            continue
+        value = node.args[0]
+        for user in list(value.users):
+            if user is not node and position[user] > position[node]:
+                user.replace_input_with(value, node)
+        node.target = target
+        count += 1
+    return count
 
 
 def _mutable(value: Any) -> Any:

@@ -33,14 +33,24 @@ def _install(root: nn.Module, target: str, obj) -> None:
         setattr(here, leaf, obj)
 
 
+def _impure(node: torch.fx.Node) -> bool:
+    """Whether dead-code elimination must keep ``node``: the graph's inputs and output, and
+    in-place ops (PyTorch's trailing-underscore names: ``mul_``, ``add_``, ``clamp_`` ...)."""
+    if node.op in ("placeholder", "output"):
+        return True
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    return isinstance(name, str) and name.endswith("_") and not name.endswith("__")
+
+
 def slim_layers(gm: torch.fx.GraphModule, ctx: CompileContext) -> PassResult:
     with ctx.timed("slim_layers"):
         A = ctx.analysis
         E = Emitter(gm)
         for node in A.nodes:
             E.env[node] = A.rules[node].emit(node, E, A)
-        # Pieces no one reads (an unused split output) go; every call is pure in eval mode.
-        E.graph.eliminate_dead_code(is_impure_node=lambda n: n.op in ("placeholder", "output"))
+        # Pieces no one reads (an unused split output) go; an in-place op (``out.mul_(g)``, its
+        # result unused: the effect is the mutation) stays.
+        E.graph.eliminate_dead_code(is_impure_node=_impure)
         root = nn.Module()
         for node in E.graph.nodes:
             if node.op not in ("call_module", "get_attr"):

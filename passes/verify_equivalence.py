@@ -65,7 +65,9 @@ class _Recorder(Interpreter):
 def first_divergence(ctx: CompileContext, atol: float, rtol: float) -> str | None:
     """The first original node whose slim value differs from the zero-masked one."""
     A = ctx.analysis
-    ref_gm = zero_mask(A.gm, ctx.masks).eval()
+    # the masks that remove something: a layer named but not prunable (kept whole) may be
+    # absent from the traced graph's modules (a convolution traced through, as a weight)
+    ref_gm = zero_mask(A.gm, {n: m for n, m in ctx.masks.items() if not m.all()}).eval()
     # both graphs are copies (zero_mask deep-copies): match nodes by name
     ref = {n.name: v for n, v in _Recorder(ref_gm).record(*ctx.example_inputs).items()}
     by_name = {n.name: v for n, v in _Recorder(ctx.slim).record(*ctx.example_inputs).items()}

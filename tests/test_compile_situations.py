@@ -376,3 +376,27 @@ def test_a_leaf_that_keeps_the_shape_it_saw_still_compiles(tmp_path):
     assert result.leaves == {"3": "requested"}
     assert bool(torch.as_tensor(result.masks["1"]).all())   # it reads the channel count
     assert model[3].shape is None                      # the caller's model is not run
+
+
+def test_an_in_place_op_whose_result_is_unused_stays_in_the_slim_graph(tmp_path):
+    """``out.mul_(g)`` changes ``out`` for the ops after it (NFNet's skip-init gain), though
+    nothing reads its result: the trace rewrites it as ``out = out.mul(g)``, so the channel
+    analysis sees the dependency and the slim graph (which reorders ``out`` here) keeps it."""
+    class SkipInit(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.bn = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+            self.c2, self.drop = nn.Conv2d(8, 8, 1), nn.Identity()
+            self.gain = nn.Parameter(torch.tensor(0.25))
+
+        def forward(self, x):
+            y = torch.relu(self.bn(self.c1(x)))
+            out = self.drop(self.c2(y) * 2.0)
+            out.mul_(self.gain)
+            return out * 0.5 + y
+
+    model = randomize_batchnorm(SkipInit(), 0).eval()
+    result = check_compile(model, torch.rand(1, 3, 8, 8), tmp_path,
+                           masks={"bn": np.arange(8) % 2 == 0})
+    methods = [n.target for n in result.module.graph.nodes if n.op == "call_method"]
+    assert "mul" in methods and "mul_" not in methods

@@ -263,3 +263,25 @@ def test_masks_on_producers_survive_a_checkpoint(tmp_path):
     path = result.save(tmp_path / "slim.graphprune.pt")
     again = gp.load(path, model=ConvNeXt())
     assert sum(p.numel() for p in again.parameters()) == result.stats.params_after
+
+
+class StdConv(nn.Conv2d):
+    """A weight-standardised convolution (NF-ResNet's ScaledStdConv2d): its own forward, traced
+    through into functional calls, so it is no module call of the graph."""
+
+    def forward(self, x):
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+def test_a_convolution_traced_through_is_not_a_producer_and_says_why():
+    model = nn.Sequential(StdConv(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    x = torch.rand(1, 3, 8, 8)
+    assert set(gp.analyze(model, x).statistics) == {"2"}       # only the output convolution
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gp.GraphpruneWarning)
+        result = gp.compile(model, x, masks={"0": np.arange(8) < 4})
+    assert result.masks["0"].all()
+    assert result.pinned["0"].startswith("not prunable: a convolution or linear layer takes a "
+                                         "mask of its own only when it is called once")

@@ -10,6 +10,7 @@ import torch.nn as nn
 
 import graphprune as gp
 from graphprune.models import yolov5n
+from graphprune.tracing import trace
 
 
 class Routed(nn.Module):
@@ -85,3 +86,22 @@ def test_an_untraceable_root_is_a_clear_error():
 
     with pytest.raises(gp.TraceFailure, match="cannot trace the forward of Root itself"):
         gp.trace(Root())
+
+
+def test_in_place_ops_are_traced_out_of_place_with_the_mutation_as_an_edge():
+    """``x.relu_()`` whose result is unused, and ``torch.sigmoid_`` on a value read again
+    afterwards: the traced graph has no in-place op left and computes what eager mode does."""
+    class Mutates(nn.Module):
+        def forward(self, x, y):
+            x = x * 1.0
+            x.relu_()                      # the mutation is the effect
+            z = y + x
+            torch.sigmoid_(z)
+            return x - z
+
+    traced = trace(Mutates()).graph_module
+    targets = [n.target for n in traced.graph.nodes if n.op in ("call_function", "call_method")]
+    assert "relu_" not in targets and torch.sigmoid_ not in targets
+    assert "relu" in targets and torch.sigmoid in targets
+    x, y = torch.randn(2, 5), torch.randn(2, 5)
+    assert torch.equal(traced(x, y), Mutates()(x, y))
