@@ -236,10 +236,13 @@ def compile(model: nn.Module, example_inputs: Any, *, masks: Mapping[str, Any] |
             fold_pruned_bias: bool = False) -> CompileResult:
     """Compile ``model`` into a physically slimmer ``nn.Module``.
 
-    Exactly one of ``masks`` ({layer name: keep mask}, any channel producer; layers not named keep
-    everything),
-    ``threshold`` (global δ: channels with |γ| < δ go) and ``prune_ratio`` (share of prunable
-    BatchNorm channels to prune) chooses the channels; none of them compiles without pruning.
+    Exactly one of ``masks`` ({layer name: keep mask}, any channel producer: BatchNorm,
+    GroupNorm, channel LayerNorm, a convolution or linear layer with no norm after it; layers
+    not named keep everything), ``threshold`` (global δ: ranked channels with importance < δ go)
+    and ``prune_ratio`` (share of the ranked channels to prune) chooses the channels; none of
+    them compiles without pruning.  The ranking orders a BatchNorm model's BatchNorms by |γ|, and
+    every producer of a model without BatchNorm by its layer-relative magnitude
+    (``context.ranked_names``, ``passes.collect_statistics``).
     ``residual="reconstruct"`` lets the branches of residual adds keep different channels
     (L1RR); ``"couple"`` forces the conventional shared mask (one OR-ed mask for every
     BatchNorm feeding a residual group); ``"auto"`` reconstructs each residual group only where
