@@ -68,13 +68,23 @@ class ChannelAnalysis:
     def call_count(self, node: torch.fx.Node) -> int:
         return self.counts.get(node.target, 0)
 
+    def name_of(self, node: torch.fx.Node) -> str | None:
+        """The name a mask would give the layer ``node`` calls: a module's name, or the weight
+        of a functional batch norm (``channels.functional_batchnorm``); None for other ops."""
+        if node.op == "call_module":
+            return node.target
+        bound = ch.functional_batchnorm(node)
+        return bound["weight"].target if bound is not None else None
+
     def is_prunable_node(self, node: torch.fx.Node) -> bool:
         """Whether ``node`` is the one call of a layer a mask names, on one tensor, with as
         many output channels as the mask."""
-        return node.op == "call_module" and node.target in self.masks and \
-            self.call_count(node) == 1 and len(node.args) == 1 and not node.kwargs and \
-            specs.is_tensor(node.args[0]) and \
-            specs.channels(node) == len(self.masks[node.target])
+        name = self.name_of(node)
+        if name is None or name not in self.masks or not specs.is_tensor(node.args[0]) or \
+                specs.channels(node) != len(self.masks[name]):
+            return False
+        return node.op != "call_module" or (self.call_count(node) == 1 and
+                                            len(node.args) == 1 and not node.kwargs)
 
     def _find_producers(self) -> dict[torch.fx.Node, torch.fx.Node]:
         """Conv/Linear nodes whose output rows a mask decides: conv -> the prunable BatchNorm
@@ -92,11 +102,11 @@ class ChannelAnalysis:
         return out
 
     def bn_nodes(self) -> dict[str, torch.fx.Node]:
-        return {n.target: n for n in self.nodes if self.rules[n].name == "batchnorm"}
+        return {self.name_of(n): n for n in self.nodes if self.rules[n].name == "batchnorm"}
 
     def mask_nodes(self) -> dict[str, torch.fx.Node]:
         """{name: node} of every layer whose mask the analysis applies, in graph order."""
-        return {n.target: n for n in self.nodes
+        return {self.name_of(n): n for n in self.nodes
                 if self.rules[n].name in PRODUCER_RULES and self.is_prunable_node(n)}
 
     # -- liveness ----------------------------------------------------------------------------
@@ -213,7 +223,7 @@ class ChannelAnalysis:
         if partner is None or partner[1] not in self.orders:
             return self.producer_orders.get(conv)
         rank, other = partner
-        keep = self.masks[self.producers[conv].target]
+        keep = self.masks[self.name_of(self.producers[conv])]
         have = self.orders[other]
         have = np.arange(len(keep)) if have is None else np.asarray(have)
         shared = have[keep[have]]

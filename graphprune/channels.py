@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from . import adds
 from .adds import AddPlan
 from .emit import Emitter, slim_batchnorm, slim_conv, slim_groupnorm, slim_linear
-from .masks import BATCHNORMS, CONVS, GROUPNORMS, LAYERNORMS, group_size, whole_groups
+from .masks import (BATCHNORMS, CONVS, GROUPNORMS, LAYERNORMS, bias_pair, group_size,
+                    whole_groups)
 from .specs import (LEAF_USAGE, LeafUsage, TensorSpec, channels, describe, full_like_spec,
                     is_tensor, spec_of)
 from .tracing import flat_tensor_args
@@ -48,10 +49,52 @@ def _arg(node: torch.fx.Node, index: int, name: str, default: Any = None) -> Any
     return node.kwargs.get(name, default)
 
 
+def get_attribute(root: nn.Module, target: str) -> Any:
+    """The module, parameter or buffer a ``get_attr`` target names."""
+    obj: Any = root
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 def _dim(dim: Any, ndim: int) -> int | None:
     if not isinstance(dim, int):
         return None
     return dim + ndim if dim < 0 else dim
+
+
+# the argument names of a batch norm written as a function call, by target
+_FUNCTIONAL_BN = {
+    F.batch_norm: ("input", "running_mean", "running_var", "weight", "bias", "training",
+                   "momentum", "eps"),
+    torch.batch_norm: ("input", "weight", "bias", "running_mean", "running_var", "training",
+                       "momentum", "eps", "cudnn_enabled"),
+}
+FUNCTIONAL_BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
+
+
+def functional_batchnorm(node: torch.fx.Node) -> dict[str, Any] | None:
+    """The arguments, by name, of ``F.batch_norm`` / ``torch.batch_norm`` called on a traced
+    value with the weight and bias of one module read from the model (``get_attr``), the bias
+    named as the weight's pair (``graphprune.masks.bias_pair``) and each used by this call
+    alone; else None.  Such a call is a producer, named by its weight."""
+    names = _FUNCTIONAL_BN.get(node.target) if node.op == "call_function" else None
+    if names is None or len(node.args) > len(names):
+        return None
+    bound = {**dict(zip(names, node.args)), **node.kwargs}
+    weight, bias = bound.get("weight"), bound.get("bias")
+    if not (is_tensor(bound.get("input")) and all(
+            isinstance(t, torch.fx.Node) and t.op == "get_attr" and len(t.users) == 1
+            for t in (weight, bias))):
+        return None
+    if bias.target != bias_pair(weight.target):
+        return None
+    for key in ("running_mean", "running_var"):
+        value = bound.get(key)
+        if value is not None and not (isinstance(value, torch.fx.Node) and
+                                      value.op == "get_attr" and len(value.users) == 1):
+            return None
+    return bound
 
 
 # -- base rules -------------------------------------------------------------------------------
@@ -101,10 +144,7 @@ class GetAttr(Rule):
         pass
 
     def emit(self, node: torch.fx.Node, E: Emitter, A: ChannelAnalysis):
-        obj: Any = A.gm
-        for part in node.target.split("."):
-            obj = getattr(obj, part)
-        E.attrs[node.target] = obj
+        E.attrs[node.target] = get_attribute(A.gm, node.target)
         return E.copy_node(node)
 
 
@@ -327,19 +367,24 @@ class MaskedNorm(Rule):
         return isinstance(A.module_of(node), self.types) and A.is_prunable_node(node)
 
     def live(self, node: torch.fx.Node, A: ChannelAnalysis):
-        return A.mask(node.target).copy()
+        return A.mask(A.name_of(node)).copy()
 
     def backward(self, node: torch.fx.Node, A: ChannelAnalysis) -> None:
         req = A.required(node)
         if req is not None:
-            A.grow(node.target, req[0], req[1])
+            A.grow(A.name_of(node), req[0], req[1])
 
     def order(self, node: torch.fx.Node, A: ChannelAnalysis):
-        keep = A.mask(node.target)
+        keep = A.mask(A.name_of(node))
         return None if keep.all() else np.flatnonzero(keep)
 
     # (module, order) -> the slimmed copy keeping those channels
     slim: Callable[[nn.Module, np.ndarray], nn.Module]
+
+    def slice_layer(self, node: torch.fx.Node, E: Emitter, A: ChannelAnalysis,
+                    order: np.ndarray) -> None:
+        """Give the slim graph the layer keeping the channels ``order`` lists."""
+        E.add_module(node.target, self.slim(A.module_of(node), order))
 
     def emit(self, node: torch.fx.Node, E: Emitter, A: ChannelAnalysis):
         """A norm that computes channel by channel (or group by group): its input taken in its
@@ -350,8 +395,8 @@ class MaskedNorm(Rule):
             return E.copy_node(node)
         slim_in = E.reorder(E.env[x], A.order(x), order, channels(x))
         if order is not None:
-            E.add_module(node.target, self.slim(A.module_of(node), order))
-        return E.copy_node(node, (slim_in,), {})
+            self.slice_layer(node, E, A, order)
+        return E.copy_node(node, (slim_in, *E.value(node.args[1:])), E.value(node.kwargs))
 
 
 class BatchNorm(MaskedNorm):
@@ -363,19 +408,41 @@ class BatchNorm(MaskedNorm):
         super().backward(node, A)
         if not A.structural_only:
             # a kept channel whose input is zero would still be BN(0) != 0: its input must stay
-            A.need(node.args[0], A.mask(node.target),
-                   f"BatchNorm {node.target!r} keeps channels its input would lose")
+            A.need(node.args[0], A.mask(A.name_of(node)),
+                   f"BatchNorm {A.name_of(node)!r} keeps channels its input would lose")
 
     def order(self, node: torch.fx.Node, A: ChannelAnalysis):
         x = node.args[0]
         have = A.order(x)
         have = np.arange(channels(x)) if have is None else have
-        keep = A.mask(node.target)
+        keep = A.mask(A.name_of(node))
         out = have[keep[have]]
         return None if len(out) == len(keep) and np.array_equal(out, np.arange(len(keep))) \
             else out
 
     slim = staticmethod(slim_batchnorm)
+
+
+class FunctionalBatchNorm(BatchNorm):
+    """``F.batch_norm`` / ``torch.batch_norm`` on tensors a module holds
+    (:func:`functional_batchnorm`): a BatchNorm named by its weight, emitted as the same call on
+    sliced copies of its weight, bias and running statistics."""
+
+    def accepts(self, node: torch.fx.Node, A: ChannelAnalysis) -> bool:
+        return A.is_prunable_node(node)
+
+    def slice_layer(self, node: torch.fx.Node, E: Emitter, A: ChannelAnalysis,
+                    order: np.ndarray) -> None:
+        index = torch.as_tensor(np.asarray(order), dtype=torch.long)
+        bound = functional_batchnorm(node)
+        for key in FUNCTIONAL_BN_TENSORS:
+            attr = bound.get(key)
+            if attr is None:
+                continue
+            value = get_attribute(A.gm, attr.target)
+            sliced = value.detach().index_select(0, index.to(value.device)).clone()
+            E.attrs[attr.target] = nn.Parameter(sliced, requires_grad=value.requires_grad) \
+                if isinstance(value, nn.Parameter) else sliced
 
 
 class GroupNorm(MaskedNorm):
@@ -859,6 +926,7 @@ FUNCTION_TABLE: list[tuple[tuple[Any, ...], Rule]] = [
     ((operator.add, torch.add, operator.iadd), _add),
     ((torch.cat, torch.concat, torch.concatenate), Concat()),
     ((torch.chunk, torch.split, torch.tensor_split), _split),
+    (tuple(_FUNCTIONAL_BN), FunctionalBatchNorm()),
     ((operator.getitem,), GetItem()),
     ((torch.flatten,), _flatten),
     ((getattr,), _shape),
@@ -932,5 +1000,5 @@ def rule_for(node: torch.fx.Node, A: ChannelAnalysis) -> Rule:
     return UNKNOWN
 
 
-__all__ = ["FUNCTION_TABLE", "METHOD_TABLE", "MODULE_TABLE", "Rule", "register_function_rule",
+__all__ = ["FUNCTIONAL_BN_TENSORS", "FUNCTION_TABLE", "functional_batchnorm", "get_attribute", "METHOD_TABLE", "MODULE_TABLE", "Rule", "register_function_rule",
            "register_method_rule", "register_module_rule", "rule_for", "split_segments"]

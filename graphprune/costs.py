@@ -35,7 +35,7 @@ NODE_FLOPS = 1.5e6
 class LayerCost:
     kind: str              # "conv" | "bn" | "inner" (a layer inside a kept-whole module)
     node: Any              # the traced node (for "inner": the leaf input feeding the layer)
-    module: nn.Module
+    module: nn.Module | None   # None: a functional batch norm
     params: int            # weight parameters
     bias: int
     flops: int             # FLOPs with every channel kept (2 × MACs)
@@ -47,7 +47,12 @@ def layer_costs(A: ChannelAnalysis, prunable: Iterable[str]) -> list[LayerCost]:
     out = []
     for node in A.nodes:
         m = A.module_of(node)
-        if m is None or A.call_count(node) != 1:
+        if m is None:          # a functional batch norm: two numbers per channel too
+            name = A.name_of(node)
+            if name in prunable:
+                out.append(LayerCost("bn", node, None, 2 * len(A.masks[name]), 0, 0))
+            continue
+        if A.call_count(node) != 1:
             continue
         if isinstance(m, CONVS + (nn.Linear,)):
             spec = spec_of(node)
@@ -68,11 +73,11 @@ def estimate(A: ChannelAnalysis, masks: dict[str, np.ndarray], layers: Iterable[
     """(params, FLOPs) of ``layers`` under ``masks``, given the channels live at each node under
     them (``lives``; by default ``A.lives``, which must then be current)."""
     lives = A.lives if lives is None else lives
-    producer_bn = {conv: bn.target for conv, bn in A.producers.items()}
+    producer_bn = {conv: A.name_of(bn) for conv, bn in A.producers.items()}
     params = flops = 0
     for c in layers:
         if c.kind == "bn":
-            params += 2 * int(masks[c.node.target].sum())
+            params += 2 * int(masks[A.name_of(c.node)].sum())
             continue
         m = c.module
         rows = m.weight.shape[0]

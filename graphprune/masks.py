@@ -115,6 +115,43 @@ def producers(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, PRODUCERS)}
 
 
+# A batch norm written as a function call on tensors a module holds
+# (``F.batch_norm(x, self.mean, self.var, self.bn_weight, self.bn_bias, ...)``) is a producer too:
+# a mask names its weight tensor, and its bias is the tensor of the same module named as the
+# weight's pair (weight → bias, gamma → beta, scale → shift, a trailing _w → _b).
+_PAIRS = (("weight", "bias"), ("gamma", "beta"), ("scale", "shift"))
+
+
+def bias_pair(name: str) -> str | None:
+    """The qualified name of the bias that pairs with the weight tensor ``name``, or None."""
+    owner, dot, attr = name.rpartition(".")
+    for w, b in _PAIRS:
+        if w in attr:
+            return owner + dot + attr.replace(w, b, 1)
+    if attr.endswith("_w"):
+        return owner + dot + attr[:-2] + "_b"
+    return None
+
+
+def tensor_norms(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{weight name: (weight, bias)} of every 1-D tensor pair a functional batch norm could use:
+    held (as parameters or buffers) by a module that is not itself a producer, the bias named
+    as the weight's pair, of the same length."""
+    tensors = dict(model.named_parameters())
+    tensors.update(model.named_buffers())
+    modules = dict(model.named_modules())
+    out = {}
+    for name, weight in tensors.items():
+        owner = name.rpartition(".")[0]
+        pair = bias_pair(name)
+        bias = tensors.get(pair) if pair else None
+        if bias is None or weight.dim() != 1 or bias.shape != weight.shape or \
+                isinstance(modules.get(owner), PRODUCERS):
+            continue
+        out[name] = (weight, bias)
+    return out
+
+
 def features(layer: nn.Module) -> int:
     """A producer's output channel count: a BatchNorm's ``num_features`` (for a frozen one,
     which has none, the length of its ``weight``), a GroupNorm's ``num_channels``, a
@@ -230,8 +267,11 @@ def layernorm_problem(ln: nn.Module, input_shape: Sequence[int]) -> str | None:
 
 def producer_sizes(model: nn.Module) -> dict[str, int]:
     """{name: channels} of every channel producer of ``model``, prunable or not (what a mask
-    request may name)."""
-    return {n: features(m) for n, m in producers(model).items()}
+    request may name): the producer modules, and the weight tensors a functional batch norm
+    could use."""
+    sizes = {n: features(m) for n, m in producers(model).items()}
+    sizes.update({n: len(w) for n, (w, _) in tensor_norms(model).items()})
+    return sizes
 
 
 def zero_mask(model: nn.Module, masks: Mapping[str, Any]) -> nn.Module:
@@ -248,8 +288,16 @@ def masked_copy(model: nn.Module, masks: Mapping[str, Any], zero_bias: bool) -> 
     ``zero_bias`` (then the channel outputs 0; otherwise a constant)."""
     ref = copy.deepcopy(model)
     layers = producers(ref)
+    functional = tensor_norms(ref) if any(n not in layers for n in masks) else {}
     with torch.no_grad():
         for name, value in masks.items():
+            if name in functional:          # a functional batch norm's weight and bias
+                weight, bias = functional[name]
+                keep = torch.as_tensor(as_mask(value, name, len(weight))).to(weight.device)
+                weight.mul_(keep.to(weight.dtype))
+                if zero_bias:
+                    bias.mul_(keep.to(bias.dtype))
+                continue
             if name not in layers:
                 raise unknown_layer_error(name, layers)
             layer = layers[name]
@@ -343,7 +391,7 @@ def round_up_channels(masks: dict[str, np.ndarray], gammas: Mapping[str, np.ndar
 
 __all__ = ["BATCHNORMS", "CONVS", "FrozenBatchNorm", "GROUPNORMS", "LAYERNORMS", "NORMS",
            "PLAIN_BATCHNORMS", "PRODUCERS", "features", "group_size", "is_affine", "kind_of",
-           "as_mask", "batchnorms", "count_below", "layernorm_problem", "producer_sizes", "producers",
+           "as_mask", "batchnorms", "bias_pair", "count_below", "layernorm_problem", "tensor_norms", "producer_sizes", "producers",
            "whole_groups", "zero_channels",
            "enforce_min_channels", "global_order", "masked_copy", "masks_from_ranking", "matches",
            "round_up_channels", "unknown_layer_error", "zero_mask"]

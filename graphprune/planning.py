@@ -125,7 +125,7 @@ def choose_coupling(A: ChannelAnalysis, residual: list[CouplingSet], settled: di
                 nodes += plan.nodes(A.physical(add.args[0]), A.physical(add.args[1])) - 1
         for src in sources:
             if A.rules[src].name in PRODUCER_RULES and A.is_prunable_node(src):
-                extra[src.target] = max(extra.get(src.target, 0), nodes)
+                extra[A.name_of(src)] = max(extra.get(A.name_of(src), 0), nodes)
     chosen, report = [], {}
     for cs in residual:
         nodes = max((extra.get(n, 0) for n in cs.names), default=0)

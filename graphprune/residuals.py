@@ -124,7 +124,7 @@ def residual_sets(A: ChannelAnalysis) -> list[CouplingSet]:
         width = specs.channels(add)
         root = np.arange(width)
         for src, offset in feeds[add]:
-            name = src.target if A.is_prunable_node(src) and \
+            name = A.name_of(src) if A.is_prunable_node(src) and \
                 A.rules[src].name in PRODUCER_RULES else f"<{src.name}>"
             members.setdefault(uf.find(add), []).append((name, offset + root, root))
     return [CouplingSet("residual", m) for m in members.values()
@@ -160,7 +160,7 @@ def plan_orders(A: ChannelAnalysis) -> list[tuple[list[torch.fx.Node], list[torc
     A.compute_lives()
     A.producer_orders, A.ranks, A.producer_partners = {}, {}, {}
     for conv, bn in A.producers.items():
-        keep = A.mask(bn.target)
+        keep = A.mask(A.name_of(bn))
         if not keep.all():
             A.producer_orders[conv] = np.flatnonzero(keep)
     groups = residual_groups(A)
@@ -178,7 +178,7 @@ def plan_orders(A: ChannelAnalysis) -> list[tuple[list[torch.fx.Node], list[torc
         for src in sources:
             conv = free_source_conv(A, src)
             if conv is not None:
-                kept = np.flatnonzero(A.mask(src.target))
+                kept = np.flatnonzero(A.mask(A.name_of(src)))
                 order = kept[np.argsort(rank[kept], kind="stable")]
                 if len(order) < channels or not np.array_equal(order, kept):
                     A.producer_orders[conv] = order

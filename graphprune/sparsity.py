@@ -115,8 +115,10 @@ def prunable_batchnorms(model: nn.Module, example_inputs: Any) -> list[str]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GraphpruneWarning)
         report = analyze(model, example_inputs)
+    modules = dict(model.named_modules())       # a functional batch norm is not regularised
     return [name for name, st in report.statistics.items()
-            if st.kind == "batchnorm" and report.pinned_channels[name] < st.channels]
+            if st.kind == "batchnorm" and name in modules and
+            report.pinned_channels[name] < st.channels]
 
 
 class SparsityRegularizer:

@@ -8,6 +8,9 @@ groups.
   input, such as timm's LayerNorm2d — probed once on a throw-away copy).
 * Convolutions (``groups=1``) and linear layers whose output does not go straight into a
   prunable BatchNorm or GroupNorm are producers too: a mask may name them (rule ``conv``).
+* So is a batch norm written as a function call (``F.batch_norm`` / ``torch.batch_norm``) on
+  a module's own weight, bias and running statistics: a BatchNorm named by its weight tensor
+  (``channels.functional_batchnorm``).
 * Per prunable layer, the importance of each channel and the count below ``NEAR_ZERO`` (paper
   §3.1.2 counts the near-zero γ per layer to measure how sparse it has become).  A BatchNorm's
   importance is |γ|.  For the other producers — whose scale is not comparable across layers — it
@@ -27,6 +30,7 @@ import torch.nn as nn
 from torch.fx.passes.infra.pass_base import PassResult
 
 from graphprune.analysis import ChannelAnalysis
+from graphprune.channels import functional_batchnorm, get_attribute
 from graphprune.context import CompileContext, LayerStatistics
 from graphprune.groups import DependencyGroups, build_groups
 from graphprune.masks import (BATCHNORMS, CONVS, GROUPNORMS, LAYERNORMS, NORMS, features,
@@ -100,13 +104,25 @@ def collect_statistics(gm: torch.fx.GraphModule, ctx: CompileContext) -> PassRes
                     for n in norm_names}
         candidates = {n: np.ones(features(modules[n]), dtype=bool) for n in norm_names
                       if is_affine(modules[n]) and not problems.get(n)}
+        # a batch norm written as a function call on a module's tensors, named by its weight
+        functional = {}
+        for node in gm.graph.nodes:
+            bound = functional_batchnorm(node)
+            if bound is not None:
+                weight = get_attribute(gm, bound["weight"].target)
+                functional[bound["weight"].target] = weight
+                candidates[bound["weight"].target] = np.ones(len(weight), dtype=bool)
+
+        def norm_after(user: torch.fx.Node) -> bool:
+            if user.op == "call_module":
+                return user.target in candidates and \
+                    isinstance(modules[user.target], BATCHNORMS + GROUPNORMS)
+            return functional_batchnorm(user) is not None
+
         # a convolution straight into a BatchNorm or GroupNorm is pruned by that norm's mask
         for name in layer_names:
             users = list(calls[name][0].users) if len(calls[name]) == 1 else []
-            feeds_norm = len(users) == 1 and users[0].op == "call_module" and \
-                users[0].target in candidates and \
-                isinstance(modules[users[0].target], BATCHNORMS + GROUPNORMS)
-            if not feeds_norm:
+            if not (len(users) == 1 and norm_after(users[0])):
                 candidates[name] = np.ones(features(modules[name]), dtype=bool)
         analysis = ChannelAnalysis(gm, candidates)
         prunable = analysis.mask_nodes()         # graph order
@@ -117,9 +133,13 @@ def collect_statistics(gm: torch.fx.GraphModule, ctx: CompileContext) -> PassRes
                 ctx.unprunable[name] = problems.get(name) or _unprunable_reason(
                     gm, name, modules[name], calls[name], ctx.leaves)
         for name in prunable:
-            score = importance(modules[name])
+            if name in functional:
+                score = functional[name].detach().abs().float().cpu().numpy()
+                kind = "batchnorm"
+            else:
+                score, kind = importance(modules[name]), kind_of(modules[name])
             ctx.statistics[name] = LayerStatistics(name, score, int((score < NEAR_ZERO).sum()),
-                                                   kind_of(modules[name]))
+                                                   kind)
 
     if not ctx.config.dependency_groups:
         ctx.groups = DependencyGroups(error="not built (dependency_groups=False)")

@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from conftest import check_compile, slim_layer
 
+import graphprune as gp
 from graphprune.models import randomize_batchnorm
 
 
@@ -175,3 +176,77 @@ def test_a_batchnorm_without_affine_parameters_is_left_whole_with_the_reason(tmp
                            prune_ratio=0.5)
     assert "no affine" in result.unprunable["1"] and "1" not in result.masks
     assert slim_layer(result, "1").num_features == 8 and "4" in result.masks
+
+
+class FunctionalBN(nn.Module):
+    """A convolution and a batch norm written as a function call on the module's own tensors
+    (``torch.batch_norm``'s argument order with ``functional=False``)."""
+
+    def __init__(self, cin: int, c: int, functional: bool = True):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, c, 3, padding=1, bias=False)
+        self.bn_weight = nn.Parameter(torch.rand(c) + 0.5)
+        self.bn_bias = nn.Parameter(torch.randn(c) * 0.3)
+        self.register_buffer("bn_mean", torch.randn(c) * 0.1)
+        self.register_buffer("bn_var", torch.rand(c) + 0.5)
+        self.functional = functional
+
+    def forward(self, x):
+        y = self.conv(x)
+        if self.functional:
+            y = F.batch_norm(y, self.bn_mean, self.bn_var, self.bn_weight, self.bn_bias,
+                             False, 0.1, 1e-5)
+        else:
+            y = torch.batch_norm(y, self.bn_weight, self.bn_bias, self.bn_mean, self.bn_var,
+                                 False, 0.1, 1e-5, False)
+        return F.silu(y)
+
+
+class FunctionalNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.b1, self.b2 = FunctionalBN(3, 16), FunctionalBN(16, 16, functional=False)
+        self.head = nn.Conv2d(16, 5, 1)
+
+    def forward(self, x):
+        y = self.b1(x)
+        return self.head(y + self.b2(y))           # a residual add across functional norms
+
+
+def test_a_functional_batch_norm_on_a_module_s_tensors_prunes_like_a_batchnorm(tmp_path):
+    torch.manual_seed(0)
+    model = FunctionalNet().eval()
+    x = torch.rand(1, 3, 16, 16)
+    result = check_compile(model, x, tmp_path, prune_ratio=0.5)
+    assert set(result.masks) == {"b1.bn_weight", "b2.bn_weight"}   # named by their weight
+    for block in ("b1", "b2"):
+        keep = int(np.asarray(result.masks[f"{block}.bn_weight"]).sum())
+        assert 0 < keep < 16
+        assert slim_layer(result, f"{block}.conv").out_channels == keep   # its rows go
+        slim_block = result.module.get_submodule(block)
+        for tensor in ("bn_weight", "bn_bias", "bn_mean", "bn_var"):
+            assert getattr(slim_block, tensor).shape == (keep,)
+    # the zero-masked reference zeroes the weight and its paired bias
+    ref = gp.zero_mask(model, result.masks)
+    pruned = ~np.asarray(result.masks["b1.bn_weight"])
+    assert torch.count_nonzero(ref.b1.bn_weight[pruned]) == 0
+    assert torch.count_nonzero(ref.b1.bn_bias[pruned]) == 0
+    again = gp.load(result.save(tmp_path / "slim.graphprune.pt"), model=FunctionalNet())
+    assert sum(p.numel() for p in again.parameters()) == result.stats.params_after
+
+
+def test_a_functional_batch_norm_whose_bias_is_not_its_weight_s_pair_is_not_a_producer():
+    class Unpaired(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.head = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 2, 1)
+            self.g, self.offset = nn.Parameter(torch.rand(8)), nn.Parameter(torch.rand(8))
+
+        def forward(self, x):
+            y = F.batch_norm(self.conv(x), None, None, self.g, self.offset, True)
+            return self.head(y)
+
+    model = Unpaired().eval()
+    with pytest.raises(gp.MaskError, match="not a channel producer"):
+        gp.compile(model, torch.rand(1, 3, 8, 8), masks={"g": np.arange(8) < 4})
+    assert "g" not in gp.analyze(model, torch.rand(1, 3, 8, 8)).statistics
