@@ -400,3 +400,25 @@ def test_an_in_place_op_whose_result_is_unused_stays_in_the_slim_graph(tmp_path)
                            masks={"bn": np.arange(8) % 2 == 0})
     methods = [n.target for n in result.module.graph.nodes if n.op == "call_method"]
     assert "mul" in methods and "mul_" not in methods
+
+
+def test_a_learnable_scalar_affine_after_a_batchnorm_pins_it_with_the_reason(tmp_path):
+    """HGNetV2's pattern (the reason of its zoo row): ``scale * bn(x) + bias`` with one-element
+    learnable tensors; a pruned channel would still carry ``bias`` after it, and the product
+    with a tensor that has no channel dimension has no rule, so the BatchNorm stays whole and
+    says why."""
+    class ScalarAffine(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+            self.scale, self.bias = nn.Parameter(torch.ones(1)), nn.Parameter(torch.zeros(1))
+            self.head = nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            return self.head(self.scale * self.bn(self.conv(x)) + self.bias)
+
+    model = randomize_batchnorm(ScalarAffine(), 0).eval()
+    result = check_compile(model, torch.rand(1, 3, 8, 8), tmp_path,
+                           masks={"bn": np.arange(8) < 4})
+    assert result.masks["bn"].all()
+    assert "consumed by node 'mul' (mul), which is not prunable" in result.pinned["bn"]
