@@ -149,7 +149,8 @@ def _compile_parser(sub) -> None:
                         "(a graphprune checkpoint); the report measures the drop from it")
     c.add_argument("--finetune-epochs", type=non_negative, default=0, metavar="N",
                    help="fine-tune the slim model for N epochs (written to DIR/finetune; "
-                        "L1RR needs none)")
+                        "an ultralytics model in ultralytics' own trainer, its "
+                        "weights/best.pt the fine-tuned slim checkpoint)")
     c.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     c.add_argument("--fold-pruned-bias", action="store_true",
                    help="fold the constant a pruned channel still emits (act(β)) into "
@@ -373,11 +374,6 @@ def cmd_compile(args) -> int:
             raise GraphpruneError(f"--ultralytics-checkpoint {str(args.ultralytics_checkpoint)!r}"
                                   " must end in .pt", hint="ultralytics loads PyTorch "
                                                            "checkpoints by their .pt suffix")
-        if args.finetune_epochs:
-            raise GraphpruneError("--finetune-epochs cannot be combined with "
-                                  "--ultralytics-checkpoint",
-                                  hint="fine-tune the written checkpoint with ultralytics' own "
-                                       "tools instead")
     if args.imgsz is not None:         # (the parser checked every number's range)
         square = (1, 3, args.imgsz, args.imgsz)
         if args.example_shape is not None and tuple(args.example_shape) != square:

@@ -21,6 +21,7 @@ from .detect.train import TrainConfig, default_workers, train
 from .detect.val import check_classes, resolve_device, validate
 from .errors import GraphpruneError
 from .export import refuse_existing_output
+from .integrations.ultralytics import finetune, is_detection_model, save_ultralytics_checkpoint
 from .report import plot_attention, plot_search
 from .search import prune_to_target
 from .stats import count_flops, count_params
@@ -94,8 +95,15 @@ def target_compile(model: torch.nn.Module, example: torch.Tensor, *, data_yaml: 
         raise GraphpruneError(f"{data_yaml} has no val images to evaluate on",
                               hint="add a 'val' entry to data.yaml, or drop --eval")
     calibration = None                 # FLOPs/params goals without data: no LFA measured
+    ultralytics = is_detection_model(model)     # fine-tuned by ultralytics' own trainer
     if data is not None:
-        check_classes(model, data.names, model_name, evaluate=evaluate or bool(finetune_epochs))
+        check_classes(model, data.names, model_name,
+                      evaluate=evaluate or (bool(finetune_epochs) and not ultralytics))
+        head_nc = getattr(model.model[-1], "nc", None) if ultralytics else None
+        if finetune_epochs and head_nc is not None and head_nc != len(data.names):
+            raise GraphpruneError(f"{model_name} detects {head_nc} classes, {data_yaml} names "
+                                  f"{len(data.names)}", hint="fine-tune on the data the model "
+                                                            "was trained for")
         with console.status("reading calibration images"):
             calibration, _ = calibration_set(data, imgsz, calib_images)
 
@@ -165,7 +173,11 @@ def target_compile(model: torch.nn.Module, example: torch.Tensor, *, data_yaml: 
     def extra(tmp: Path) -> list[str]:
         """The fine-tune run and the plots, inside the directory being written."""
         written = []
-        if finetune_epochs:
+        if finetune_epochs and ultralytics:
+            report.update(_finetune_ultralytics(compiled, model, data_yaml, imgsz,
+                                                finetune_epochs, dev, tmp))
+            written.append("finetune/")
+        elif finetune_epochs:
             report.update(_finetune(compiled, data_yaml, imgsz, finetune_epochs, device, tmp,
                                     console, finetune_recipe))
             written.append("finetune/")
@@ -209,6 +221,23 @@ def _finetune(compiled, data_yaml: str, imgsz: int, epochs: int, device: str, ou
     final = trainer.history[-1].get("metrics") or {}
     return {"finetune_epochs": epochs, "finetune_recipe": settings,
             "map50_finetuned": final.get("map50"), "map_finetuned": final.get("map")}
+
+
+def _finetune_ultralytics(compiled, source: torch.nn.Module, data_yaml: str, imgsz: int,
+                          epochs: int, device: torch.device, out: Path) -> dict[str, Any]:
+    """Fine-tune the slim model of an ultralytics ``source`` with ultralytics' own trainer
+    (``integrations.ultralytics.finetune``): its run, with ``weights/best.pt`` and ``last.pt``
+    holding the slim model, goes to ``out/finetune``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        start = save_ultralytics_checkpoint(compiled, source, Path(tmp) / "slim.pt")
+        trained = finetune(start, data=data_yaml, epochs=epochs, imgsz=imgsz,
+                           device="cpu" if device.type == "cpu" else str(device.index or 0),
+                           project=str(out), name="finetune", exist_ok=True, plots=False,
+                           verbose=False, workers=0)
+    metrics = dict(getattr(trained.trainer, "metrics", None) or {})
+    return {"finetune_epochs": epochs, "finetune_recipe": {"trainer": "ultralytics"},
+            "map50_finetuned": metrics.get("metrics/mAP50(B)"),
+            "map_finetuned": metrics.get("metrics/mAP50-95(B)")}
 
 
 __all__ = ["calibration_set", "evaluate_map", "target_compile"]

@@ -28,7 +28,8 @@ from graphprune.attention import AttentionReader  # noqa: E402
 from graphprune.checkpoint import open_model  # noqa: E402
 from graphprune.cli import main  # noqa: E402
 from graphprune.data import load_data_config, make_synthetic_dataset  # noqa: E402
-from graphprune.integrations.ultralytics import (SlimDetectionModel, add_sparsity,  # noqa: E402
+from graphprune.integrations.ultralytics import (SlimDetectionModel, SlimTrainer,  # noqa: E402
+                                                 add_sparsity, finetune,
                                                  save_ultralytics_checkpoint)
 
 pytestmark = pytest.mark.ultralytics
@@ -188,3 +189,83 @@ def test_eval_on_an_ultralytics_model_is_refused_in_one_line(run, tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--eval" in err and ".val(" in err
     assert not out.exists()
+
+
+def _params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_ultralytics_own_trainer_refuses_a_slim_checkpoint(run, tmp_path):
+    """ultralytics' trainer would rebuild the unpruned network from the yaml (and train it,
+    silently, with the slim weights loaded where shapes match): refused, saying how."""
+    with pytest.raises(gp.GraphpruneError, match="rebuild the unpruned network") as caught:
+        YOLO(str(run["slim"])).train(data=str(run["data"]), epochs=1, imgsz=IMGSZ, batch=8,
+                                     project=str(tmp_path), name="plain", **ULTRALYTICS)
+    assert "finetune" in caught.value.hint
+
+
+def test_finetune_trains_the_slim_model_in_ultralytics_own_loop(run, tmp_path):
+    slim_params = _params(YOLO(str(run["slim"])).model)
+    trained = finetune(run["slim"], data=str(run["data"]), epochs=1, imgsz=IMGSZ, batch=8,
+                       project=str(tmp_path), name="ft", seed=0, **ULTRALYTICS)
+    assert isinstance(trained.model, SlimDetectionModel)
+    weights = tmp_path / "ft" / "weights"
+    before = {k: v.float() for k, v in YOLO(str(run["slim"])).model.state_dict().items()}
+    for name in ("best.pt", "last.pt"):
+        model = YOLO(str(weights / name)).model
+        assert isinstance(model, SlimDetectionModel) and _params(model) == slim_params
+    after = YOLO(str(weights / "last.pt")).model.state_dict()
+    assert any(not torch.equal(after[k].float(), v) for k, v in before.items()
+               if v.is_floating_point())                           # it did train
+    metrics = YOLO(str(weights / "best.pt")).val(data=str(run["data"]), imgsz=IMGSZ, batch=8,
+                                                 project=str(tmp_path), name="val",
+                                                 **ULTRALYTICS)
+    assert 0.0 <= metrics.results_dict["metrics/mAP50(B)"] <= 1.0
+    onnx_path = YOLO(str(weights / "best.pt")).export(format="onnx", imgsz=IMGSZ)
+    assert Path(onnx_path).exists()
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_an_interrupted_finetune_resumes_as_the_slim_model(run, tmp_path):
+    model = YOLO(str(run["slim"]))
+
+    def stop(trainer):                    # after epoch 0 is saved: an interruption
+        raise _Stop
+
+    model.add_callback("on_fit_epoch_end", stop)
+    with pytest.raises(_Stop):
+        model.train(trainer=SlimTrainer, data=str(run["data"]), epochs=2, imgsz=IMGSZ, batch=8,
+                    project=str(tmp_path), name="ft", seed=0, **ULTRALYTICS)
+    last = tmp_path / "ft" / "weights" / "last.pt"
+    assert torch.load(last, map_location="cpu", weights_only=False)["epoch"] == 0
+    resumed = finetune(last, resume=True)
+    assert isinstance(resumed.model, SlimDetectionModel)
+    assert _params(resumed.model) == _params(YOLO(str(run["slim"])).model)
+    rows = (tmp_path / "ft" / "results.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 2                      # a header and both epochs
+
+
+def test_compile_finetunes_an_ultralytics_model_in_ultralytics(run, tmp_path):
+    out, slim = tmp_path / "out", tmp_path / "slim.pt"
+    assert main(["compile", str(run["best"]), "--trust-checkpoint", "--data", str(run["data"]),
+                 "--flops-target", "0.3", "--calib-images", "8", "--heatmaps", "0",
+                 "--finetune-epochs", "1", "--no-onnx", "--no-pt2", "--out", str(out),
+                 "--ultralytics-checkpoint", str(slim)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["finetune_epochs"] == 1 and 0.0 <= report["map50_finetuned"] <= 1.0
+    tuned = YOLO(str(out / "finetune" / "weights" / "best.pt")).model
+    assert isinstance(tuned, SlimDetectionModel)
+    assert _params(tuned) == _params(YOLO(str(slim)).model)
+
+
+def test_finetune_refuses_data_with_other_classes_and_a_plain_checkpoint(run, tmp_path):
+    other = tmp_path / "two.yaml"
+    other.write_text(run["data"].read_text().split("names:")[0] + "names:\n  0: a\n  1: b\n")
+    with pytest.raises(gp.GraphpruneError, match="classes and the data has 2"):
+        finetune(run["slim"], data=str(other), epochs=1, imgsz=IMGSZ, batch=8,
+                 project=str(tmp_path), name="other", **ULTRALYTICS)
+    with pytest.raises(gp.GraphpruneError, match="not a graphprune slim model"):
+        finetune(run["best"], data=str(run["data"]), epochs=1)

@@ -22,6 +22,11 @@ ultralytics itself loads (``graphprune compile ... --ultralytics-checkpoint slim
 
     YOLO("slim.pt").val(data="data.yaml")        # or predict, or .info()
 
+and :func:`finetune` (or ``YOLO("slim.pt").train(trainer=SlimTrainer, ...)``) fine-tunes it in
+ultralytics' own training loop, keeping it slim:
+
+    finetune("slim.pt", data="data.yaml", epochs=30, imgsz=640)
+
 ultralytics checkpoints are pickled modules, so the file holds a :class:`SlimDetectionModel`
 (a ``DetectionModel`` whose forward runs the compiled graph); loading it needs graphprune
 importable.  It is stored in float32 and unfused; ultralytics' ``fuse()`` (which val and
@@ -137,6 +142,26 @@ def add_sparsity(model, **options: Any) -> SparsityCallbacks:
 # Attributes of the DetectionModel that ultralytics' loaders, validators and predictors read.
 _COPIED = ("yaml", "names", "nc", "stride", "args", "task", "save", "inplace")
 _SLIM_CLASS: type | None = None
+_TRAINER_CLASS: type | None = None
+# how to train a slim checkpoint, for the errors that refuse the other ways
+HOW_TO_TRAIN = ("train it with graphprune.integrations.ultralytics.finetune(path, data=..., "
+                "epochs=...), or YOLO(path).train(trainer=SlimTrainer, ...) with SlimTrainer "
+                "from graphprune.integrations.ultralytics")
+
+
+class SlimYaml(dict):
+    """The yaml of a slim model.  ultralytics reads it as a dict (``nc``, ``channels``,
+    ``yaml_file`` ...); rebuilding a network from its layer lists — what ``YOLO("slim.pt")
+    .train()`` does with ultralytics' own trainer, which would then train the unpruned network
+    with the slim weights loaded where their shapes happen to match — is refused in one line
+    that says how to train the slim model."""
+
+    def __getitem__(self, key):
+        if key in ("backbone", "head"):
+            raise GraphpruneError("this is a graphprune slim model: ultralytics' own trainer "
+                                  "would rebuild the unpruned network from its yaml",
+                                  hint=HOW_TO_TRAIN)
+        return super().__getitem__(key)
 
 
 def is_detection_model(model: nn.Module) -> bool:
@@ -233,6 +258,8 @@ def _slim_class() -> type:
                     setattr(self, key, copy.deepcopy(getattr(source, key)))
             if not hasattr(self, "task"):
                 self.task = "detect"
+            if isinstance(getattr(self, "yaml", None), dict):
+                self.yaml = SlimYaml(self.yaml)
             self.net = net
             self.head_name = _head_name(net)
             self.fused = False
@@ -269,9 +296,77 @@ def _slim_class() -> type:
     return SlimDetectionModel
 
 
+def _trainer_class() -> type:
+    """``SlimTrainer``, defined on first use (it needs ultralytics)."""
+    global _TRAINER_CLASS
+    if _TRAINER_CLASS is not None:
+        return _TRAINER_CLASS
+    from ultralytics.models.yolo.detect import DetectionTrainer  # deferred: optional
+
+    class SlimTrainer(DetectionTrainer):
+        """ultralytics' ``DetectionTrainer``, training a graphprune slim model as it is.
+
+        ``get_model`` returns the slim model it is given (the loaded ``slim.pt``, or the
+        checkpoint a resumed run reloads) instead of building the network from the yaml; the
+        rest — data, augmentation, AMP, EMA, the loss, validation, saving, resuming — is
+        ultralytics' own.  ``best.pt`` and ``last.pt`` hold the slim model, which ``YOLO``
+        loads, validates, predicts with and exports as any checkpoint."""
+
+        def get_model(self, cfg=None, weights=None, verbose=True):
+            slim = _slim_class()
+            if not isinstance(weights, slim):
+                got = "no model" if weights is None else type(weights).__name__
+                raise GraphpruneError(f"SlimTrainer trains a graphprune slim checkpoint, got "
+                                      f"{got}", hint="give the .pt file graphprune compile "
+                                      "--ultralytics-checkpoint wrote: YOLO('slim.pt').train("
+                                      "trainer=SlimTrainer, ...)")
+            if weights.is_fused():
+                raise GraphpruneError("the slim model was fused for inference (val or predict "
+                                      "fuse it in place), so it cannot be trained",
+                                      hint="load the checkpoint again and train that")
+            head = weights.model[-1]
+            if getattr(head, "nc", self.data["nc"]) != self.data["nc"]:
+                raise GraphpruneError(f"the slim model detects {head.nc} classes and the data "
+                                      f"has {self.data['nc']}",
+                                      hint="fine-tune on data with the model's classes (its "
+                                           "head was pruned for them)")
+            weights.requires_grad_(True)          # a compiled best.pt is stored frozen
+            weights.criterion = None
+            if verbose:
+                weights.info()
+            return self.set_model_names_for_load(weights)
+
+    SlimTrainer.__module__ = __name__
+    SlimTrainer.__qualname__ = "SlimTrainer"
+    _TRAINER_CLASS = SlimTrainer
+    return SlimTrainer
+
+
+def finetune(path: str | Path, **train_args: Any):
+    """Fine-tune the slim ultralytics checkpoint ``path`` (written by ``graphprune compile
+    --ultralytics-checkpoint``) with ultralytics' own training loop: ``train_args`` are
+    ``YOLO.train``'s (``data``, ``epochs``, ``imgsz``, ``batch``, ``device``, ``project``,
+    ``name``, ``resume`` ...).  Returns the ``YOLO`` object, holding the trained slim model."""
+    from ultralytics import YOLO  # deferred: ultralytics is optional
+
+    if "trainer" in train_args:
+        raise GraphpruneError("finetune chooses the trainer itself (SlimTrainer)",
+                              hint="drop trainer=...")
+    model = YOLO(str(path))
+    if not isinstance(model.model, _slim_class()):
+        raise GraphpruneError(f"{str(path)!r} holds a {type(model.model).__name__}, not a "
+                              "graphprune slim model",
+                              hint="compile it first: graphprune compile MODEL ... "
+                                   "--ultralytics-checkpoint slim.pt")
+    model.train(trainer=_trainer_class(), **train_args)
+    return model
+
+
 def __getattr__(name: str) -> Any:
     if name == "SlimDetectionModel":
         return _slim_class()
+    if name == "SlimTrainer":
+        return _trainer_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -351,6 +446,8 @@ def _graphprune_version() -> str:
     return __version__
 
 
-# SlimDetectionModel is importable too (it needs ultralytics, so it is not in __all__)
-__all__ = ["STATE_FILE", "SparsityCallbacks", "add_sparsity", "fold_batchnorms",
-           "is_detection_model", "save_ultralytics_checkpoint", "slim_detection_model"]
+# SlimDetectionModel and SlimTrainer are importable too (they need ultralytics, so they are
+# not in __all__)
+__all__ = ["HOW_TO_TRAIN", "STATE_FILE", "SlimYaml", "SparsityCallbacks", "add_sparsity",
+           "finetune", "fold_batchnorms", "is_detection_model", "save_ultralytics_checkpoint",
+           "slim_detection_model"]
