@@ -80,7 +80,8 @@ class ChannelAnalysis:
         """Whether ``node`` is the one call of a layer a mask names, on one tensor, with as
         many output channels as the mask."""
         name = self.name_of(node)
-        if name is None or name not in self.masks or not specs.is_tensor(node.args[0]) or \
+        if name is None or name not in self.masks or not node.args or \
+                not specs.is_tensor(node.args[0]) or \
                 specs.channels(node) != len(self.masks[name]):
             return False
         return node.op != "call_module" or (self.call_count(node) == 1 and

@@ -32,9 +32,9 @@ import torch.nn.functional as F
 
 from . import adds
 from .adds import AddPlan
-from .emit import Emitter, slim_batchnorm, slim_conv, slim_groupnorm, slim_linear
+from .emit import Emitter, slice_tensor, slim_batchnorm, slim_conv, slim_groupnorm, slim_linear
 from .masks import (BATCHNORMS, CONVS, GROUPNORMS, LAYERNORMS, bias_pair, group_size,
-                    whole_groups)
+                    tensor_norm_pair, whole_groups)
 from .specs import (LEAF_USAGE, LeafUsage, TensorSpec, channels, describe, full_like_spec,
                     is_tensor, spec_of)
 from .tracing import flat_tensor_args
@@ -71,30 +71,42 @@ _FUNCTIONAL_BN = {
                        "momentum", "eps", "cudnn_enabled"),
 }
 FUNCTIONAL_BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
+FUNCTIONAL_BN_META = "graphprune.functional_batchnorm"
 
 
 def functional_batchnorm(node: torch.fx.Node) -> dict[str, Any] | None:
     """The arguments, by name, of ``F.batch_norm`` / ``torch.batch_norm`` called on a traced
-    value with the weight and bias of one module read from the model (``get_attr``), the bias
-    named as the weight's pair (``graphprune.masks.bias_pair``) and each used by this call
-    alone; else None.  Such a call is a producer, named by its weight."""
-    names = _FUNCTIONAL_BN.get(node.target) if node.op == "call_function" else None
-    if names is None or len(node.args) > len(names):
+    value with a weight and bias a functional batch norm may use (``masks.tensor_norm_pair``:
+    one module's, the bias named as the weight's pair) and its running statistics read from
+    the model, each tensor read by this one node of the graph; else None.  Such a call is a
+    producer, named by its weight.  (Found once per node, kept in its meta.)"""
+    if node.op != "call_function" or node.target not in _FUNCTIONAL_BN:
+        return None
+    if FUNCTIONAL_BN_META not in node.meta:
+        node.meta[FUNCTIONAL_BN_META] = _bind_functional_batchnorm(node)
+    return node.meta[FUNCTIONAL_BN_META]
+
+
+def _bind_functional_batchnorm(node: torch.fx.Node) -> dict[str, Any] | None:
+    names = _FUNCTIONAL_BN[node.target]
+    if len(node.args) > len(names):
         return None
     bound = {**dict(zip(names, node.args)), **node.kwargs}
     weight, bias = bound.get("weight"), bound.get("bias")
-    if not (is_tensor(bound.get("input")) and all(
-            isinstance(t, torch.fx.Node) and t.op == "get_attr" and len(t.users) == 1
-            for t in (weight, bias))):
+    if not is_tensor(bound.get("input")):
         return None
-    if bias.target != bias_pair(weight.target):
+    tensors = [weight, bias] + [bound.get(k) for k in ("running_mean", "running_var")
+                                if bound.get(k) is not None]
+    if not all(isinstance(t, torch.fx.Node) and t.op == "get_attr" and len(t.users) == 1
+               for t in tensors):
         return None
-    for key in ("running_mean", "running_var"):
-        value = bound.get(key)
-        if value is not None and not (isinstance(value, torch.fx.Node) and
-                                      value.op == "get_attr" and len(value.users) == 1):
-            return None
-    return bound
+    root = node.graph.owning_module
+    if root is None or bias.target != bias_pair(weight.target) or \
+            tensor_norm_pair(root, weight.target) is None:
+        return None
+    reads = sum(1 for n in node.graph.nodes if n.op == "get_attr" and
+                n.target in {t.target for t in tensors})
+    return bound if reads == len(tensors) else None     # one read of each: one call
 
 
 # -- base rules -------------------------------------------------------------------------------
@@ -439,10 +451,7 @@ class FunctionalBatchNorm(BatchNorm):
             attr = bound.get(key)
             if attr is None:
                 continue
-            value = get_attribute(A.gm, attr.target)
-            sliced = value.detach().index_select(0, index.to(value.device)).clone()
-            E.attrs[attr.target] = nn.Parameter(sliced, requires_grad=value.requires_grad) \
-                if isinstance(value, nn.Parameter) else sliced
+            E.attrs[attr.target] = slice_tensor(get_attribute(A.gm, attr.target), index)
 
 
 class GroupNorm(MaskedNorm):

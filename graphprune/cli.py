@@ -168,10 +168,10 @@ def _compile_parser(sub) -> None:
     c.add_argument("--min-channels", type=positive, default=1, metavar="K",
                    help="keep at least K channels in every layer (default 1)")
     c.add_argument("--round-to", type=positive, default=1, metavar="K",
-                   help="keep a multiple of K channels in every layer, the extra ones by |γ| "
-                        "(default 1: no rounding)")
+                   help="keep a multiple of K channels in every layer, the extra ones by "
+                        "importance (|γ| of a BatchNorm; default 1: no rounding)")
     c.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
-                   help="leave BatchNorms matching this name pattern or module prefix whole "
+                   help="leave the layers matching this name pattern or module prefix whole "
                         "(repeatable)")
     c.add_argument("--ultralytics-checkpoint", type=Path, default=None, metavar="PATH",
                    help="also write the slim model as an ultralytics checkpoint (MODEL must be "

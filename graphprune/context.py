@@ -80,7 +80,10 @@ class CompileContext:
     config: CompileConfig
     leaves: dict[str, str] = field(default_factory=dict)          # auto leaf -> why
     statistics: dict[str, LayerStatistics] = field(default_factory=dict)
-    unprunable: dict[str, str] = field(default_factory=dict)      # BatchNorm -> why not prunable
+    unprunable: dict[str, str] = field(default_factory=dict)      # norm layer -> why not prunable
+    # convolution, linear layer or functional batch norm weight -> why a mask naming it is not
+    # applied (not listed among the unprunable norms: most such convolutions feed a norm)
+    layer_notes: dict[str, str] = field(default_factory=dict)
     groups: Any = None                                             # groups.DependencyGroups
     candidates: dict[str, np.ndarray] = field(default_factory=dict)  # rankable channels
     requested: dict[str, np.ndarray] = field(default_factory=dict)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import numpy as np
 import torch.nn as nn
 
-from .masks import CONVS, features
+from .masks import CONVS, LAYERNORMS, features
 from .specs import spec_of
 
 if TYPE_CHECKING:     # annotations only: analysis builds on this module's layer
@@ -63,8 +63,8 @@ def layer_costs(A: ChannelAnalysis, prunable: Iterable[str]) -> list[LayerCost]:
             bias = m.bias.numel() if m.bias is not None else 0
             flops = 2 * int(np.prod(shape)) * (weight // m.weight.shape[0])
             out.append(LayerCost("conv", node, m, weight, bias, flops))
-        elif node.target in prunable:
-            out.append(LayerCost("bn", node, m, 2 * features(m), 0, 0))
+        elif node.target in prunable and not isinstance(m, LAYERNORMS):   # a LayerNorm runs
+            out.append(LayerCost("bn", node, m, 2 * features(m), 0, 0))   # whole: no saving
     return out
 
 

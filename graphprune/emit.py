@@ -162,6 +162,15 @@ def slim_linear(linear: nn.Linear, in_order: np.ndarray | None,
     return new
 
 
+def slice_tensor(value: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The entries ``index`` picks along dim 0 of a per-channel tensor, copied: a parameter
+    stays a parameter (with its requires_grad), anything else is a plain tensor."""
+    sliced = value.detach().index_select(0, index.to(value.device)).clone()
+    if isinstance(value, nn.Parameter):
+        return nn.Parameter(sliced, requires_grad=value.requires_grad)
+    return sliced
+
+
 def slim_batchnorm(bn: nn.Module, order: np.ndarray | None) -> nn.Module:
     """A copy of a BatchNorm (of its own type: a subclass, a frozen one) keeping the channels
     ``order`` lists: each of γ, β and the running statistics sliced, a parameter staying a
@@ -175,9 +184,9 @@ def slim_batchnorm(bn: nn.Module, order: np.ndarray | None) -> nn.Module:
         value = getattr(bn, name, None)
         if not isinstance(value, torch.Tensor):
             continue
-        sliced = value.detach().index_select(0, idx.to(value.device)).clone()
-        if isinstance(value, nn.Parameter):
-            setattr(new, name, nn.Parameter(sliced, requires_grad=value.requires_grad))
+        sliced = slice_tensor(value, idx)
+        if isinstance(sliced, nn.Parameter):
+            setattr(new, name, sliced)
         else:
             new._buffers[name] = sliced
     return new
@@ -194,6 +203,5 @@ def slim_groupnorm(gn: nn.GroupNorm, order: np.ndarray) -> nn.GroupNorm:
     for name in ("weight", "bias"):
         value = getattr(gn, name, None)
         if isinstance(value, nn.Parameter):
-            setattr(new, name, nn.Parameter(value.detach().index_select(
-                0, idx.to(value.device)).clone(), requires_grad=value.requires_grad))
+            setattr(new, name, slice_tensor(value, idx))
     return new

@@ -133,23 +133,31 @@ def bias_pair(name: str) -> str | None:
     return None
 
 
+def tensor_norm_pair(model: nn.Module, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(weight, bias) when ``name`` is a 1-D tensor (parameter or buffer) of ``model`` that a
+    functional batch norm could use: held by a module that is not itself a producer, with a
+    bias of the same length named as its pair; else None."""
+    owner, _, attr = name.rpartition(".")
+    pair = bias_pair(name)
+    try:
+        holder = model.get_submodule(owner) if owner else model
+    except AttributeError:
+        return None
+    if pair is None or isinstance(holder, PRODUCERS):
+        return None
+    weight, bias = getattr(holder, attr, None), getattr(holder, pair.rpartition(".")[2], None)
+    if not (isinstance(weight, torch.Tensor) and isinstance(bias, torch.Tensor)) or \
+            weight.dim() != 1 or bias.shape != weight.shape:
+        return None
+    return weight, bias
+
+
 def tensor_norms(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """{weight name: (weight, bias)} of every 1-D tensor pair a functional batch norm could use:
-    held (as parameters or buffers) by a module that is not itself a producer, the bias named
-    as the weight's pair, of the same length."""
-    tensors = dict(model.named_parameters())
-    tensors.update(model.named_buffers())
-    modules = dict(model.named_modules())
-    out = {}
-    for name, weight in tensors.items():
-        owner = name.rpartition(".")[0]
-        pair = bias_pair(name)
-        bias = tensors.get(pair) if pair else None
-        if bias is None or weight.dim() != 1 or bias.shape != weight.shape or \
-                isinstance(modules.get(owner), PRODUCERS):
-            continue
-        out[name] = (weight, bias)
-    return out
+    """{weight name: (weight, bias)} of every tensor pair a functional batch norm could use
+    (:func:`tensor_norm_pair`)."""
+    names = [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
+    found = {n: tensor_norm_pair(model, n) for n in names}
+    return {n: pair for n, pair in found.items() if pair is not None}
 
 
 def features(layer: nn.Module) -> int:
@@ -208,11 +216,11 @@ def zero_channels(layer: nn.Module, keep: torch.Tensor, zero_bias: bool) -> None
 
 
 def fused_batchnorm_problem(bn: nn.Module, input_shape: Sequence[int]) -> str | None:
-    """Why a BatchNorm subclass with its own forward (a fused activation, drop path, ...) cannot
-    be pruned, or None when it can: run on a throw-away copy with γ = β = 0, a channel must
-    come out exactly 0 and the shape unchanged, as for a BatchNorm followed by a zero-preserving
-    op. A plain BatchNorm needs no probe."""
-    if type(bn) in PLAIN_BATCHNORMS or not is_affine(bn):
+    """Why a BatchNorm (or GroupNorm) subclass with its own forward (a fused activation, drop
+    path, ...) cannot be pruned, or None when it can: run on a throw-away copy with γ = β = 0, a
+    channel must come out exactly 0 and the shape unchanged, as for a norm followed by a
+    zero-preserving op. A plain BatchNorm or GroupNorm needs no probe."""
+    if type(bn) in PLAIN_BATCHNORMS + GROUPNORMS or not is_affine(bn):
         return None
     probe = copy.deepcopy(bn).eval()
     shape = (1, *input_shape[1:])
@@ -238,6 +246,8 @@ def layernorm_problem(ln: nn.Module, input_shape: Sequence[int]) -> str | None:
     around ``F.layer_norm``) is run once on a throw-away copy with random γ, β and input and
     compared with a layer norm over dim 1."""
     shape = tuple(input_shape)
+    if getattr(ln, "weight", None) is None:
+        return "has no affine γ to prune"
     if len(ln.normalized_shape) != 1 or len(shape) < 2 or shape[1] != ln.normalized_shape[0]:
         return (f"it normalises the last {len(ln.normalized_shape)} dimension(s) "
                 f"{tuple(ln.normalized_shape)}, not the channels of its {list(shape)} input")
@@ -391,7 +401,7 @@ def round_up_channels(masks: dict[str, np.ndarray], gammas: Mapping[str, np.ndar
 
 __all__ = ["BATCHNORMS", "CONVS", "FrozenBatchNorm", "GROUPNORMS", "LAYERNORMS", "NORMS",
            "PLAIN_BATCHNORMS", "PRODUCERS", "features", "group_size", "is_affine", "kind_of",
-           "as_mask", "batchnorms", "bias_pair", "count_below", "layernorm_problem", "tensor_norms", "producer_sizes", "producers",
+           "as_mask", "batchnorms", "bias_pair", "count_below", "layernorm_problem", "tensor_norm_pair", "tensor_norms", "producer_sizes", "producers",
            "whole_groups", "zero_channels",
            "enforce_min_channels", "global_order", "masked_copy", "masks_from_ranking", "matches",
            "round_up_channels", "unknown_layer_error", "zero_mask"]

@@ -39,11 +39,12 @@ def validate_request(config: CompileConfig) -> None:
     r = config.prune_ratio
     if r is not None and not (isinstance(r, (int, float)) and math.isfinite(r) and 0 <= r < 1):
         raise MaskError(f"prune_ratio must be in [0, 1), got {r!r}",
-                        hint="0.5 prunes half of the prunable BatchNorm channels")
+                        hint="0.5 prunes half of the ranked channels")
     t = config.threshold
     if t is not None and not (isinstance(t, (int, float)) and math.isfinite(t) and t >= 0):
         raise MaskError(f"threshold must be a finite number >= 0, got {t!r}",
-                        hint="channels whose |γ| is below the threshold are pruned")
+                        hint="ranked channels whose importance (a BatchNorm's |γ|) is "
+                             "below the threshold are pruned")
     if config.residual not in RESIDUAL_MODES:
         raise MaskError(f"residual must be one of {', '.join(RESIDUAL_MODES)}, "
                         f"got {config.residual!r}")

@@ -57,7 +57,7 @@ class MaskPlan:
 
 
 def structural_pins(analysis: ChannelAnalysis) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Channels of each prunable BatchNorm that stay whatever the masks ask, and why."""
+    """Channels of each prunable layer that stay whatever the masks ask, and why."""
     found = analysis.solve_for({n: np.zeros_like(m) for n, m in analysis.masks.items()},
                                structural_only=True)
     return found.masks, {n: whys[0] for n, whys in found.reasons.items()}
@@ -148,9 +148,10 @@ def plan_masks(analysis: ChannelAnalysis, statistics: dict[str, LayerStatistics]
     """The masks the compiler applies for ``config``'s request (see the module docstring).
 
     ``analysis``: the ``ChannelAnalysis`` of the traced model, left holding the applied masks
-    (the passes after this one read them); ``statistics``: γ of each prunable BatchNorm;
-    ``groups``: torch-pruning's ``DependencyGroups`` (or None); ``sizes``: channels of every
-    BatchNorm of the model; ``unprunable``: the BatchNorms that cannot be pruned, and why."""
+    (the passes after this one read them); ``statistics``: the importance of each prunable
+    layer's channels; ``groups``: torch-pruning's ``DependencyGroups`` (or None); ``sizes``:
+    channels of every producer of the model; ``unprunable``: the layers that cannot be pruned,
+    and why."""
     A = analysis
     names = list(A.masks)
     pins, _ = structural_pins(A)

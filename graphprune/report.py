@@ -200,7 +200,8 @@ def markdown(report: dict[str, Any], plots: Sequence[str] = ()) -> str:
                      f"channels, least important first (BatchNorm |γ|; without BatchNorm, "
                      f"the layer-relative magnitude).")
     elif goal == "threshold":
-        lines.append(f"Goal: prune the channels whose |γ| < δ = {r['threshold']:.4g}.")
+        lines.append(f"Goal: prune the ranked channels whose importance (a BatchNorm's |γ|) "
+                     f"< δ = {r['threshold']:.4g}.")
     elif goal == "masks":
         lines.append(f"Goal: the keep masks in `{r['request']['masks']}`.")
     else:

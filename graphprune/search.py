@@ -99,7 +99,8 @@ class MaskPlanner:
         every channel); the analysis is left holding them, for the estimate."""
         config = dataclasses.replace(self.config, masks=masks)
         self.last = plan_masks(self.ctx.analysis, self.ctx.statistics, self.ctx.groups, config,
-                               sizes=self.sizes, unprunable=self.ctx.unprunable)
+                               sizes=self.sizes,
+                               unprunable={**self.ctx.layer_notes, **self.ctx.unprunable})
         return self.last
 
     def _masks(self, count: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:

@@ -41,7 +41,7 @@ class ModelStats:
     params_after: int
     flops_before: int
     flops_after: int
-    channels_before: int          # prunable BatchNorm channels
+    channels_before: int          # channels of the ranked layers (context.ranked_names)
     channels_after: int
 
     @property

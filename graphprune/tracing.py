@@ -153,6 +153,37 @@ def trace(model: nn.Module, leaves: Iterable[str] = ()) -> TraceResult:
 
 # in-place methods whose name without the underscore is not the same op out of place
 _NOT_TWINS = {"resize", "requires_grad", "set", "share_memory"}
+# ops whose result may share memory with their input (a view, or the input itself): a mutation
+# through one of them reaches the other, which the graph's edges do not show
+_ALIASING_METHODS = {"view", "view_as", "reshape", "reshape_as", "narrow", "select", "permute",
+                     "transpose", "t", "expand", "expand_as", "squeeze", "unsqueeze", "flatten",
+                     "unflatten", "contiguous", "float", "half", "double", "bfloat16", "to",
+                     "type", "type_as", "detach", "chunk", "split", "unbind", "movedim",
+                     "as_strided", "diagonal", "real", "imag", "__getitem__"}
+_ALIASING_FUNCTIONS = {operator.getitem, torch.narrow, torch.select, torch.permute,
+                       torch.transpose, torch.reshape, torch.squeeze, torch.unsqueeze,
+                       torch.flatten, torch.chunk, torch.split, torch.unbind, torch.movedim,
+                       torch.t, torch.diagonal, torch.detach}
+
+
+def is_in_place(node: torch.fx.Node) -> bool:
+    """Whether ``node`` calls an in-place op (PyTorch's trailing-underscore names: ``mul_``,
+    ``torch.relu_`` ...) or an augmented operator (``x += y`` as ``operator.iadd``)."""
+    if node.op == "call_function" and node.target in _IN_PLACE_OPERATORS:
+        return True
+    name = node.target if node.op == "call_method" else \
+        getattr(node.target, "__name__", "") if node.op == "call_function" else ""
+    return isinstance(name, str) and name.endswith("_") and not name.endswith("__")
+
+
+def _may_alias(node: torch.fx.Node) -> bool:
+    """Whether ``node``'s value may share memory with one of its inputs (a view, or a module
+    call, which may hand its input back)."""
+    if node.op == "call_method":
+        return node.target in _ALIASING_METHODS
+    if node.op == "call_function":
+        return node.target in _ALIASING_FUNCTIONS
+    return node.op == "call_module"
 # in-place operator functions and their out-of-place twins (``x += y`` traces to iadd)
 _IN_PLACE_OPERATORS = {operator.iadd: operator.add, operator.isub: operator.sub,
                        operator.imul: operator.mul, operator.itruediv: operator.truediv}
@@ -162,8 +193,8 @@ def _out_of_place_target(node: torch.fx.Node) -> Any:
     """The out-of-place twin of an in-place op on a traced value (``x.mul_(g)`` → ``mul``,
     ``torch.relu_`` → ``torch.relu``, ``x += y`` → ``operator.add``), or None.  A mutation of
     the model's own state (a parameter or buffer read by ``get_attr``) is left as it is."""
-    if not node.args or not isinstance(node.args[0], torch.fx.Node) or \
-            node.args[0].op == "get_attr":
+    if not is_in_place(node) or not node.args or not isinstance(node.args[0], torch.fx.Node) \
+            or node.args[0].op == "get_attr":
         return None
     if node.op == "call_method":
         name = node.target
@@ -184,14 +215,28 @@ def _out_of_place_target(node: torch.fx.Node) -> Any:
     return None
 
 
+def _alias_read_later(value: torch.fx.Node, node: torch.fx.Node,
+                      position: dict[torch.fx.Node, int]) -> bool:
+    """Whether a value that may share memory with ``value`` — what ``value`` is a view of (or a
+    module handed back), or a view of ``value`` taken before ``node`` — is read after ``node``,
+    the op that mutates ``value``."""
+    later = lambda n: any(position[u] > position[node] for u in n.users)  # noqa: E731
+    if _may_alias(value) and any(isinstance(a, torch.fx.Node) and a.op != "get_attr" and
+                                 later(a) for a in value.all_input_nodes):
+        return True
+    return any(user is not node and position[user] < position[node] and _may_alias(user) and
+               later(user) for user in value.users)
+
+
 def out_of_place(graph: torch.fx.Graph) -> int:
     """Rewrite every in-place op on a traced value as its out-of-place twin, with the uses of
     the mutated value after it reading the op's result instead (an in-place op returns the
     value it changed): the graph then says by its edges what the mutation did by aliasing
     (NFNet's ``out.mul_(gain)``, whose result nothing reads), and the channel analysis and
     the slim graph, which may copy or reorder a value, stay right.  Aliases of the mutated
-    value made before it (a view) are not followed; the compile's check against the eager
-    model would refuse a model where that matters.  Returns the number of ops rewritten."""
+    value (a view taken before it, or the value being a view itself) would not see the
+    rewrite, so there the op stays in place; the compile's check against the eager model
+    refuses a model where that still goes wrong.  Returns the number of ops rewritten."""
     position = {n: i for i, n in enumerate(graph.nodes)}
     count = 0
     for node in list(graph.nodes):
@@ -199,6 +244,10 @@ def out_of_place(graph: torch.fx.Graph) -> int:
         if target is None:
             continue
         value = node.args[0]
+        if _alias_read_later(value, node, position):
+            # the mutation reaches memory another value shares and something reads later: the
+            # op stays in place (dead-code elimination keeps it, passes/slim_layers.py)
+            continue
         for user in list(value.users):
             if user is not node and position[user] > position[node]:
                 user.replace_input_with(value, node)

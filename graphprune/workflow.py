@@ -206,6 +206,8 @@ def target_compile(model: torch.nn.Module, example: torch.Tensor, *, data_yaml: 
 
 # the fine-tune's defaults: a tenth of YOLOv5's lr0, no warm-up (the weights are trained)
 FINETUNE_DEFAULTS = dict(lr0=0.002, warmup_epochs=0)
+# the same in ultralytics' terms (its default optimizer "auto" would choose its own lr)
+ULTRALYTICS_FINETUNE = dict(optimizer="SGD", lr0=0.002, warmup_epochs=0)
 
 
 def _finetune(compiled, data_yaml: str, imgsz: int, epochs: int, device: str, out: Path,
@@ -228,14 +230,15 @@ def _finetune_ultralytics(compiled, source: torch.nn.Module, data_yaml: str, img
     """Fine-tune the slim model of an ultralytics ``source`` with ultralytics' own trainer
     (``integrations.ultralytics.finetune``): its run, with ``weights/best.pt`` and ``last.pt``
     holding the slim model, goes to ``out/finetune``."""
+    settings = {**ULTRALYTICS_FINETUNE, "workers": default_workers()}
     with tempfile.TemporaryDirectory() as tmp:
         start = save_ultralytics_checkpoint(compiled, source, Path(tmp) / "slim.pt")
         trained = finetune(start, data=data_yaml, epochs=epochs, imgsz=imgsz,
-                           device="cpu" if device.type == "cpu" else str(device.index or 0),
-                           project=str(out), name="finetune", exist_ok=True, plots=False,
-                           verbose=False, workers=0)
+                           device=str(device.index or 0) if device.type == "cuda" else
+                           device.type, project=str(out), name="finetune", exist_ok=True,
+                           plots=False, verbose=False, **settings)
     metrics = dict(getattr(trained.trainer, "metrics", None) or {})
-    return {"finetune_epochs": epochs, "finetune_recipe": {"trainer": "ultralytics"},
+    return {"finetune_epochs": epochs, "finetune_recipe": {"trainer": "ultralytics", **settings},
             "map50_finetuned": metrics.get("metrics/mAP50(B)"),
             "map_finetuned": metrics.get("metrics/mAP50-95(B)")}
 

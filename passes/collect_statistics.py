@@ -34,7 +34,8 @@ from graphprune.channels import functional_batchnorm, get_attribute
 from graphprune.context import CompileContext, LayerStatistics
 from graphprune.groups import DependencyGroups, build_groups
 from graphprune.masks import (BATCHNORMS, CONVS, GROUPNORMS, LAYERNORMS, NORMS, features,
-                              fused_batchnorm_problem, is_affine, kind_of, layernorm_problem)
+                              fused_batchnorm_problem, is_affine, kind_of, layernorm_problem,
+                              tensor_norms)
 from graphprune.specs import is_tensor, spec_of
 
 # |γ| below this counts as "near zero" (paper §3.1.2 uses 0.01).
@@ -47,10 +48,41 @@ def _unprunable_reason(gm: torch.fx.GraphModule, name: str, module: nn.Module,
         return "has no affine γ/β to prune"
     if not calls:
         owner = next((leaf for leaf in leaves if name.startswith(leaf + ".")), None)
-        return f"inside {owner!r}, which is kept whole" if owner else "not called by the model"
+        if owner:
+            return f"inside {owner!r}, which is kept whole"
+        if isinstance(module, CONVS + (nn.Linear,)) and \
+                not type(module).forward.__module__.startswith("torch."):
+            return (f"its own forward ({type(module).__name__}) was traced through as function "
+                    "calls, so the graph holds no call of it as a layer")
+        return "not called by the model"
     if len(calls) > 1:
         return f"called {len(calls)} times (shared weights)"
+    if isinstance(module, CONVS) and module.groups != 1:
+        return f"a grouped convolution (groups={module.groups}): its rows are pruned only " \
+               "through the layers around it"
+    if isinstance(module, nn.Linear):
+        return "a linear layer whose input is not [N, C] (its features are not dim 1)"
     return "called in a way the compiler does not slim (several or non-tensor inputs)"
+
+
+def _layer_notes(gm: torch.fx.GraphModule, modules: dict[str, nn.Module],
+                 calls: dict[str, list[torch.fx.Node]], feeds: dict[str, str],
+                 prunable: dict[str, torch.fx.Node], leaves: dict[str, str]) -> dict[str, str]:
+    """Why each convolution, linear layer and functional batch norm weight that is not a
+    prunable producer is not one (what a mask naming it is answered with)."""
+    notes = {}
+    for name, module in modules.items():
+        if name in prunable or not isinstance(module, CONVS + (nn.Linear,)):
+            continue
+        notes[name] = (f"its output goes straight into {feeds[name]!r}, which takes the mask "
+                       "(mask that norm layer)") if name in feeds else \
+            _unprunable_reason(gm, name, module, calls.get(name, []), leaves)
+    for name in tensor_norms(gm):
+        if name not in prunable:
+            notes[name] = ("no batch norm call of the graph uses it as its weight alone (one "
+                           "call, its bias the tensor named as its pair, both read from the "
+                           "model)")
+    return notes
 
 
 def importance(module: nn.Module) -> np.ndarray:
@@ -78,12 +110,12 @@ def _single_tensor_call(calls: list[torch.fx.Node]) -> torch.fx.Node | None:
 
 def _norm_problem(module: nn.Module, call: torch.fx.Node | None) -> str | None:
     """Why a norm layer called as ``call`` cannot take a mask (beyond the generic reasons), or
-    None: a BatchNorm subclass whose own forward does not zero a zeroed channel, a LayerNorm
-    that does not normalise the channel dimension of its input."""
+    None: a BatchNorm or GroupNorm subclass whose own forward does not zero a zeroed channel, a
+    LayerNorm that does not normalise the channel dimension of its input."""
     if call is None:
         return None
     shape = spec_of(call.args[0]).shape
-    if isinstance(module, BATCHNORMS):
+    if isinstance(module, BATCHNORMS + GROUPNORMS):
         return fused_batchnorm_problem(module, shape)
     if isinstance(module, LAYERNORMS):
         return layernorm_problem(module, shape)
@@ -101,7 +133,7 @@ def collect_statistics(gm: torch.fx.GraphModule, ctx: CompileContext) -> PassRes
                 calls[node.target].append(node)
         # a norm layer with its own forward is probed once on its input's shape
         problems = {n: _norm_problem(modules[n], _single_tensor_call(calls[n]))
-                    for n in norm_names}
+                    for n in norm_names if is_affine(modules[n])}
         candidates = {n: np.ones(features(modules[n]), dtype=bool) for n in norm_names
                       if is_affine(modules[n]) and not problems.get(n)}
         # a batch norm written as a function call on a module's tensors, named by its weight
@@ -113,17 +145,22 @@ def collect_statistics(gm: torch.fx.GraphModule, ctx: CompileContext) -> PassRes
                 functional[bound["weight"].target] = weight
                 candidates[bound["weight"].target] = np.ones(len(weight), dtype=bool)
 
-        def norm_after(user: torch.fx.Node) -> bool:
+        def norm_after(user: torch.fx.Node) -> str | None:
             if user.op == "call_module":
-                return user.target in candidates and \
-                    isinstance(modules[user.target], BATCHNORMS + GROUPNORMS)
-            return functional_batchnorm(user) is not None
+                return user.target if user.target in candidates and \
+                    isinstance(modules[user.target], BATCHNORMS + GROUPNORMS) else None
+            bound = functional_batchnorm(user)
+            return bound["weight"].target if bound is not None else None
 
         # a convolution straight into a BatchNorm or GroupNorm is pruned by that norm's mask
+        feeds: dict[str, str] = {}
         for name in layer_names:
             users = list(calls[name][0].users) if len(calls[name]) == 1 else []
-            if not (len(users) == 1 and norm_after(users[0])):
+            norm = norm_after(users[0]) if len(users) == 1 else None
+            if norm is None:
                 candidates[name] = np.ones(features(modules[name]), dtype=bool)
+            else:
+                feeds[name] = norm
         analysis = ChannelAnalysis(gm, candidates)
         prunable = analysis.mask_nodes()         # graph order
         analysis.masks = {n: candidates[n] for n in prunable}
@@ -132,6 +169,9 @@ def collect_statistics(gm: torch.fx.GraphModule, ctx: CompileContext) -> PassRes
             if name not in prunable:
                 ctx.unprunable[name] = problems.get(name) or _unprunable_reason(
                     gm, name, modules[name], calls[name], ctx.leaves)
+        # (the model's own modules: the traced graph holds no module it traced through)
+        ctx.layer_notes = _layer_notes(gm, dict(ctx.model.named_modules()), calls, feeds,
+                                       prunable, ctx.leaves)
         for name in prunable:
             if name in functional:
                 score = functional[name].detach().abs().float().cpu().numpy()

@@ -19,7 +19,8 @@ from graphprune.planning import plan_masks
 def mask_channels(gm: torch.fx.GraphModule, ctx: CompileContext) -> PassResult:
     with ctx.timed("mask_channels"):
         plan = plan_masks(ctx.analysis, ctx.statistics, ctx.groups, ctx.config,
-                          sizes=producer_sizes(ctx.model), unprunable=ctx.unprunable)
+                          sizes=producer_sizes(ctx.model),
+                          unprunable={**ctx.layer_notes, **ctx.unprunable})
         ctx.candidates, ctx.requested, ctx.masks = plan.candidates, plan.requested, plan.masks
         ctx.pinned, ctx.residual_choice = plan.pinned, plan.residual_choice
         ctx.warnings.extend(plan.warnings)

@@ -15,6 +15,7 @@ from torch.fx.passes.infra.pass_base import PassResult
 
 from graphprune.context import CompileContext
 from graphprune.emit import Emitter
+from graphprune.tracing import is_in_place
 
 
 def _install(root: nn.Module, target: str, obj) -> None:
@@ -34,12 +35,12 @@ def _install(root: nn.Module, target: str, obj) -> None:
 
 
 def _impure(node: torch.fx.Node) -> bool:
-    """Whether dead-code elimination must keep ``node``: the graph's inputs and output, and
-    in-place ops (PyTorch's trailing-underscore names: ``mul_``, ``add_``, ``clamp_`` ...)."""
-    if node.op in ("placeholder", "output"):
-        return True
-    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
-    return isinstance(name, str) and name.endswith("_") and not name.endswith("__")
+    """Whether dead-code elimination must keep ``node``: what torch.fx itself counts as impure
+    (the graph's inputs and output, ``x[i] = v`` ...), and in-place ops left in place (on a
+    view, or on the model's own state)."""
+    if node.op == "call_module":          # a module's purity needs an owning module; the
+        return False                      # slim graph has none yet (eval mode: pure)
+    return node.is_impure() or is_in_place(node)
 
 
 def slim_layers(gm: torch.fx.GraphModule, ctx: CompileContext) -> PassResult:

@@ -276,6 +276,13 @@ def _slim_class() -> type:
                                           "(the compiled graph has no ultralytics layer list)")
             return self.net(x)
 
+        def __setstate__(self, state):
+            super().__setstate__(state)
+            # a checkpoint written before SlimYaml existed: guard its yaml too
+            if isinstance(self.__dict__.get("yaml"), dict) and \
+                    not isinstance(self.__dict__["yaml"], SlimYaml):
+                self.__dict__["yaml"] = SlimYaml(self.__dict__["yaml"])
+
         def is_fused(self) -> bool:
             return self.fused
 
