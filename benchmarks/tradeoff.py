@@ -315,42 +315,73 @@ def dataset(args, preset, seed: int) -> Path:
     if yaml.exists():
         return yaml
     if args.data == "nwpu":
-        if not SHARED_NWPU.exists():
-            sys.exit(f"tradeoff.py: NWPU VHR-10 not found at {SHARED_NWPU}")
-        gpdata.convert_nwpu(SHARED_NWPU, root, val_fraction=0.2, seed=seed)
+        if not args.nwpu.exists():
+            sys.exit(f"tradeoff.py: NWPU VHR-10 not found at {args.nwpu} (give its folder "
+                     "with --nwpu)")
+        gpdata.convert_nwpu(args.nwpu, root, val_fraction=0.2, seed=seed)
         return yaml
     return gpdata.make_synthetic_dataset(root, preset["n_train"], preset["n_val"], seed=seed,
                                          size=max(preset["imgsz"], 64))
 
 
-def run_seed(args, preset, seed: int, console: Console) -> dict[str, Any]:
+def part_needs_baseline(preset: dict[str, Any], part: str | None) -> bool:
+    """Whether ``--part`` ``part`` starts from its seed's baseline (``none`` and every method
+    but the from-scratch ones)."""
+    if part in ("baseline", "none"):
+        return part == "none"
+    if part is None:
+        return True
+    if part.startswith("dense@"):
+        return False
+    return not method_spec(preset, part).get("scratch")
+
+
+def run_seed(args, preset, seed: int, console: Console) -> dict[str, Any] | None:
+    """Train, cut, fine-tune and measure everything of one seed (reusing finished runs).  With
+    ``args.part`` only that part is trained and nothing is measured (returns None); with
+    ``args.finished_only`` nothing new is trained, and a seed whose baseline has not finished is
+    left out (None)."""
+    part = args.part
     device = resolve_device(args.device)
     data_yaml = dataset(args, preset, seed)
     data = gpdata.load_data_config(data_yaml)
     work = args.work / f"seed{seed}"
     imgsz = preset["imgsz"]
     recipe = dict(preset["recipe"])
-    common = dict(data=str(data_yaml), imgsz=imgsz, device=args.device, workers=0, seed=seed,
-                  **recipe)
+    common = dict(data=str(data_yaml), imgsz=imgsz, device=args.device, workers=args.workers,
+                  cache=args.cache, seed=seed, **recipe)
     total = preset["base_epochs"] + preset["sparse_epochs"] + preset["finetune_epochs"]
     example = torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
     out: dict[str, Any] = {"seed": seed, "runs": {}, "points": [], "dense": []}
 
-    console.rule(f"seed {seed}: baseline, {preset['base_epochs']} epochs")
-    out["runs"]["baseline"] = training(work / "baseline", TrainConfig(
-        model=preset["model"], epochs=preset["base_epochs"], out=str(work / "baseline"),
-        val_every=preset["base_epochs"], **common), console)
     base_ckpt = work / "baseline" / "last.pt"
+    if args.finished_only and done(work / "baseline") is None:
+        console.print(f"seed {seed}: the baseline has not finished; the seed is left out "
+                      "(--finished-only)")
+        return None
+    if part not in (None, "baseline") and part_needs_baseline(preset, part) and \
+            done(work / "baseline") is None:
+        sys.exit(f"tradeoff.py: --part {part} starts from seed {seed}'s baseline, which has not "
+                 "finished: run --part baseline first")
+    if part in (None, "baseline"):
+        console.rule(f"seed {seed}: baseline, {preset['base_epochs']} epochs")
+        out["runs"]["baseline"] = training(work / "baseline", TrainConfig(
+            model=preset["model"], epochs=preset["base_epochs"], out=str(work / "baseline"),
+            val_every=preset["base_epochs"], **common), console)
 
     calib, _ = calibration_set(data, imgsz, preset["calib_images"])
     sparse_common = {**common, "lr0": preset["sparse_lr0"], "warmup_epochs": 0}
     ft_settings = {**recipe, "lr0": preset["finetune_lr0"], "warmup_epochs": 0}
     chosen = [m for m in args.methods if m != "none"]
-    for name in ["none", *chosen]:
+    names = ["none", *chosen]
+    if part is not None:
+        names = [] if part == "baseline" or part.startswith("dense@") else [part]
+    for name in names:
         spec = method_spec(preset, name)
         run = work / f"sparse-{run_name(name)}"
         callbacks = None
-        if args.finished_only and name != "none" and done(run) is None:
+        if args.finished_only and (done(run) is None or
+                                   (name == "none" and done(run / "finetune") is None)):
             console.print(f"seed {seed}: {name} has no finished sparse run; left out "
                           "(--finished-only)")
             continue
@@ -387,6 +418,10 @@ def run_seed(args, preset, seed: int, console: Console) -> dict[str, Any]:
         for op in ops:
             cut = work / f"cut-{run_name(name)}-{op[0]}{op[1]:g}"
             found = done(cut)
+            if found is None and args.finished_only:
+                console.print(f"seed {seed}: {name}'s cut at {op[0]} {op[1]:g} has not finished;"
+                              " left out (--finished-only)")
+                continue
             if found is None:
                 console.print(f"[bold]{name}[/bold]: cut at {op[0]} {op[1]:g}")
                 try:
@@ -421,7 +456,10 @@ def run_seed(args, preset, seed: int, console: Console) -> dict[str, Any]:
                                            found["pruned"], found["finetuned"], found,
                                            path=cut / "slim.graphprune.pt"))
 
-    for width in preset["widths"]:
+    widths = preset["widths"]
+    if part is not None:
+        widths = [float(part.removeprefix("dense@"))] if part.startswith("dense@") else []
+    for width in widths:
         run = work / f"dense-w{width:g}"
         if args.finished_only and done(run) is None:
             console.print(f"seed {seed}: dense width {width:g} is not finished; left out "
@@ -432,11 +470,15 @@ def run_seed(args, preset, seed: int, console: Console) -> dict[str, Any]:
             depth_multiple=SCALES[preset["model"].removeprefix("yolov5")][0],
             width_multiple=width), epochs=total, out=str(run),
             val_every=total, **common), console)
+        if part is not None:
+            continue
         model = gp.load(run / "last.pt").eval()
         out["dense"].append({"width": width, "params": count_params(model),
                              "flops": count_flops(model, (example,)), "map50": info["map50"],
                              "map": info["map"], "path": str(run / "last.pt"),
                              "minutes": info["minutes"]})
+    if part is not None:
+        return None
     fine_tunes = [*out["points"], out.get("reference") or {}]
     out["train_minutes"] = sum(r.get("minutes", 0.0) for r in out["runs"].values()) + \
         sum(r["minutes"] for r in out["dense"]) + sum(p.get("ft_minutes", 0.0) for p in fine_tunes)
@@ -481,6 +523,14 @@ def latency(out: dict[str, Any], example: torch.Tensor, console: Console, rounds
     if out.get("reference") is not None:
         out["reference"]["latency_ms"] = out["dense"][0]["latency_ms"] \
             if out["dense"] and out["dense"][0]["flops"] == out["reference"]["flops"] else None
+
+
+def device_name(device: str) -> str:
+    """Where the runs trained, in words (CUDA trains with mixed precision)."""
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        return f"{torch.cuda.get_device_name(dev)} (mixed precision)"
+    return "the CPU"
 
 
 # -- summaries -------------------------------------------------------------------------------
@@ -587,8 +637,9 @@ def markdown(payload: dict[str, Any]) -> str:
              f"{p['sparse_epochs']} sparse epochs, then a {p['finetune_epochs']}-epoch "
              f"fine-tune; the dense family trains {payload['total_epochs']} epochs from "
              f"scratch.  Seeds {payload['seeds']} (mean ± half the range).  "
-             f"{payload['machine']}, torch {payload['torch']}, {payload['date']}; the runs "
-             f"trained {payload['train_minutes']:.0f} min in all.", "",
+             f"{payload['machine']}, torch {payload['torch']}, {payload['date']}; trained on "
+             f"{payload.get('train_device', 'the CPU')}, {payload['train_minutes']:.0f} min in "
+             "all (each run's own time; runs side by side overlap).", "",
              "mAP on the validation split; FLOPs = 2 × MACs at the input size; latency: "
              "onnxruntime CPU, batch 1, median of interleaved rounds.", ""]
     ref = s.get("reference")
@@ -706,7 +757,9 @@ def relative_paths(payload: dict[str, Any]) -> None:
                     row["path"] = str(path.relative_to(ROOT))
 
 
-def main(argv=None) -> int:
+def parse(argv=None) -> tuple[argparse.Namespace, dict[str, Any], str, dict[str, Any],
+                              list[int]]:
+    """The command line, checked: (args, preset, result file stem, method settings, seeds)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", choices=("synthetic", "nwpu"), default="synthetic")
     parser.add_argument("--model", choices=tuple(f"yolov5{k}" for k in SCALES), default=None,
@@ -732,6 +785,21 @@ def main(argv=None) -> int:
                              "preset's)")
     parser.add_argument("--rounds", type=int, default=30, help="latency rounds")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="data-loading processes of each training (default 0: in the "
+                             "training process)")
+    parser.add_argument("--cache", action="store_true",
+                        help="decode every image once and keep it in memory")
+    parser.add_argument("--nwpu", type=Path, default=SHARED_NWPU,
+                        help="the NWPU VHR-10 folder (default ../shared/data/nwpu_vhr10)")
+    parser.add_argument("--part", default=None,
+                        help="train one part of each seed and stop, measuring nothing (parts "
+                             "run side by side: benchmarks/tradeoff_parallel.py): 'baseline', "
+                             "'none' (the same-budget baseline run and its fine-tune), a method "
+                             "of --methods (its sparse run, cuts and fine-tunes), or "
+                             "dense@WIDTH; 'none' and the methods that are not from scratch "
+                             "need the finished baseline; then run again with --finished-only "
+                             "for the tables")
     parser.add_argument("--work", type=Path, default=None,
                         help="where runs are kept (default runs/tradeoff-<data>[-<model>])")
     parser.add_argument("--results", type=Path, default=HERE / "results")
@@ -766,12 +834,41 @@ def main(argv=None) -> int:
             parser.error(f"--widths takes numbers, got {args.widths!r}")
         if not preset["widths"] or any(not 0 < w <= 2 for w in preset["widths"]):
             parser.error(f"--widths must be in (0, 2], got {args.widths!r}")
+    if args.workers < 0:
+        parser.error(f"--workers must be >= 0, got {args.workers}")
+    if args.part is not None:
+        if args.finished_only:
+            parser.error("--part trains, --finished-only does not: give one of them")
+        if args.part.startswith("dense@"):
+            try:
+                width = float(args.part.removeprefix("dense@"))
+            except ValueError:
+                width = -1.0
+            if not 0 < width <= 2:
+                parser.error(f"--part {args.part}: the width after dense@ must be in (0, 2]")
+        elif args.part not in ("baseline", "none") and args.part not in args.methods:
+            parser.error(f"--part {args.part!r}: give 'baseline', 'none', one of --methods "
+                         f"({', '.join(args.methods)}) or dense@WIDTH")
     if args.quick:
         args.rounds = min(args.rounds, 3)
     args.work = args.work or ROOT / "runs" / stem.replace("_", "-")
+    return args, preset, stem, specs, seeds
+
+
+def main(argv=None) -> int:
+    args, preset, stem, specs, seeds = parse(argv)
     console = Console(stderr=True)
     start = time.perf_counter()
-    per_seed = [run_seed(args, preset, seed, console) for seed in seeds]
+    if args.part is not None:
+        for seed in seeds:
+            run_seed(args, preset, seed, console)
+        return 0
+    per_seed = [r for r in (run_seed(args, preset, seed, console) for seed in seeds)
+                if r is not None]
+    if not per_seed:
+        console.print("tradeoff.py: no seed has a finished baseline; nothing to measure")
+        return 1
+    seeds = [r["seed"] for r in per_seed]
     summary = aggregate(per_seed)
     payload = {"data": args.data if not args.quick else "synthetic (quick)",
                "preset": {k: (list(v) if isinstance(v, tuple) else v)
@@ -779,7 +876,7 @@ def main(argv=None) -> int:
                "methods": {m: specs[m] for m in ["none", *args.methods]},
                "total_epochs": preset["base_epochs"] + preset["sparse_epochs"] +
                preset["finetune_epochs"], "seeds": seeds,
-               **stamp(),
+               **stamp(), "train_device": device_name(args.device),
                "minutes": (time.perf_counter() - start) / 60,
                "train_minutes": sum(seed["train_minutes"] for seed in per_seed),
                "plot": f"{stem}.png", "summary": summary, "per_seed": per_seed}

@@ -229,6 +229,75 @@ def test_tradeoff_benchmark_measures_every_method_and_yardstick(tmp_path, monkey
     assert all(r.endswith(("| 1 |", "| 0 |")) for r in rows[2:])
 
 
+def test_tradeoff_parts_run_side_by_side_then_tabulate(tmp_path):
+    """benchmarks/tradeoff_parallel.py: every part a process of its own, at most --jobs at once,
+    what starts from the baseline only after the baseline finished; the tables are made from the
+    finished runs, the same rows a one-process run makes."""
+    out = tmp_path / "tradeoff.json"
+    work = tmp_path / "work"
+    code = _script("tradeoff_parallel").main(
+        ["--jobs", "2", "--", "--quick", "--work", str(work), "--methods",
+         "ns,progressive-scratch", "--lfa-criteria", "plus", "--flops-targets", "0.5",
+         "--widths", "0.25", "--json-out", str(out)])
+    assert code == 0
+    parts = {p["part"]: p for p in json.loads((work / "parts.json").read_text())["parts"]}
+    assert set(parts) == {"baseline", "none", "ns", "progressive-scratch", "dense@0.25"}
+    assert all(p["state"] == "finished" for p in parts.values())
+    for later in ("none", "ns"):        # they start from the finished baseline
+        assert parts[later]["start_s"] >= parts["baseline"]["end_s"]
+    spans = sorted((p["start_s"], p["end_s"]) for p in parts.values())
+    for t, _ in spans:                  # never more than --jobs at once
+        assert sum(a <= t < b for a, b in spans) <= 2
+    seed = json.loads(out.read_text())["per_seed"][0]
+    assert {(p["method"], tuple(p["op"])) for p in seed["points"]} == {
+        (m, op) for m in ("ns", "progressive-scratch") for op in (("lfa", 0.01), ("flops", 0.5))}
+    assert [d["width"] for d in seed["dense"]] == [0.25]
+    assert seed["reference"]["map50"] is not None
+    assert "epoch" in Path(parts["ns"]["log"]).read_text()     # each part logs its own run
+
+
+def test_tradeoff_parallel_stops_parts_at_the_deadline(tmp_path):
+    """At the deadline the running parts are stopped (their process groups gone), the waiting
+    ones skipped; with no finished baseline there is nothing to tabulate (exit 1)."""
+    import os
+
+    work = tmp_path / "work"
+    code = _script("tradeoff_parallel").main(
+        ["--jobs", "2", "--deadline", "0.02", "--", "--quick", "--work", str(work),
+         "--methods", "ns", "--widths", "0.25"])
+    assert code == 1
+    parts = {p["part"]: p for p in json.loads((work / "parts.json").read_text())["parts"]}
+    assert parts["baseline"]["state"] == "stopped"
+    assert parts["ns"]["state"] == "skipped" and parts["ns"]["start_s"] is None
+    assert not (work / "seed0" / "baseline" / "done.json").exists()
+    # no process of a stopped part is left
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            assert str(work).encode() not in cmd
+
+
+def test_tradeoff_part_arguments_are_checked(tmp_path, capsys):
+    tradeoff = _script("tradeoff")
+    for bad, says in ((["--part", "l1rr", "--methods", "ns"], "one of --methods"),
+                      (["--part", "dense@3"], "in (0, 2]"),
+                      (["--part", "baseline", "--finished-only"], "give one of them"),
+                      (["--workers", "-1"], "--workers")):
+        with pytest.raises(SystemExit):
+            tradeoff.parse(["--quick", *bad])
+        assert says in capsys.readouterr().err
+    # a part that starts from the baseline refuses to run before it has finished
+    with pytest.raises(SystemExit, match="run --part baseline first"):
+        tradeoff.main(["--quick", "--work", str(tmp_path / "work"), "--methods", "ns",
+                       "--part", "ns"])
+    with pytest.raises(SystemExit):
+        _script("tradeoff_parallel").main(["--", "--quick", "--part", "ns"])
+    assert "this script's to give" in capsys.readouterr().err
+
+
 def test_tradeoff_front_comparison():
     """A point beats a front when its mAP exceeds the front's best at ≤ its FLOPs (linear
     between the front's points; below the front's smallest model, that model's mAP)."""
