@@ -450,6 +450,51 @@ def test_ultralytics_callbacks_add_the_term_to_unscaled_gradients(tmp_path):
     assert not torch.allclose(plain.model[0].bn.weight, results[0]["model.0.bn.weight"])
 
 
+def test_ultralytics_callbacks_add_the_term_after_unscaling_and_clipping(tmp_path, monkeypatch):
+    """In ultralytics' optimizer_step the term goes in where graphprune's own trainer adds it:
+    after the task's gradient is unscaled (AMP) and clipped to 10, just before the step; the
+    term itself is neither scaled nor clipped, and the regulariser's clamp follows the step."""
+    from graphprune.integrations.ultralytics import add_sparsity
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 1), torch.nn.BatchNorm2d(3)).train()
+    trainer = StandInTrainer(model, tmp_path / "run", 1024.0)
+    trainer.optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    callbacks = add_sparsity(trainer, mode="polar", theta=100.0, layers=["1"])  # a huge term
+    with warnings.catch_warnings():     # the stand-in's imgsz: no 3-channel example to analyse
+        warnings.simplefilter("ignore", gp.GraphpruneWarning)
+        trainer.run("on_train_start")
+    trainer.scaler.scale(torch.zeros(()))           # a step's scale(loss), as in training
+    trainer.run("on_train_epoch_start")
+    reg, events = callbacks.regularizer, []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def spy_clip(params, *args, **kwargs):
+        events.append("clip")
+        return clip(params, *args, **kwargs)
+
+    def spy(name, method):
+        def wrapped(*args, **kwargs):
+            norm = float(torch.cat([q.grad.flatten() for q in model.parameters()]).norm())
+            events.append((name, norm))
+            return method(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy_clip)
+    monkeypatch.setattr(reg, "apply", spy("apply", reg.apply))
+    monkeypatch.setattr(trainer.optimizer, "step", spy("step", trainer.optimizer.step))
+    task = {name: torch.full_like(q, 50.0) for name, q in model.named_parameters()}
+    for name, q in model.named_parameters():      # the task's gradient, as AMP scaled it
+        q.grad = task[name] * 1024.0
+    gamma, term = model[1].weight.detach().clone(), reg.terms()[0]
+    trainer.optimizer_step()
+    assert [e if isinstance(e, str) else e[0] for e in events] == ["clip", "apply", "step"]
+    assert events[1][1] == pytest.approx(10.0, rel=1e-4)     # unscaled and clipped first
+    assert events[2][1] > 100.0                                # then the term, unclipped
+    clipped = 10.0 / float(torch.cat([t.flatten() for t in task.values()]).norm())
+    stepped = gamma - (clipped * task["1.weight"] + term)      # lr 1: one plain SGD step
+    assert torch.allclose(model[1].weight, stepped.clamp(0, 1), rtol=1e-5)
+
+
 def test_ultralytics_callbacks_fade_progressive_channels_after_each_step(tmp_path):
     from graphprune.integrations.ultralytics import add_sparsity
     from graphprune.models import yolov5n
@@ -466,3 +511,24 @@ def test_ultralytics_callbacks_fade_progressive_channels_after_each_step(tmp_pat
     for name, chosen in zip(reg.names, reg.chosen):       # faded out after the steps
         bn = modules[name]
         assert torch.all(bn.weight[chosen] == 0) and torch.all(bn.bias[chosen] == 0)
+
+
+def test_ultralytics_callbacks_take_their_phases_from_the_run_length(tmp_path):
+    """Without phase_epochs or phase_steps, add_sparsity's phases follow the run's epochs as
+    graphprune train's do (default_phases); given ones are kept."""
+    from graphprune.integrations.ultralytics import add_sparsity
+    from graphprune.models import yolov5n
+    from graphprune.sparsity import default_phases
+
+    for k, (mode, options, epochs) in enumerate((("progressive", {}, 30), ("l1rr", {}, 300),
+                                                  ("progressive", {"phase_epochs": 7}, 30))):
+        trainer = StandInTrainer(yolov5n(num_classes=2).train(), tmp_path / f"run{k}", 1.0)
+        trainer.epochs = epochs
+        callbacks = add_sparsity(trainer, mode=mode, **options)
+        trainer.run("on_train_start")
+        reg = callbacks.regularizer
+        if options:
+            assert (reg.phase_epochs, reg.max_phases) == (7, 10)
+        else:
+            assert (reg.phase_epochs, reg.max_phases) == default_phases(mode, epochs)
+    assert default_phases("progressive", 30) == (3, 9)

@@ -269,3 +269,40 @@ def test_finetune_refuses_data_with_other_classes_and_a_plain_checkpoint(run, tm
                  project=str(tmp_path), name="other", **ULTRALYTICS)
     with pytest.raises(gp.GraphpruneError, match="not a graphprune slim model"):
         finetune(run["best"], data=str(run["data"]), epochs=1)
+
+
+def test_progressive_sparsity_in_ultralytics_trainer_adds_its_term_after_clipping(run, tmp_path,
+                                                                                  monkeypatch):
+    """The collapse-proof mode in ultralytics' own loop: in each optimizer step the term goes
+    in after the task's gradient is unscaled and clipped and before the step, the fade right
+    after it (graphprune's trainer's order); the chosen channels reach the target and are
+    zero in the model being trained."""
+    from graphprune.sparsity import SparsityRegularizer
+
+    events = []
+
+    def spy(name, method):
+        def wrapped(*args, **kwargs):
+            events.append(name)
+            return method(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(torch.amp.GradScaler, "unscale_",
+                        spy("unscale", torch.amp.GradScaler.unscale_))
+    monkeypatch.setattr(torch.amp.GradScaler, "step", spy("step", torch.amp.GradScaler.step))
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_",
+                        spy("clip", torch.nn.utils.clip_grad_norm_))
+    monkeypatch.setattr(SparsityRegularizer, "apply", spy("apply", SparsityRegularizer.apply))
+    monkeypatch.setattr(SparsityRegularizer, "after_step",
+                        spy("after_step", SparsityRegularizer.after_step))
+    model = YOLO("yolov8n.yaml")
+    callbacks = add_sparsity(model, mode="progressive", target=0.3, phase_steps=1, max_phases=1)
+    model.train(data=str(run["data"]), epochs=1, imgsz=IMGSZ, batch=4, nbs=4,
+                project=str(tmp_path), name="progressive", seed=0, val=False, **ULTRALYTICS)
+    steps = len(events) // 5
+    assert steps >= 2
+    assert events == ["unscale", "clip", "apply", "step", "after_step"] * steps
+    reg = callbacks.regularizer
+    assert reg.phase == 1 and reg.removed() >= 0.3
+    for gamma, chosen in zip(reg.gammas, reg.chosen):
+        assert torch.all(gamma[chosen] == 0)

@@ -51,7 +51,7 @@ from .. import __version__
 from ..attention import find_head
 from ..errors import GraphpruneError, GraphpruneWarning, VerificationError
 from ..export import atomic_path
-from ..sparsity import SparsityRegularizer, prunable_batchnorms
+from ..sparsity import SparsityRegularizer, default_phases, prunable_batchnorms
 
 STATE_FILE = "sparsity.pt"
 
@@ -73,7 +73,14 @@ def _layers(model: nn.Module, imgsz: int, device) -> list[str] | None:
 
 class SparsityCallbacks:
     """The ultralytics callbacks (``on_train_start``, ``on_train_epoch_start``,
-    ``on_train_epoch_end``, ``on_model_save``) driving one ``SparsityRegularizer``."""
+    ``on_train_epoch_end``, ``on_model_save``) driving one ``SparsityRegularizer``.
+
+    The term is added where graphprune's own trainer adds it: after the task's gradient is
+    unscaled and clipped, just before the optimizer steps (``on_train_start`` wraps the
+    trainer's ``scaler.step``, which ``BaseTrainer.optimizer_step`` calls after
+    ``scaler.unscale_`` and ``clip_grad_norm_``), so the term is neither scaled by AMP nor
+    clipped, and cannot shrink the task's gradient; ``after_step`` (the progressive mode's
+    fade, the polarization clamp) follows the step."""
 
     def __init__(self, **options: Any):
         self.options = options
@@ -85,25 +92,40 @@ class SparsityCallbacks:
         imgsz = int(trainer.args.imgsz)
         layers = _layers(model, imgsz, device)
         example = torch.zeros(1, 3, imgsz, imgsz, device=device)
+        options = dict(self.options)
+        epochs = getattr(trainer, "epochs", None)
+        if isinstance(epochs, int) and epochs > 0 and "phase_epochs" not in options and \
+                "phase_steps" not in options:      # the phases graphprune's trainer would use
+            phase, phases = default_phases(options.get("mode", "l1rr"), epochs)
+            options["phase_epochs"] = phase
+            options.setdefault("max_phases", phases)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", GraphpruneWarning)
-            self.regularizer = SparsityRegularizer(model, example, layers=layers,
-                                                   **self.options) \
-                if layers is not None else SparsityRegularizer(model, **self.options)
+            self.regularizer = SparsityRegularizer(model, example, layers=layers, **options) \
+                if layers is not None else SparsityRegularizer(model, **options)
         state = Path(trainer.wdir) / STATE_FILE
         if getattr(trainer.args, "resume", False) and state.exists():
             self.regularizer.load_state_dict(torch.load(state, map_location="cpu",
                                                         weights_only=True))
-        step = trainer.optimizer_step
+        scaler = getattr(trainer, "scaler", None)
+        if scaler is None or not callable(getattr(scaler, "step", None)):
+            raise GraphpruneError(f"add_sparsity: {type(trainer).__name__} has no GradScaler "
+                                  "'scaler' whose step() the sparsity term can precede",
+                                  hint="use ultralytics' own trainers (BaseTrainer's "
+                                       "optimizer_step unscales, clips, then calls "
+                                       "scaler.step), or graphprune's trainer")
+        step = scaler.step
 
-        def optimizer_step() -> None:
-            scaler = getattr(trainer, "scaler", None)
-            scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
-            self.regularizer.apply(scale=scale)
-            step()
+        def step_with_term(optimizer, *args, **kwargs):
+            # BaseTrainer.optimizer_step has unscaled the task's gradient and clipped it by now:
+            # the term goes in here, in true units and unclipped, as in graphprune's own
+            # trainer; the fade (progressive) follows the optimizer's step
+            self.regularizer.apply()
+            out = step(optimizer, *args, **kwargs)
             self.regularizer.after_step()
+            return out
 
-        trainer.optimizer_step = optimizer_step
+        scaler.step = step_with_term
 
     def on_train_epoch_start(self, trainer) -> None:
         self.regularizer.set_epoch(int(trainer.epoch))
@@ -131,7 +153,10 @@ class _RunDir:
 def add_sparsity(model, **options: Any) -> SparsityCallbacks:
     """Register sparse training on an ultralytics ``YOLO`` model (or anything with
     ``add_callback``); ``options`` go to :class:`~graphprune.sparsity.SparsityRegularizer`
-    (mode, theta, phase_epochs, phase_steps, max_phases, a, eps, near_zero, ...)."""
+    (mode, theta, phase_epochs, phase_steps, max_phases, a, eps, near_zero, target, ...).
+    Without ``phase_epochs`` or ``phase_steps`` the phases follow the run's epochs as in
+    ``graphprune train`` (``graphprune.sparsity.default_phases``: the paper's 40-epoch phases
+    for L1RR, a tenth of the run for the progressive mode)."""
     callbacks = SparsityCallbacks(**options)
     for event, fn in callbacks.items():
         model.add_callback(event, fn)
