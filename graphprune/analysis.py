@@ -43,6 +43,12 @@ class ChannelAnalysis:
         self.modules = dict(gm.named_modules())
         self.counts = module_call_counts(gm)
         self.masks = masks                       # producer name -> bool array, grown in place
+        # sealed blocks of leaves to compile on their own: block name -> (InnerBlock, masks),
+        # the options their compiles inherit, and what each compile returned
+        self.inner: dict[str, tuple] = {}
+        self.inner_options: dict = {}
+        self.inner_compile = None                # pipeline.compile, handed down by the pipeline
+        self.inner_results: dict = {}
         self.reasons: dict[str, list[str]] = {}  # producer name -> why it grew
         self.structural_only = False
         self.changed = False

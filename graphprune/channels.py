@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from . import adds
 from .adds import AddPlan
 from .emit import Emitter, slice_tensor, slim_batchnorm, slim_conv, slim_groupnorm, slim_linear
+from .inner import compile_block
 from .masks import (BATCHNORMS, CONVS, GROUPNORMS, LAYERNORMS, bias_pair, group_size,
                     tensor_norm_pair, whole_groups)
 from .specs import (LEAF_USAGE, LeafUsage, TensorSpec, channels, describe, full_like_spec,
@@ -512,9 +513,16 @@ class Leaf(Rule):
         slim_inputs = {n: A.order(n) for n in dict.fromkeys(flat_tensor_args(node))
                        if A.order(n) is not None and A.call_count(node) == 1
                        and usage.consumers.get(n) and not usage.others.get(n)}
-        if not slim_inputs:
+        blocks = {name: job for name, job in A.inner.items()
+                  if job[0].leaf == node.target}
+        if not slim_inputs and not blocks:
             return Rule.emit(self, node, E, A)
         module = copy.deepcopy(A.module_of(node))
+        # its sealed blocks first, each compiled on its own (their inputs stay whole there);
+        # the paths of their layers are kept, so the input columns are gathered after
+        for name, (block, masks) in blocks.items():
+            A.inner_results[name] = compile_block(module, block, masks, A.inner_compile,
+                                                  A.inner_options)
         for n, order in slim_inputs.items():
             for inner in usage.consumers.get(n, []):
                 layer = module.get_submodule(inner)

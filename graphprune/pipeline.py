@@ -216,7 +216,7 @@ def prepare(model: nn.Module, example_inputs: Any, config: CompileConfig):
     traced = trace(work, config.leaves)
     ctx = CompileContext(work, inputs, config,
                          leaves={**{name: "requested" for name in config.leaves},
-                                 **traced.leaves})
+                                 **traced.leaves}, analyze_fn=analyze, compile_fn=compile)
     return traced, ctx
 
 
@@ -294,6 +294,12 @@ def compile(model: nn.Module, example_inputs: Any, *, masks: Mapping[str, Any] |
                "kept": int(ctx.masks[n].sum()), "requested": int(ctx.requested[n].sum()),
                "near_zero": s.near_zero, "pinned": ctx.pinned.get(n)}
               for n, s in ctx.statistics.items() if n in shown]
+    for block in ctx.inner.values():        # producers inside the sealed blocks of leaves
+        layers += [{"name": block.full(n), "kind": block.kinds[n], "channels": size,
+                    "kept": int(ctx.masks[block.full(n)].sum()),
+                    "requested": int(ctx.requested[block.full(n)].sum()),
+                    "near_zero": block.near_zero[n], "pinned": ctx.pinned.get(block.full(n))}
+                   for n, size in block.producers.items() if block.full(n) in shown]
     slim.graphprune_recipe = _recipe(model, config, inputs,
                                      {n: m for n, m in ctx.masks.items() if n in shown})
     return CompileResult(

@@ -14,6 +14,7 @@ import torch.nn as nn
 
 SPEC = "graphprune.spec"          # TensorSpec (or a tuple of them) of the node's example value
 LEAF_USAGE = "graphprune.leaf"    # LeafUsage of a call_module node kept whole
+INNER_CALLS = "graphprune.inner"  # {submodule path: [inner.InnerCall]} of a node kept whole
 RULE = "graphprune.rule"          # name of the rule the node dispatched to
 LIVE = "graphprune.live"
 ORDER = "graphprune.order"
@@ -70,5 +71,5 @@ class LeafUsage:
     others: dict[torch.fx.Node, list[str]] = field(default_factory=dict)     # -> other ops
 
 
-__all__ = ["LEAF_USAGE", "LIVE", "ORDER", "RULE", "SPEC", "LeafUsage", "TensorSpec", "channels",
+__all__ = ["INNER_CALLS", "LEAF_USAGE", "LIVE", "ORDER", "RULE", "SPEC", "LeafUsage", "TensorSpec", "channels",
            "describe", "full_like_spec", "is_tensor", "spec_of"]

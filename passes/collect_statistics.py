@@ -17,6 +17,9 @@ groups.
   is the layer-relative magnitude: |γ| of a GroupNorm or LayerNorm, the L2 norm of a
   convolution's or linear layer's output filter (its weights and bias), each divided by the mean
   over the layer's channels, so a layer's average channel scores 1.
+* The sealed blocks of each module kept whole (``graphprune.inner``: a submodule it calls once on
+  one tensor, returning one tensor), with the producers inside them: a mask naming one of those
+  is realised by compiling its block on its own, so they are not listed as unprunable.
 * torch-pruning's dependency groups, split into structural and residual coupling
   (``graphprune.groups``), built on a small input.
 """
@@ -33,10 +36,11 @@ from graphprune.analysis import ChannelAnalysis
 from graphprune.channels import functional_batchnorm, get_attribute
 from graphprune.context import CompileContext, LayerStatistics
 from graphprune.groups import DependencyGroups, build_groups
+from graphprune.inner import find_blocks
 from graphprune.masks import (BATCHNORMS, CONVS, GROUPNORMS, LAYERNORMS, NORMS, features,
                               fused_batchnorm_problem, is_affine, kind_of, layernorm_problem,
                               tensor_norms)
-from graphprune.specs import is_tensor, spec_of
+from graphprune.specs import INNER_CALLS, is_tensor, spec_of
 
 # |γ| below this counts as "near zero" (paper §3.1.2 uses 0.01).
 NEAR_ZERO = 0.01
@@ -172,6 +176,18 @@ def collect_statistics(gm: torch.fx.GraphModule, ctx: CompileContext) -> PassRes
         # (the model's own modules: the traced graph holds no module it traced through)
         ctx.layer_notes = _layer_notes(gm, dict(ctx.model.named_modules()), calls, feeds,
                                        prunable, ctx.leaves)
+        # the sealed blocks of the modules kept whole because they cannot be traced (a module
+        # kept whole on request stays whole inside), and the producers inside them
+        for node in gm.graph.nodes:
+            if node.op == "call_module" and node.target in ctx.leaves and \
+                    node.target not in ctx.config.leaves and node.meta.get(INNER_CALLS) and \
+                    ctx.analyze_fn is not None:
+                for block in find_blocks(node.target, gm.get_submodule(node.target),
+                                         node.meta[INNER_CALLS], ctx.analyze_fn):
+                    ctx.inner[block.name] = block
+                    for inner in block.producers:
+                        ctx.unprunable.pop(block.full(inner), None)
+                        ctx.layer_notes.pop(block.full(inner), None)
         for name in prunable:
             if name in functional:
                 score = functional[name].detach().abs().float().cpu().numpy()

@@ -3,7 +3,9 @@
 The decisions (structural pins, the request, safety rails, coupling) are
 ``graphprune.planning.plan_masks``; this pass hands it the analysis and records the plan:
 ``ctx.requested`` holds the request, ``ctx.masks`` the applied masks and ``ctx.pinned`` the reason
-for every layer where they differ.
+for every layer where they differ.  A mask naming a producer inside a sealed block of a module kept
+whole (``graphprune.inner``) goes to ``ctx.inner_requests``, per block: the block's own compile,
+when the leaf is emitted, applies it (``slim_layers`` records what it applied).
 """
 
 from __future__ import annotations
@@ -16,6 +18,14 @@ from graphprune.masks import producer_sizes
 from graphprune.planning import plan_masks
 
 
+def inner_options(ctx: CompileContext) -> dict:
+    """The compile options a sealed block's own compile inherits."""
+    c = ctx.config
+    return dict(residual=c.residual, min_channels=c.min_channels, round_to=c.round_to,
+                verify=c.verify, atol=c.atol, rtol=c.rtol,
+                dependency_groups=c.dependency_groups)
+
+
 def mask_channels(gm: torch.fx.GraphModule, ctx: CompileContext) -> PassResult:
     with ctx.timed("mask_channels"):
         plan = plan_masks(ctx.analysis, ctx.statistics, ctx.groups, ctx.config,
@@ -24,6 +34,18 @@ def mask_channels(gm: torch.fx.GraphModule, ctx: CompileContext) -> PassResult:
         ctx.candidates, ctx.requested, ctx.masks = plan.candidates, plan.requested, plan.masks
         ctx.pinned, ctx.residual_choice = plan.pinned, plan.residual_choice
         ctx.warnings.extend(plan.warnings)
+        for block in ctx.inner.values():
+            asked = {inner: ctx.requested[block.full(inner)] for inner in block.producers
+                     if block.full(inner) in ctx.requested}
+            if any(not m.all() for m in asked.values()):
+                ctx.inner_requests[block.name] = asked
+            for inner, mask in asked.items():       # until the block's compile says otherwise
+                ctx.masks[block.full(inner)] = mask.copy()
+                ctx.pinned.pop(block.full(inner), None)
+        ctx.analysis.inner = {name: (ctx.inner[name], asked)
+                              for name, asked in ctx.inner_requests.items()}
+        ctx.analysis.inner_options = inner_options(ctx)
+        ctx.analysis.inner_compile = ctx.compile_fn
     return PassResult(gm, False)
 
 

@@ -21,8 +21,9 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from graphprune.context import CompileContext
+from graphprune.inner import CallRecorder
 from graphprune.masks import BATCHNORMS, CONVS
-from graphprune.specs import LEAF_USAGE, SPEC, LeafUsage, TensorSpec
+from graphprune.specs import INNER_CALLS, LEAF_USAGE, SPEC, LeafUsage, TensorSpec
 from graphprune.tracing import Interpreter, flat_tensor_args
 
 _CONV_FUNCTIONS = {F.conv1d: nn.Conv1d, F.conv2d: nn.Conv2d, F.conv3d: nn.Conv3d,
@@ -202,18 +203,25 @@ class _ShapeInterpreter(Interpreter):
                 if isinstance(v, torch.Tensor):
                     inputs.setdefault(id(v), arg_node)
         # Shapes of the inputs are handed out as _WatchedSize; a module that cannot work with
-        # that stand-in is run again with every shape read counted as a channel read.
-        for watch in (True, False):
-            recorder = _LeafRecorder(module, inputs, watch_shapes=watch)
-            try:
-                with recorder:
-                    out = super().call_module(target, args, kwargs)
-                break
-            except Exception:
-                if not watch:
-                    raise
-            finally:
-                recorder.close()
+        # that stand-in is run again with every shape read counted as a channel read.  The
+        # calls of its submodules are noted too (its sealed blocks: graphprune.inner).
+        calls = CallRecorder(module)       # (closed before its copies are made)
+        try:
+            for watch in (True, False):
+                recorder = _LeafRecorder(module, inputs, watch_shapes=watch)
+                calls.reset()
+                try:
+                    with recorder:
+                        out = super().call_module(target, args, kwargs)
+                    break
+                except Exception:
+                    if not watch:
+                        raise
+                finally:
+                    recorder.close()
+        finally:
+            calls.close()
+        node.meta[INNER_CALLS] = calls.calls
         # An input handed back unchanged (ultralytics' Detect returns its input maps as
         # "feats") leaves through the output without any torch call: it must stay whole.
         for value in tree_flatten(out)[0]:

@@ -2,8 +2,8 @@
 
 Each node of the traced graph is emitted by its channel rule (``graphprune.channels``): convolutions
 and BatchNorms become copies holding only the kept rows (in the chosen order) and input columns,
-residual adds become split/add/concat pieces, kept-whole modules get their inner convolutions'
-input columns gathered.  The result is a new ``GraphModule``: the original model is untouched.
+residual adds become split/add/concat pieces, kept-whole modules get their sealed blocks compiled
+on their own (``graphprune.inner``) and their inner convolutions' input columns gathered.  The result is a new ``GraphModule``: the original model is untouched.
 """
 
 from __future__ import annotations
@@ -43,6 +43,22 @@ def _impure(node: torch.fx.Node) -> bool:
     return node.is_impure() or is_in_place(node)
 
 
+def record_inner(ctx: CompileContext, results: dict) -> None:
+    """What the sealed blocks' own compiles applied, under the model's names: their masks,
+    requests and pins, and their warnings."""
+    for name, result in results.items():
+        block = ctx.inner[name]
+        for inner, mask in result.masks.items():
+            full = block.full(inner)
+            ctx.masks[full] = mask.numpy().astype(bool)
+            ctx.requested.setdefault(full, result.requested[inner].numpy().astype(bool))
+            if inner in result.pinned:      # its names are the block's own
+                ctx.pinned[full] = f"{result.pinned[inner]} (inside {name!r})"
+            else:
+                ctx.pinned.pop(full, None)
+        ctx.warnings.extend(f"inside {name!r}: {w}" for w in result.warnings)
+
+
 def slim_layers(gm: torch.fx.GraphModule, ctx: CompileContext) -> PassResult:
     with ctx.timed("slim_layers"):
         A = ctx.analysis
@@ -67,6 +83,7 @@ def slim_layers(gm: torch.fx.GraphModule, ctx: CompileContext) -> PassResult:
         E.graph.lint()
         slim = torch.fx.GraphModule(root, E.graph, class_name=f"Slim{type(ctx.model).__name__}")
         slim.eval()
+        record_inner(ctx, A.inner_results)
         ctx.slim = slim
         ctx.slim_env = E.env
         ctx.emit_stats = dict(E.stats)

@@ -29,7 +29,7 @@ def build(name: str) -> torch.nn.Module:
     return YOLO(f"{name}.yaml").model.eval()
 
 
-@pytest.mark.parametrize("name", ["yolov5nu", "yolov8n", "yolov8s"])
+@pytest.mark.parametrize("name", ["yolov5nu", "yolov8n", "yolov8s", "yolo11n"])
 def test_random_masks_compile_verify_and_onnx(name, tmp_path):
     model = build(name)
     x = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
@@ -38,12 +38,19 @@ def test_random_masks_compile_verify_and_onnx(name, tmp_path):
     # most channels are really removed, not pinned
     assert result.stats.channels_pruned >= 0.3
     assert result.stats.params_after < 0.7 * result.stats.params_before
-    # the detection head is kept whole: its per-level output layers keep every channel
+    # the detection head cannot be traced, but its box and class branches are pruned inside
+    # it (graphprune.inner): their hidden channels shrink, their output layers keep every one
     head_name = f"model.{len(model.model) - 1}"
     original, slim = model.get_submodule(head_name), result.module.get_submodule(head_name)
     for i in range(original.nl):
-        assert slim.cv2[i][2].out_channels == original.cv2[i][2].out_channels == 4 * original.reg_max
-        assert slim.cv3[i][2].out_channels == original.cv3[i][2].out_channels == original.nc
+        for branch, width in (("cv2", 4 * original.reg_max), ("cv3", original.nc)):
+            out = slim.get_submodule(f"{branch}.{i}.2")
+            assert out.out_channels == original.get_submodule(f"{branch}.{i}.2").out_channels \
+                == width
+            hidden = original.get_submodule(f"{branch}.{i}.2").in_channels
+            assert out.in_channels < hidden             # the branch's hidden width shrank
+    params = [sum(p.numel() for p in m.parameters()) for m in (original, slim)]
+    assert params[1] <= 0.75 * params[0]
     # C2f's chunk is remapped to the slim widths (not pinned): its pieces are now unequal
     if name.startswith("yolov8"):
         splits = [n for n in result.module.graph.nodes

@@ -306,3 +306,46 @@ def test_progressive_sparsity_in_ultralytics_trainer_adds_its_term_after_clippin
     assert reg.phase == 1 and reg.removed() >= 0.3
     for gamma, chosen in zip(reg.gammas, reg.chosen):
         assert torch.all(gamma[chosen] == 0)
+
+
+def test_a_checkpoint_with_a_pruned_head_loads_fuses_finetunes_and_exports(run, tmp_path):
+    """Masks inside the head (its box and class branches, compiled on their own inside the
+    kept-whole Detect): the ultralytics checkpoint computes the compiled module, fuses every
+    BatchNorm (the branches' too), fine-tunes at its own size, and its ONNX export computes
+    what PyTorch does."""
+    import numpy as np
+    import onnxruntime as ort
+
+    source = open_model(str(run["best"]), trust=True)
+    head = f"model.{len(source.model) - 1}"
+    rng = np.random.default_rng(3)
+    masks = {n: rng.random(m.num_features) < 0.5 for n, m in source.named_modules()
+             if isinstance(m, torch.nn.BatchNorm2d)}
+    x = torch.rand(2, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gp.GraphpruneWarning)
+        result = gp.compile(source, x[:1], masks=masks)
+    inside = [n for n in result.masks if n.startswith(head + ".")]
+    assert inside and all(not result.masks[n].all() for n in inside)
+    params = [_params(m.get_submodule(head)) for m in (source, result.module)]
+    assert params[1] <= 0.75 * params[0]
+    path = save_ultralytics_checkpoint(result, source, tmp_path / "slim.pt")
+    loaded = YOLO(str(path)).model
+    with torch.no_grad():
+        expected, got = result.module(x), loaded.eval()(x)
+        assert torch.equal(got[0], expected[0])
+        fused = load_checkpoint(path)[0].fuse(verbose=False)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+        assert torch.allclose(fused(x)[0], expected[0], atol=1e-3, rtol=1e-4)
+    trained = finetune(path, data=str(run["data"]), epochs=1, imgsz=IMGSZ, batch=8,
+                       project=str(tmp_path), name="ft", seed=0, **ULTRALYTICS)
+    best = tmp_path / "ft" / "weights" / "best.pt"
+    assert isinstance(trained.model, SlimDetectionModel)
+    assert _params(YOLO(str(best)).model) == _params(loaded) == result.stats.params_after
+    onnx_path = YOLO(str(best)).export(format="onnx", imgsz=IMGSZ)
+    model = YOLO(str(best)).model.float().eval()
+    with torch.no_grad():
+        reference = model(x[:1])[0].numpy()
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    onnx_out = session.run(None, {session.get_inputs()[0].name: x[:1].numpy()})[0]
+    assert np.allclose(onnx_out, reference, atol=1e-3, rtol=1e-3)

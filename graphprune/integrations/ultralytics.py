@@ -315,8 +315,11 @@ def _slim_class() -> type:
             """Fold the BatchNorms into their convolutions (the compiled graph's and those in
             the modules it kept whole) and drop the head's unused branch, like ultralytics."""
             if not self.fused:
-                if isinstance(self.net, torch.fx.GraphModule):
-                    fold_batchnorms(self.net)
+                # the compiled graph's, and those of the blocks compiled inside the modules it
+                # kept whole (graphprune.inner: the head's pruned branches)
+                for m in list(self.net.modules()):
+                    if isinstance(m, torch.fx.GraphModule):
+                        fold_batchnorms(m)
                 _fuse_kept_modules(self.net)
                 self.fused = True
                 self.info(verbose=verbose, imgsz=imgsz)
