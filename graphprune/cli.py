@@ -664,7 +664,7 @@ def cmd_inspect(args) -> int:
         t.add_column(col, justify=justify, overflow="fold")
     for name, st in report.statistics.items():
         t.add_row(name, st.kind, "yes" if name in ranked else "", str(st.channels),
-                  str(st.near_zero), str(report.pinned_channels[name]),
+                  str(st.near_zero), str(report.pinned_channels.get(name, 0)),
                   report.pin_reasons.get(name, ""))
     console.print(t)
     for name, why in report.unprunable.items():

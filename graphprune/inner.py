@@ -16,9 +16,9 @@ slim block replaces it in the leaf's copy.  The whole model's check (slim == zer
 covers every block too.  Blocks are chosen top down: the first submodule on each path that
 qualifies; one that does not is searched below.
 
-Which masks reach a block: masks named explicitly (``masks={"model.22.cv2.0.0.bn": keep}``);
-a threshold or ratio ranks the graph's own layers only, so by default a leaf's inside is left
-whole unless asked.
+The producers inside the blocks join the model's own: a threshold, a ratio, the LFA search and
+sparse training rank and regularise them with the rest (``masks={"model.22.cv2.0.0.bn": keep}``
+names one directly).  A module kept whole on request (``leaves=``) stays whole inside.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ class InnerBlock:
     kinds: dict[str, str] = field(default_factory=dict)       # name inside the block -> kind
     importance: dict[str, np.ndarray] = field(default_factory=dict)
     near_zero: dict[str, int] = field(default_factory=dict)
+    pinned: dict[str, int] = field(default_factory=dict)      # channels no mask may remove
 
     @property
     def name(self) -> str:
@@ -134,6 +135,7 @@ def analyse_block(leaf: str, path: str, block: nn.Module, example: torch.Tensor,
             found.kinds[name] = st.kind
             found.importance[name] = st.gamma
             found.near_zero[name] = st.near_zero
+            found.pinned[name] = report.pinned_channels.get(name, 0)
     return found if found.producers else None
 
 

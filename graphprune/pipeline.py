@@ -294,12 +294,6 @@ def compile(model: nn.Module, example_inputs: Any, *, masks: Mapping[str, Any] |
                "kept": int(ctx.masks[n].sum()), "requested": int(ctx.requested[n].sum()),
                "near_zero": s.near_zero, "pinned": ctx.pinned.get(n)}
               for n, s in ctx.statistics.items() if n in shown]
-    for block in ctx.inner.values():        # producers inside the sealed blocks of leaves
-        layers += [{"name": block.full(n), "kind": block.kinds[n], "channels": size,
-                    "kept": int(ctx.masks[block.full(n)].sum()),
-                    "requested": int(ctx.requested[block.full(n)].sum()),
-                    "near_zero": block.near_zero[n], "pinned": ctx.pinned.get(block.full(n))}
-                   for n, size in block.producers.items() if block.full(n) in shown]
     slim.graphprune_recipe = _recipe(model, config, inputs,
                                      {n: m for n, m in ctx.masks.items() if n in shown})
     return CompileResult(
@@ -376,9 +370,12 @@ def analyze(model: nn.Module, example_inputs: Any, *, leaves: Iterable[str] = ()
     _, ctx = prepare_analysis(model, example_inputs, CompileConfig(leaves=as_names(leaves)))
     work, inputs = ctx.model, ctx.example_inputs
     pins, reasons = structural_pins(ctx.analysis)
+    pinned = {n: int(m.sum()) for n, m in pins.items()}
+    for block in ctx.inner.values():        # producers inside the sealed blocks of leaves
+        pinned.update({block.full(n): k for n, k in block.pinned.items()})
     return ModelReport(params=count_params(work), flops=count_flops(work, inputs),
                        leaves=dict(ctx.leaves), statistics=dict(ctx.statistics),
-                       pinned_channels={n: int(m.sum()) for n, m in pins.items()},
+                       pinned_channels=pinned,
                        pin_reasons=reasons,
                        unprunable=dict(ctx.unprunable), groups=ctx.groups,
                        warnings=list(ctx.warnings), residual=residual_sets(ctx.analysis))

@@ -155,10 +155,15 @@ def plan_masks(analysis: ChannelAnalysis, statistics: dict[str, LayerStatistics]
     A = analysis
     names = list(A.masks)
     pins, _ = structural_pins(A)
-    excluded = {n for n in names if matches(n, config.exclude)}
+    # producers inside the sealed blocks of kept-whole modules (graphprune.inner): ranked
+    # with the rest; their own compile applies their masks (here: as asked, min_channels kept)
+    inner = [n for n in statistics if n not in A.masks]
+    excluded = {n for n in names + inner if matches(n, config.exclude)}
     ranked = set(ranked_names(statistics))
     candidates = {n: np.zeros(len(pins[n]), dtype=bool) if n in excluded or n not in ranked
                   else ~pins[n] for n in names}
+    candidates.update({n: np.full(statistics[n].channels, n in ranked and n not in excluded)
+                       for n in inner})
     gammas = {n: s.gamma for n, s in statistics.items()}
     requested = request(config, gammas, candidates, sizes)
 
@@ -195,9 +200,17 @@ def plan_masks(analysis: ChannelAnalysis, statistics: dict[str, LayerStatistics]
         warnings.append(f"{len(unknown)} op(s) without a channel rule keep every channel "
                         f"flowing into them (pinned): {shown}{more}")
     masks = dict(applied)
+    inside = {n: requested[n].copy() for n in inner if n in requested}
+    for n in inside:
+        if n in excluded and not inside[n].all():
+            inside[n][:] = True
+            reasons[n] = "excluded by the user"
+    for n, why in enforce_min_channels(inside, gammas, config.min_channels).items():
+        reasons.setdefault(n, why)
+    masks.update(inside)
     # Layers the user named but the compiler cannot prune stay whole, and say so.
     for n, asked in requested.items():
-        if n not in applied:
+        if n not in masks:
             masks[n] = np.ones(len(asked), dtype=bool)
             reasons[n] = f"not prunable: {unprunable.get(n, NOT_A_PRODUCER)}"
     pinned = {n: reasons.get(n, "kept by the channel analysis")

@@ -75,6 +75,13 @@ class MaskPlanner:
         self.inputs, work = self.ctx.example_inputs, self.ctx.model
         self.sizes = producer_sizes(work)
         self.last: MaskPlan | None = None
+        # the sealed blocks inside kept-whole modules (graphprune.inner), each planned and
+        # costed by a planner of its own, as compile compiles each on its own
+        self.blocks = {name: (block, MaskPlanner(work.get_submodule(name), (block.example,),
+                                                 residual=residual, min_channels=min_channels,
+                                                 round_to=round_to))
+                       for name, block in self.ctx.inner.items()}
+        self.inner_saved = (0, 0)             # params, FLOPs the blocks' last plans remove
         # the layers the global ranking orders (a BatchNorm model's BatchNorms; every producer
         # of a model without BatchNorm), by their importance
         self.gammas = {n: self.ctx.statistics[n].gamma for n in ranked_names(self.ctx.statistics)}
@@ -101,6 +108,21 @@ class MaskPlanner:
         self.last = plan_masks(self.ctx.analysis, self.ctx.statistics, self.ctx.groups, config,
                                sizes=self.sizes,
                                unprunable={**self.ctx.layer_notes, **self.ctx.unprunable})
+        saved_params = saved_flops = 0
+        for name, (block, sub) in self.blocks.items():
+            inside = {n: self.last.masks[block.full(n)] for n in block.producers
+                      if block.full(n) in self.last.masks}
+            if all(m.all() for m in inside.values()):
+                continue
+            found = sub._plan(inside)          # what the block's own compile will apply
+            for n in inside:
+                self.last.masks[block.full(n)] = found.masks[n]
+                if n in found.pinned:
+                    self.last.pinned[block.full(n)] = f"{found.pinned[n]} (inside {name!r})"
+            params, flops = sub._estimate()
+            saved_params += sub.params_before - params
+            saved_flops += sub.flops_before - flops
+        self.inner_saved = (saved_params, saved_flops)
         return self.last
 
     def _masks(self, count: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -148,10 +170,16 @@ class MaskPlanner:
             if usage is None or A.call_count(node) != 1:
                 continue
             leaf = A.module_of(node)
+            # a layer inside a sealed block is costed by the block's planner, with its input
+            # whole: its input columns are not credited here (an estimate that errs on the
+            # side of more FLOPs left)
+            sealed = [b.path for b, _ in self.blocks.values() if b.leaf == node.target]
             for source, names in usage.consumers.items():
                 if usage.others.get(source):
                     continue
                 for name in names:
+                    if any(name == p or name.startswith(p + ".") for p in sealed):
+                        continue
                     inner.append((node, source, leaf.get_submodule(name)))
         outputs = {}
         hooks = [m.register_forward_hook(
@@ -176,7 +204,8 @@ class MaskPlanner:
         A = self.ctx.analysis
         A.compute_lives()
         params, flops = estimate(A, self.last.masks, self.layers)
-        return self.fixed_params + params, self.fixed_flops + flops
+        return (self.fixed_params + params - self.inner_saved[0],
+                self.fixed_flops + flops - self.inner_saved[1])
 
 
 def _small_inputs(model: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -118,7 +118,7 @@ def prunable_batchnorms(model: nn.Module, example_inputs: Any) -> list[str]:
     modules = dict(model.named_modules())       # a functional batch norm is not regularised
     return [name for name, st in report.statistics.items()
             if st.kind == "batchnorm" and name in modules and
-            report.pinned_channels[name] < st.channels]
+            report.pinned_channels.get(name, 0) < st.channels]
 
 
 class SparsityRegularizer:

@@ -17,9 +17,10 @@ groups.
   is the layer-relative magnitude: |γ| of a GroupNorm or LayerNorm, the L2 norm of a
   convolution's or linear layer's output filter (its weights and bias), each divided by the mean
   over the layer's channels, so a layer's average channel scores 1.
-* The sealed blocks of each module kept whole (``graphprune.inner``: a submodule it calls once on
-  one tensor, returning one tensor), with the producers inside them: a mask naming one of those
-  is realised by compiling its block on its own, so they are not listed as unprunable.
+* The sealed blocks of each module kept whole because it cannot be traced (``graphprune.inner``:
+  a submodule it calls once on one tensor, returning one tensor), with the producers inside
+  them: they are ranked with the graph's own (their statistics come from the block's own
+  analysis), and a mask on one is realised by compiling its block on its own.
 * torch-pruning's dependency groups, split into structural and residual coupling
   (``graphprune.groups``), built on a small input.
 """
@@ -188,6 +189,9 @@ def collect_statistics(gm: torch.fx.GraphModule, ctx: CompileContext) -> PassRes
                     for inner in block.producers:
                         ctx.unprunable.pop(block.full(inner), None)
                         ctx.layer_notes.pop(block.full(inner), None)
+                        ctx.statistics[block.full(inner)] = LayerStatistics(
+                            block.full(inner), block.importance[inner], block.near_zero[inner],
+                            block.kinds[inner])
         for name in prunable:
             if name in functional:
                 score = functional[name].detach().abs().float().cpu().numpy()

@@ -34,14 +34,11 @@ def mask_channels(gm: torch.fx.GraphModule, ctx: CompileContext) -> PassResult:
         ctx.candidates, ctx.requested, ctx.masks = plan.candidates, plan.requested, plan.masks
         ctx.pinned, ctx.residual_choice = plan.pinned, plan.residual_choice
         ctx.warnings.extend(plan.warnings)
-        for block in ctx.inner.values():
-            asked = {inner: ctx.requested[block.full(inner)] for inner in block.producers
-                     if block.full(inner) in ctx.requested}
+        for block in ctx.inner.values():        # what plan_masks left for each block
+            asked = {inner: ctx.masks[block.full(inner)] for inner in block.producers
+                     if block.full(inner) in ctx.masks}
             if any(not m.all() for m in asked.values()):
                 ctx.inner_requests[block.name] = asked
-            for inner, mask in asked.items():       # until the block's compile says otherwise
-                ctx.masks[block.full(inner)] = mask.copy()
-                ctx.pinned.pop(block.full(inner), None)
         ctx.analysis.inner = {name: (ctx.inner[name], asked)
                               for name, asked in ctx.inner_requests.items()}
         ctx.analysis.inner_options = inner_options(ctx)

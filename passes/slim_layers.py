@@ -54,8 +54,6 @@ def record_inner(ctx: CompileContext, results: dict) -> None:
             ctx.requested.setdefault(full, result.requested[inner].numpy().astype(bool))
             if inner in result.pinned:      # its names are the block's own
                 ctx.pinned[full] = f"{result.pinned[inner]} (inside {name!r})"
-            else:
-                ctx.pinned.pop(full, None)
         ctx.warnings.extend(f"inside {name!r}: {w}" for w in result.warnings)
 
 

@@ -90,15 +90,46 @@ def test_a_block_called_twice_stays_whole_and_says_why():
     assert result.module.get_submodule("head.shared.0.0").out_channels == 12
 
 
-def test_a_ranking_leaves_the_inside_of_a_kept_whole_module_whole():
-    """A threshold or ratio ranks the graph's own layers: a leaf's inside changes only where a
-    mask names it."""
+def test_a_ranking_and_sparse_training_reach_inside_a_kept_whole_module():
+    """The producers inside sealed blocks are ranked with the graph's own: a ratio prunes them
+    by |γ| too, a threshold cuts them where it cuts the rest, and sparse training regularises
+    them."""
+    from graphprune.sparsity import prunable_batchnorms
+
     model = _model()
+    model.head.branch[1][1].weight.data[:10] = 1e-3          # the smallest γ of the model
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", gp.GraphpruneWarning)
-        result = gp.compile(model, X, prune_ratio=0.5)
-    assert result.module.get_submodule("head.branch.0.0").out_channels == 16
-    assert "head.branch.0.1" not in result.masks
+        by_ratio = gp.compile(model, X, prune_ratio=10 / 32)    # of the 32 rankable channels
+        by_threshold = gp.compile(model, X, threshold=0.01)
+        report = gp.analyze(model, X)
+    for result in (by_ratio, by_threshold):
+        assert int(result.masks["head.branch.1.1"].sum()) == 6
+        assert result.module.get_submodule("head.branch.1.0").out_channels == 6
+    assert "head.branch.1.1" in report.statistics and "head.branch.1.1" not in report.unprunable
+    assert report.pinned_channels["head.branch.1.1"] == 0
+    assert {"head.branch.0.1", "head.branch.1.1"} <= set(prunable_batchnorms(model, X))
+    assert "head.shared.0.1" not in prunable_batchnorms(model, X)      # called twice
+    # a module kept whole on request stays whole inside
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gp.GraphpruneWarning)
+        kept = gp.compile(model, X, prune_ratio=0.2, leaves=["head"])
+    assert kept.module.get_submodule("head.branch.1.0").out_channels == 16
+    assert "head.branch.1.1" not in kept.masks
+
+
+def test_a_search_plans_inside_blocks_as_their_compile_applies():
+    """prune_to_target with a FLOPs goal: the planner's masks for the inside of a block are what
+    its own compile applies (prune_to_target checks every mask), and the goal is met."""
+    from graphprune.search import prune_to_target
+
+    model = _model()
+    model.head.branch[0][1].weight.data[:12] = 1e-3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gp.GraphpruneWarning)
+        found = prune_to_target(model, X, None, flops_target=0.3)
+    assert not found.compiled.masks["head.branch.0.1"].all()
+    assert 1 - found.compiled.stats.flops_after / found.compiled.stats.flops_before >= 0.3
 
 
 def test_a_checkpoint_with_masks_inside_a_leaf_rebuilds(tmp_path):
@@ -112,17 +143,26 @@ def test_a_checkpoint_with_masks_inside_a_leaf_rebuilds(tmp_path):
     assert loaded.get_submodule("head.branch.1.0").out_channels == 5
 
 
-def test_a_mask_inside_a_block_that_its_own_compile_pins_keeps_the_reason():
-    """A block's own compile applies its own rules (here: min_channels); the reason comes back
-    under the model's name, saying where it was decided."""
+def test_a_block_s_own_pins_come_back_with_where_they_were_decided():
+    """A depthwise convolution inside the block ties its input and output channels: the
+    block's own compile keeps the union, and says so under the model's names."""
     model = _model()
+    model.head.branch[1] = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False),
+                                         nn.BatchNorm2d(16), nn.SiLU())
+    model.eval()
+    masks = {"head.branch.0.1": np.arange(16) < 8,
+             "head.branch.1.1": (np.arange(16) >= 4) & (np.arange(16) < 12)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", gp.GraphpruneWarning)
-        result = gp.compile(model, X, masks={"head.branch.1.1": np.zeros(16, dtype=bool)},
-                            min_channels=4)
-    assert int(result.masks["head.branch.1.1"].sum()) == 4
-    assert "'head.branch'" in result.pinned["head.branch.1.1"]
-    assert result.module.get_submodule("head.branch.1.0").out_channels == 4
+        result = gp.compile(model, X, masks=masks, min_channels=1)
+    pinned = [n for n in masks if n in result.pinned]
+    assert pinned and all("'head.branch'" in result.pinned[n] for n in pinned)
+    union = np.arange(16) < 12
+    for name in masks:
+        assert np.array_equal(result.masks[name].numpy(), union)
+    assert result.module.get_submodule("head.branch.1.0").out_channels == 12
+    ref = gp.zero_mask(model, result.masks)
+    assert_close(outputs(result.module, X), outputs(ref, X))
 
 
 class TwoBranchHead(Head):

@@ -110,3 +110,25 @@ def test_attention_channels_are_pinned_not_broken(tmp_path):
         assert "view" in result.pinned[name]
     ffn = [n for n in batchnorms(model) if ".ffn." in n]
     assert any(not bool(result.masks[n].all()) for n in ffn)
+
+
+def test_heads_benchmark_measures_the_head_pruned_inside(tmp_path):
+    """benchmarks/heads.py --quick: yolov8n's head loses more than a quarter of its
+    parameters at random masks p = 0.5 and under the FLOPs goal, both compiles verified and
+    ONNX Runtime agreeing; Torch-Pruning's row is a measurement or its failure."""
+    import importlib
+    import json
+
+    heads = importlib.import_module("benchmarks.heads")
+    out = tmp_path / "heads.json"
+    assert heads.main(["--quick", "--json-out", str(out)]) == 0
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["random"]["head_removed"] >= 0.25 and row["random"]["onnx_parity"]
+    assert row["random"]["max_error"] <= 1e-3 and row["graphprune"]["max_error"] <= 1e-3
+    assert row["graphprune"]["flops_after"] <= 0.5 * row["flops"]
+    assert row["graphprune"]["head_removed"] > 0
+    assert row["random"]["head_share_before"] == pytest.approx(
+        row["random"]["head_params_before"] / row["params"])
+    tp = row["torch_pruning"]
+    assert "failed" in tp or tp["params_after"] < row["params"]
+    assert set(row["latency_ms"]) >= {"baseline", "graphprune"}
