@@ -114,7 +114,7 @@ def measure(name: str, imgsz: int, flops_target: float, rounds: int, threads: in
         with console.status(f"{name}: FLOPs −{flops_target:.0%}"):
             found = prune_to_target(model, x, None, flops_target=flops_target)
         slim = found.compiled
-        slim.export_onnx(Path(tmp) / "slim.onnx")
+        checked = slim.export_onnx(Path(tmp) / "graphprune.onnx")   # raises unless ORT agrees
         ratio = slim.stats.channels_pruned
         row["graphprune"] = {**head_row(model, slim.module, head),
                              "params_after": slim.stats.params_after,
@@ -131,11 +131,12 @@ def measure(name: str, imgsz: int, flops_target: float, rounds: int, threads: in
         else:
             row["torch_pruning"] = {"failed": failed}
         with console.status(f"{name}: onnxruntime, {rounds} rounds"):
-            sessions = {}
+            sessions = {"graphprune": ort_session(checked, threads)}
             for key, m in models.items():
-                path = export_onnx(copy.deepcopy(m).cpu().eval(), (x,),
-                                   Path(tmp) / f"{key}.onnx", check=False)
-                sessions[key] = ort_session(path, threads)
+                if key != "graphprune":
+                    path = export_onnx(copy.deepcopy(m).cpu().eval(), (x,),
+                                       Path(tmp) / f"{key}.onnx", check=False)
+                    sessions[key] = ort_session(path, threads)
             ms = time_sessions(sessions, x.numpy(), rounds)
     row["latency_ms"] = ms
     return row

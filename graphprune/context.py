@@ -95,11 +95,8 @@ class CompileContext:
     emit_stats: dict[str, int] = field(default_factory=dict)
     residual_choice: dict[str, dict] = field(default_factory=dict)   # residual="auto": per set
     max_error: float | None = None                                # verify: worst |slim - ref|
-    # sealed blocks inside modules kept whole (graphprune.inner): block name -> InnerBlock;
-    # the masks asked inside each, and each one's compile
+    # sealed blocks inside modules kept whole (graphprune.inner): block name -> InnerBlock
     inner: dict[str, Any] = field(default_factory=dict)
-    inner_requests: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
-    inner_results: dict[str, Any] = field(default_factory=dict)
     # the pipeline's own analyze and compile, for the sealed blocks (the passes cannot import
     # the pipeline that runs them)
     analyze_fn: Any = None

@@ -85,15 +85,16 @@ class CallRecorder:
         self.calls = {}
 
     def close(self) -> None:
-        """Remove the hooks and keep a private copy of each recorded argument."""
+        """Remove the hooks and keep a private copy of the argument of each submodule called
+        once (the only ones a block's example can come from); drop the others."""
         for handle in self._handles:
             handle.remove()
         self._handles = []
         with torch.no_grad():
             for seen in self.calls.values():
                 for call in seen:
-                    if call.example is not None:
-                        call.example = call.example.detach().clone()
+                    call.example = call.example.detach().clone() \
+                        if call.example is not None and len(seen) == 1 else None
 
 
 def candidate_blocks(module: nn.Module, calls: dict[str, list[InnerCall]]

@@ -168,12 +168,14 @@ def plan_masks(analysis: ChannelAnalysis, statistics: dict[str, LayerStatistics]
     requested = request(config, gammas, candidates, sizes)
 
     applied = {n: requested[n].copy() for n in names}
+    inside = {n: requested[n].copy() for n in inner if n in requested}
     reasons: dict[str, str] = {}
+    both = {**applied, **inside}            # the same arrays: the rails apply to both alike
     for n in excluded:
-        if not applied[n].all():
-            applied[n][:] = True
+        if n in both and not both[n].all():
+            both[n][:] = True
             reasons[n] = "excluded by the user"
-    for n, why in enforce_min_channels(applied, gammas, config.min_channels).items():
+    for n, why in enforce_min_channels(both, gammas, config.min_channels).items():
         reasons.setdefault(n, why)
 
     coupling = list(groups.structural) if groups is not None else []
@@ -199,15 +201,7 @@ def plan_masks(analysis: ChannelAnalysis, statistics: dict[str, LayerStatistics]
         more = f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""
         warnings.append(f"{len(unknown)} op(s) without a channel rule keep every channel "
                         f"flowing into them (pinned): {shown}{more}")
-    masks = dict(applied)
-    inside = {n: requested[n].copy() for n in inner if n in requested}
-    for n in inside:
-        if n in excluded and not inside[n].all():
-            inside[n][:] = True
-            reasons[n] = "excluded by the user"
-    for n, why in enforce_min_channels(inside, gammas, config.min_channels).items():
-        reasons.setdefault(n, why)
-    masks.update(inside)
+    masks = {**applied, **inside}
     # Layers the user named but the compiler cannot prune stay whole, and say so.
     for n, asked in requested.items():
         if n not in masks:

@@ -4,8 +4,8 @@ The decisions (structural pins, the request, safety rails, coupling) are
 ``graphprune.planning.plan_masks``; this pass hands it the analysis and records the plan:
 ``ctx.requested`` holds the request, ``ctx.masks`` the applied masks and ``ctx.pinned`` the reason
 for every layer where they differ.  A mask naming a producer inside a sealed block of a module kept
-whole (``graphprune.inner``) goes to ``ctx.inner_requests``, per block: the block's own compile,
-when the leaf is emitted, applies it (``slim_layers`` records what it applied).
+whole (``graphprune.inner``) is handed to the analysis, per block: the block's own compile, when
+the leaf is emitted, applies it (``slim_layers`` records what it applied).
 """
 
 from __future__ import annotations
@@ -38,9 +38,7 @@ def mask_channels(gm: torch.fx.GraphModule, ctx: CompileContext) -> PassResult:
             asked = {inner: ctx.masks[block.full(inner)] for inner in block.producers
                      if block.full(inner) in ctx.masks}
             if any(not m.all() for m in asked.values()):
-                ctx.inner_requests[block.name] = asked
-        ctx.analysis.inner = {name: (ctx.inner[name], asked)
-                              for name, asked in ctx.inner_requests.items()}
+                ctx.analysis.inner[block.name] = (block, asked)
         ctx.analysis.inner_options = inner_options(ctx)
         ctx.analysis.inner_compile = ctx.compile_fn
     return PassResult(gm, False)

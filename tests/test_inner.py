@@ -110,6 +110,12 @@ def test_a_ranking_and_sparse_training_reach_inside_a_kept_whole_module():
     assert report.pinned_channels["head.branch.1.1"] == 0
     assert {"head.branch.0.1", "head.branch.1.1"} <= set(prunable_batchnorms(model, X))
     assert "head.shared.0.1" not in prunable_batchnorms(model, X)      # called twice
+    # --exclude reaches inside too
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gp.GraphpruneWarning)
+        spared = gp.compile(model, X, threshold=0.01, exclude=["head.branch.1.1"])
+    assert bool(spared.masks["head.branch.1.1"].all())
+    assert spared.module.get_submodule("head.branch.1.0").out_channels == 16
     # a module kept whole on request stays whole inside
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", gp.GraphpruneWarning)
