@@ -16,7 +16,11 @@
   features mode).
 * **M**: a cell is 1 when its centre lies inside a ground-truth box (letterboxed pixels), and
   the cell holding each box centre is always 1, so a target smaller than the stride still
-  counts.
+  counts.  For an oriented-box detector (a head with an angle branch, ultralytics' OBB) the
+  boxes are rotated rectangles: each label's corners (DOTA-style ``class x1 y1 ... x4 y4``)
+  are replaced by the smallest rectangle around them, as ultralytics does before training, and
+  a cell counts when its centre lies inside that rectangle.  Polygon labels (segmentation)
+  and keypoint labels (pose) give their boxes.
 * **c**: the levels whose FA on the sparse model is > 0; the others are left out and named.
 
 The maps are read with forward hooks (or from the model's outputs), so the same probe measures
@@ -26,13 +30,14 @@ the sparse model, its zero-masked copies and the slim ``GraphModule`` alike.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from .data.labels import targets_per_image
+from .data.labels import min_area_rectangle, targets_per_image
 from .errors import GraphpruneError
 
 LFA_MODES = ("confidence", "features")
@@ -47,18 +52,22 @@ LFA_CRITERIA = ("plus", "two-sided")
 class CalibrationSet:
     """Letterboxed images (float ``[B, 3, S, S]`` batches in [0, 1]) with their ground-truth
     boxes (per image ``[n, 4]`` x1, y1, x2, y2 in input pixels), kept in memory so that every
-    probe of a threshold search sees the same batch."""
+    probe of a threshold search sees the same batch.  ``rotated``, for an oriented-box
+    detector, holds each box as a rotated rectangle (per image ``[n, 4, 2]`` corners in input
+    pixels; ``boxes`` are then their bounds), and M is drawn from those."""
 
     batches: list[torch.Tensor]
     boxes: list[list[np.ndarray]]
     paths: list[str] = field(default_factory=list)
+    rotated: list[list[np.ndarray]] | None = None
     _masks: dict[tuple[int, int, tuple[int, int]], torch.Tensor] = field(
         default_factory=dict, repr=False)            # M per (batch, image, grid), computed once
 
     def mask(self, batch: int, image: int, grid: tuple[int, int]) -> torch.Tensor:
         key = (batch, image, grid)
         if key not in self._masks:
-            self._masks[key] = target_mask(self.boxes[batch][image], grid, self.image_size)
+            shapes = self.rotated if self.rotated is not None else self.boxes
+            self._masks[key] = target_mask(shapes[batch][image], grid, self.image_size)
         return self._masks[key]
 
     def __len__(self) -> int:
@@ -88,36 +97,60 @@ class CalibrationSet:
         return self.boxes[b][i]
 
     @classmethod
-    def from_images(cls, images: torch.Tensor, boxes: Sequence[np.ndarray],
-                    batch_size: int = 16) -> "CalibrationSet":
+    def from_images(cls, images: torch.Tensor, boxes: Sequence[np.ndarray] | None,
+                    batch_size: int = 16, rotated: Sequence[np.ndarray] | None = None
+                    ) -> "CalibrationSet":
+        """From ``images`` (``[N, 3, S, S]``, uint8 or float in [0, 1]) with, per image, boxes
+        (``[n, 4]`` xyxy input pixels) or ``rotated`` rectangles (``[n, 4, 2]`` corners in
+        input pixels, in order around the rectangle; ``boxes`` may then be ``None``)."""
         if images.dtype == torch.uint8:
             images = images.float() / 255.0
+        if rotated is not None:
+            rotated = [np.asarray(r, dtype=np.float32).reshape(-1, 4, 2) for r in rotated]
+            if boxes is None:
+                boxes = [np.concatenate([r.min(1), r.max(1)], 1) for r in rotated]
+            if len(rotated) != len(images):
+                raise GraphpruneError(f"{len(images)} calibration images but {len(rotated)} "
+                                      "rotated box lists")
+        if boxes is None:
+            raise GraphpruneError("calibration images need their boxes or rotated boxes")
         boxes = [np.asarray(b, dtype=np.float32).reshape(-1, 4) for b in boxes]
         if len(boxes) != len(images):
             raise GraphpruneError(f"{len(images)} calibration images but {len(boxes)} box lists")
-        return cls([images[i:i + batch_size] for i in range(0, len(images), batch_size)],
-                   [boxes[i:i + batch_size] for i in range(0, len(images), batch_size)])
+        starts = range(0, len(images), batch_size)
+        return cls([images[i:i + batch_size] for i in starts],
+                   [boxes[i:i + batch_size] for i in starts],
+                   rotated=None if rotated is None else [rotated[i:i + batch_size]
+                                                         for i in starts])
 
     @classmethod
-    def from_dataset(cls, dataset, count: int = 64, batch_size: int = 16) -> "CalibrationSet":
+    def from_dataset(cls, dataset, count: int = 64, batch_size: int = 16,
+                     rotated: bool = False) -> "CalibrationSet":
         """``count`` images spread evenly over a ``graphprune.data.DetectionDataset`` (without
-        augmentation), in file order, so the set does not depend on a seed."""
+        augmentation), in file order, so the set does not depend on a seed.  ``rotated``: the
+        boxes are oriented (an OBB detector's), read from the labels' corners (see
+        :func:`label_rectangles`)."""
         total = len(dataset)
         if total == 0:
             raise GraphpruneError("the calibration split holds no images",
                                   hint="check the val entry of data.yaml")
         picks = np.unique(np.linspace(0, total - 1, min(count, total)).round().astype(int))
-        images, boxes, paths = [], [], []
+        images, boxes, rectangles, paths = [], [], [], []
         for i in picks:
-            image, targets, path, _ = dataset[int(i)]
+            image, targets, path, meta = dataset[int(i)]
             s_h, s_w = image.shape[1:]
             t = targets.numpy()
             cx, cy, w, h = t[:, 2] * s_w, t[:, 3] * s_h, t[:, 4] * s_w, t[:, 5] * s_h
             images.append(image)
             boxes.append(np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1)
                          .astype(np.float32))
+            if rotated:
+                j = dataset.images.index(Path(path))    # the image loaded
+                corners = label_rectangles(dataset.labels[j], dataset.outlines[j], meta["orig"])
+                rectangles.append(corners * meta["ratio"] + np.asarray(meta["pad"]))
             paths.append(str(path))
-        out = cls.from_images(torch.stack(images), boxes, batch_size)
+        out = cls.from_images(torch.stack(images), None if rotated else boxes, batch_size,
+                              rotated=rectangles if rotated else None)
         out.paths = paths
         return out
 
@@ -139,22 +172,73 @@ def _as_calibration(data: Any) -> Iterable[tuple[torch.Tensor, list[np.ndarray]]
 
 
 # -- the mask M ------------------------------------------------------------------------------
+def is_oriented_head(model: nn.Module) -> bool:
+    """Whether the model's detection head predicts rotated boxes: it has an angle branch
+    (ultralytics' OBB heads keep its width in ``ne``)."""
+    head = find_head(model)
+    ne = getattr(head[1], "ne", None) if head else None
+    return isinstance(ne, int) and not isinstance(ne, bool) and ne > 0
+
+
+def label_rectangles(labels: np.ndarray, outlines: Sequence[np.ndarray | None],
+                     size: tuple[int, int]) -> np.ndarray:
+    """Rotated rectangles (``[n, 4, 2]`` corners, pixels of the ``size`` = (h, w) image) of
+    one image's labels: the smallest rectangle around each polygon outline, or the box's own
+    corners for a plain ``class cx cy w h`` line.  The rectangle is fitted in pixels, so that
+    a non-square image does not skew its angles."""
+    h, w = size
+    out = []
+    for label, outline in zip(np.asarray(labels, dtype=np.float64).reshape(-1, 5), outlines):
+        if outline is None:
+            _, cx, cy, bw, bh = label
+            corners = np.array([[cx - bw / 2, cy - bh / 2], [cx + bw / 2, cy - bh / 2],
+                                [cx + bw / 2, cy + bh / 2], [cx - bw / 2, cy + bh / 2]])
+            out.append(corners * (w, h))
+        else:
+            out.append(min_area_rectangle(np.asarray(outline, dtype=np.float64) * (w, h)))
+    return np.array(out, dtype=np.float64).reshape(-1, 4, 2)
+
+
+def _centre_cell(x: float, y: float, sx: float, sy: float, gh: int, gw: int) -> tuple[int, int]:
+    return (int(np.clip(np.floor(y / sy), 0, gh - 1)), int(np.clip(np.floor(x / sx), 0, gw - 1)))
+
+
 def target_mask(boxes: np.ndarray, grid: tuple[int, int], image_size: tuple[int, int]
                 ) -> torch.Tensor:
-    """M for one image and level: bool ``[H, W]``; ``boxes`` ``[n, 4]`` xyxy input pixels."""
+    """M for one image and level: bool ``[H, W]``; ``boxes`` ``[n, 4]`` xyxy input pixels, or
+    rotated rectangles ``[n, 4, 2]`` (corners in input pixels, in order around each one)."""
     gh, gw = grid
     sy, sx = image_size[0] / gh, image_size[1] / gw
     mask = np.zeros((gh, gw), dtype=bool)
     cy = (np.arange(gh) + 0.5) * sy
     cx = (np.arange(gw) + 0.5) * sx
-    for x1, y1, x2, y2 in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
+    boxes = np.asarray(boxes, dtype=np.float64)
+    if boxes.ndim == 3:
+        return _rotated_mask(boxes, mask, cx, cy, sx, sy)
+    for x1, y1, x2, y2 in boxes.reshape(-1, 4):
         rows = (cy >= y1) & (cy <= y2)
         cols = (cx >= x1) & (cx <= x2)
         mask |= rows[:, None] & cols[None, :]
         # the cell holding the box centre, so a target smaller than the stride still counts
-        r = int(np.clip(np.floor((y1 + y2) / 2 / sy), 0, gh - 1))
-        c = int(np.clip(np.floor((x1 + x2) / 2 / sx), 0, gw - 1))
-        mask[r, c] = True
+        mask[_centre_cell((x1 + x2) / 2, (y1 + y2) / 2, sx, sy, gh, gw)] = True
+    return torch.from_numpy(mask)
+
+
+def _rotated_mask(rectangles: np.ndarray, mask: np.ndarray, cx: np.ndarray, cy: np.ndarray,
+                  sx: float, sy: float) -> torch.Tensor:
+    """``mask`` with the cells whose centre lies inside (or on the edge of) a convex
+    quadrilateral set, and each quadrilateral's centre cell."""
+    gh, gw = mask.shape
+    x, y = np.meshgrid(cx, cy)
+    for quad in rectangles.reshape(-1, 4, 2):
+        # the cross product of each side with the way to the point: one sign all round inside,
+        # whichever way the corners turn
+        cross = [(b[0] - a[0]) * (y - a[1]) - (b[1] - a[1]) * (x - a[0])
+                 for a, b in zip(quad, np.roll(quad, -1, axis=0))]
+        scale = 1e-9 * max(1.0, float(np.abs(quad).max()) ** 2)
+        mask |= np.all([c >= -scale for c in cross], 0) | np.all([c <= scale for c in cross], 0)
+        centre = quad.mean(0)
+        mask[_centre_cell(centre[0], centre[1], sx, sy, gh, gw)] = True
     return torch.from_numpy(mask)
 
 
@@ -425,4 +509,5 @@ def lfa(fa_pruned: FeatureAttention | Sequence[float],
 
 
 __all__ = ["LFA", "LFA_CRITERIA", "LFA_MODES", "AttentionReader", "CalibrationSet", "FeatureAttention",
-           "confidence_map", "feature_attention", "find_head", "lfa", "target_mask"]
+           "confidence_map", "feature_attention", "find_head", "is_oriented_head",
+           "label_rectangles", "lfa", "target_mask"]

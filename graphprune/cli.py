@@ -790,7 +790,8 @@ def cmd_val(args) -> int:
                               hint=f"add a '{args.split}' entry to the data.yaml")
     refuse_oversized((args.batch, 3, args.imgsz, args.imgsz), EVALUATION_FACTOR,
                      "a validation batch", "pass a smaller --batch or --imgsz")
-    dataset = gpdata.DetectionDataset(images, config.names, args.imgsz, augment=False)
+    dataset = gpdata.DetectionDataset(images, config.names, args.imgsz, augment=False,
+                                      kpt_shape=config.kpt_shape)
     workers = default_workers() if args.workers is None else args.workers
     loader = gpdata.make_loader(dataset, args.batch, shuffle=False, workers=workers,
                                 epoch_seed=0)

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import data as gpdata
 from .artifacts import new_report, write_artifacts
-from .attention import CalibrationSet
+from .attention import CalibrationSet, is_oriented_head
 from .detect.train import TrainConfig, default_workers, train
 from .detect.val import check_classes, resolve_device, validate
 from .errors import GraphpruneError
@@ -27,18 +27,22 @@ from .search import prune_to_target
 from .stats import count_flops, count_params
 
 
-def calibration_set(data, imgsz: int, count: int):
+def calibration_set(data, imgsz: int, count: int, rotated: bool = False):
+    """The calibration images of ``data`` (a DataConfig): its val split, else its train split;
+    ``rotated`` draws M from rotated rectangles (an oriented-box detector's)."""
     images = data.val or data.train
     if not images:
         raise GraphpruneError("the dataset has neither val nor train images for calibration",
                               hint="add a 'val' entry to data.yaml")
-    dataset = gpdata.DetectionDataset(images, data.names, imgsz, augment=False)
-    return CalibrationSet.from_dataset(dataset, count), dataset
+    dataset = gpdata.DetectionDataset(images, data.names, imgsz, augment=False,
+                                      kpt_shape=data.kpt_shape)
+    return CalibrationSet.from_dataset(dataset, count, rotated=rotated), dataset
 
 
 def evaluate_map(model: torch.nn.Module, data, imgsz: int, device: torch.device,
                  batch: int = 16, console: Console | None = None, label: str = "") -> Any:
-    dataset = gpdata.DetectionDataset(data.val, data.names, imgsz, augment=False)
+    dataset = gpdata.DetectionDataset(data.val, data.names, imgsz, augment=False,
+                                      kpt_shape=data.kpt_shape)
     loader = gpdata.make_loader(dataset, batch, shuffle=False, workers=default_workers(),
                                 epoch_seed=0)
     with _progress(console) as progress:
@@ -105,7 +109,8 @@ def target_compile(model: torch.nn.Module, example: torch.Tensor, *, data_yaml: 
                                   f"{len(data.names)}", hint="fine-tune on the data the model "
                                                             "was trained for")
         with console.status("reading calibration images"):
-            calibration, _ = calibration_set(data, imgsz, calib_images)
+            calibration, _ = calibration_set(data, imgsz, calib_images,
+                                             rotated=is_oriented_head(model))
 
     model = model.to(dev).eval()
     with _progress(console) as progress:
@@ -134,6 +139,8 @@ def target_compile(model: torch.nn.Module, example: torch.Tensor, *, data_yaml: 
     request = {"lfa_target": lfa_target, "flops_target": flops_target,
                "params_target": params_target, "lfa_mode": lfa_mode, "lfa_layers": lfa_layers,
                "lfa_criterion": lfa_criterion, "calib_images": calib_images,
+               "calib_boxes": "rotated" if calibration is not None and
+                              calibration.rotated is not None else "axis-aligned",
                "residual": residual, "min_channels": min_channels, "round_to": round_to,
                "exclude": list(exclude), "leaves": list(leaves),
                "fold_pruned_bias": fold_pruned_bias, "evaluate": evaluate,

@@ -5,6 +5,7 @@ structure and numbers."""
 from __future__ import annotations
 
 import operator
+import warnings
 
 import numpy as np
 import pytest
@@ -352,6 +353,64 @@ def test_a_wrong_channel_rule_is_refused_naming_the_diverging_node(monkeypatch):
     model = randomize_batchnorm(Net(), 13)
     with pytest.raises(gp.VerificationError, match="first diverging node: head"):
         gp.compile(model, torch.randn(1, 3, 8, 8), masks={"a.bn": keep(8, [0, 1, 2, 3])})
+
+
+class _Steps(nn.Module):
+    """floor(x · 2¹⁶): a step function, as a top-k or an argmax is one, whose steps float32
+    rounding can cross."""
+
+    def forward(self, x):
+        return torch.floor(x * 65536.0)
+
+
+def test_outputs_that_hinge_on_near_ties_are_verified_in_float64():
+    """The slim and zero-masked models round differently in float32 (fewer channels, another
+    summation order), so some of the 8 × 32 × 32 steps land on either side; in float64 they
+    agree exactly and the compile is accepted, saying why."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.steps = Conv(3, 64, 3), nn.Conv2d(64, 8, 3, padding=1), _Steps()
+
+        def forward(self, x):
+            return self.steps(self.b(self.a(x)))
+
+    torch.manual_seed(0)
+    model = randomize_batchnorm(Net(), 14)
+    x = torch.rand(1, 3, 32, 32)
+    masks = {"a.bn": np.arange(64) % 2 == 0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gp.GraphpruneWarning)
+        result = gp.compile(model, x, masks=masks, leaves=("steps",))
+    with torch.no_grad():
+        float32 = (result.module(x) - gp.zero_mask(model, result.masks)(x)).abs().max()
+    assert float32 >= 1                       # whole steps apart in float32 ...
+    assert result.max_error < 1e-6            # ... and equal in float64
+    assert any("in float64 they agree" in w for w in result.warnings)
+    assert result.module.b.in_channels == 32
+
+
+def test_a_real_difference_is_refused_in_float64_too(monkeypatch):
+    """A wrong rule behind a step function: float64 does not excuse it."""
+    from graphprune import channels
+
+    monkeypatch.setattr(channels, "_MODULE_RULES", list(channels._MODULE_RULES))
+    channels.register_module_rule((nn.Sigmoid,), channels.ZeroPreservingModule())
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.s, self.head = Conv(3, 8, 3), nn.Sigmoid(), nn.Conv2d(8, 2, 1)
+            self.steps = _Steps()
+
+        def forward(self, x):
+            return self.steps(self.head(self.s(self.a(x))))
+
+    model = randomize_batchnorm(Net(), 13)
+    with pytest.raises(gp.VerificationError, match="first diverging node: head"):
+        gp.compile(model, torch.randn(1, 3, 8, 8), masks={"a.bn": keep(8, [0, 1, 2, 3])},
+                   leaves=("steps",))
 
 
 class _ShapeCachingHead(nn.Module):

@@ -7,6 +7,7 @@ second pass, ``-m ultralytics``).
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 
@@ -132,3 +133,47 @@ def test_heads_benchmark_measures_the_head_pruned_inside(tmp_path):
     tp = row["torch_pruning"]
     assert "failed" in tp or tp["params_after"] < row["params"]
     assert set(row["latency_ms"]) >= {"baseline", "graphprune"}
+
+
+@pytest.mark.parametrize("name", ["rtdetr-l", "rtdetr-resnet50"])
+def test_rtdetr_compiles_exactly_and_its_onnx_is_refused_only_for_near_ties(name, tmp_path):
+    """RT-DETR keeps its 300 best-scoring queries (a top-k in the decoder, kept whole): float32
+    rounding decides near-ties there, so the slim and the zero-masked model — and the dense
+    model with itself in float64 — can pick different queries.  The compile is verified in
+    float64 (exact), the backbone and hybrid encoder are pruned, and the ONNX export is refused
+    in one line naming the near-ties exactly when the module's own float32 and float64 outputs
+    disagree."""
+    from ultralytics import RTDETR
+
+    from graphprune.context import ATOL, RTOL
+    from graphprune.export import float32_spread
+    from torch.utils._pytree import tree_flatten
+
+    model = RTDETR(f"{name}.yaml").model.eval()
+    x = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = gp.compile(model, x, masks=random_masks(model, 0.5, seed=1))
+    assert result.stats.params_after < 0.75 * result.stats.params_before
+    reference = gp.zero_mask(model, result.masks).double()
+    with torch.no_grad():
+        got = tree_flatten(copy.deepcopy(result.module).double()(x.double()))[0]
+        want = tree_flatten(reference(x.double()))[0]
+    assert len(got) == len(want)
+    for g, w in zip(got, want):                 # within the compile's tolerance (the decoder
+        if isinstance(w, torch.Tensor):         # caches its anchors in float32)
+            assert torch.allclose(g, w, atol=ATOL, rtol=RTOL)
+    with torch.no_grad():
+        expected = [t for t in tree_flatten(result.module(x))[0] if isinstance(t, torch.Tensor)]
+    spread = float32_spread(result.module, (x,), expected)
+    float32_differs = any("in float64 they agree" in w for w in result.warnings)
+    path = tmp_path / "slim.onnx"
+    if spread is None:
+        result.export_onnx(path)
+        assert path.exists()
+    else:
+        with pytest.raises(gp.VerificationError, match="near-ties") as caught:
+            result.export_onnx(path)
+        assert "--no-onnx" in caught.value.hint and not path.exists()
+    # random weights on a random image: the scores are near-uniform, ties are everywhere
+    assert float32_differs or spread is None

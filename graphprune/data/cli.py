@@ -2,7 +2,8 @@
 
     graphprune data nwpu SRC OUT [--val-fraction 0.2] [--seed 0] [--overwrite]
     graphprune data rsod SRC OUT [--val-fraction 0.2] [--seed 0] [--overwrite]
-    graphprune data synthetic OUT [--train 400] [--val 100] [--seed 0] [--size 256] [--overwrite]
+    graphprune data synthetic OUT [--train 400] [--val 100] [--seed 0] [--size 256]
+                              [--task detect|obb|segment|pose] [--overwrite]
 
 Each prints what it wrote (images and boxes per split) and the problems it handled; failures
 are raised as ``GraphpruneError`` for the main command line to print as one line.
@@ -21,7 +22,7 @@ from ..argtypes import IMAGE_SIDE, non_negative, positive, real, whole
 from .config import ConversionReport
 from .nwpu import convert_nwpu
 from .rsod import convert_rsod
-from .synthetic import write_synthetic_dataset
+from .synthetic import TASKS, write_synthetic_dataset
 
 console = Console(highlight=False)
 SHOWN_PROBLEMS = 5
@@ -49,6 +50,10 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     s.add_argument("--val", type=positive, default=100, help="validation images (default 100)")
     s.add_argument("--size", type=whole(*IMAGE_SIDE, what="the image side"), default=256,
                    help="image side in pixels (default 256)")
+    s.add_argument("--task", choices=TASKS, default="detect",
+                   help="the labels to write: detect (boxes, default), obb (rotated "
+                        "rectangles as DOTA corners), segment (polygons) or pose (boxes and "
+                        "three keypoints); the images are the same")
     _common(s, cmd_synthetic)
     return data
 
@@ -70,7 +75,8 @@ def _converter(convert: Callable[..., ConversionReport]
 
 def cmd_synthetic(args: argparse.Namespace) -> int:
     print_report(write_synthetic_dataset(args.out, args.train, args.val, seed=args.seed,
-                                         size=args.size, overwrite=args.overwrite))
+                                         size=args.size, overwrite=args.overwrite,
+                                         task=args.task))
     return 0
 
 

@@ -45,6 +45,9 @@ class DataConfig:
     val: list[Path]
     names: list[str]
     test: list[Path] = field(default_factory=list)
+    # (keypoints, values each) of a pose dataset (ultralytics' kpt_shape); its label lines
+    # carry the keypoints after the box
+    kpt_shape: tuple[int, int] | None = None
 
     @property
     def nc(self) -> int:
@@ -88,7 +91,22 @@ def load_data_config(path: str | Path) -> DataConfig:
     root = _root(data.get("path"), path)
     splits = {key: _split_images(data[key], root, key, path) for key in ("train", "val")}
     test = _split_images(data["test"], root, "test", path) if data.get("test") else []
-    return DataConfig(root=root, names=names, test=test, **splits)
+    return DataConfig(root=root, names=names, test=test, kpt_shape=_kpt_shape(data, path),
+                      **splits)
+
+
+def _kpt_shape(data: dict[str, Any], path: Path) -> tuple[int, int] | None:
+    """``kpt_shape: [k, d]`` of a pose dataset: k ≥ 1 keypoints of d = 2 (x, y) or 3 (x, y,
+    visibility) values."""
+    shape = data.get("kpt_shape")
+    if shape is None:
+        return None
+    if not (isinstance(shape, (list, tuple)) and len(shape) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in shape)
+            and shape[0] >= 1 and shape[1] in (2, 3)):
+        raise GraphpruneError(f"{str(path)!r}: kpt_shape {shape!r} is not [keypoints, 2 or 3]",
+                              hint="e.g. kpt_shape: [17, 3] (x, y, visibility each)")
+    return int(shape[0]), int(shape[1])
 
 
 def _root(entry: Any, path: Path) -> Path:
@@ -193,7 +211,8 @@ class Sample:
     """One image to write: its file (linked or copied) or its pixels, and its boxes.
 
     ``boxes`` is ``[n, 5]``: class (0-based), x1, y1, x2, y2 in pixels of the ``width`` ×
-    ``height`` image.
+    ``height`` image.  ``label_text``, when given, is written as the label file instead of the
+    boxes (the polygon and keypoint lines of the other ultralytics tasks).
     """
 
     name: str
@@ -202,6 +221,7 @@ class Sample:
     height: int
     source: Path | None = None
     pixels: np.ndarray | None = None
+    label_text: str | None = None
 
 
 @dataclass
@@ -271,10 +291,11 @@ def write_split_dataset(out: str | Path, samples: list[Sample], names: list[str]
 
 def write_yolo_dataset(out: str | Path, splits: dict[str, Iterable[Sample]], names: list[str],
                        overwrite: bool = False, problems: list[str] | None = None,
-                       inputs: Iterable[str | Path] = ()) -> ConversionReport:
+                       inputs: Iterable[str | Path] = (), yaml_extra: dict[str, Any] | None = None
+                       ) -> ConversionReport:
     """Write ``splits`` as a YOLO dataset at ``out`` atomically (built beside it, then renamed);
     refuses an existing ``out`` unless ``overwrite``, and an ``out`` overlapping ``inputs``
-    (the source being converted)."""
+    (the source being converted).  ``yaml_extra`` goes into data.yaml too (``kpt_shape``)."""
     out = Path(out)
     report = ConversionReport(out=out, names=list(names), images={}, boxes={},
                               problems=list(problems or []))
@@ -293,7 +314,7 @@ def write_yolo_dataset(out: str | Path, splits: dict[str, Iterable[Sample]], nam
             raise GraphpruneError(f"the {' and '.join(empty)} split of {str(out)!r} would hold "
                                   "no images; nothing was written",
                                   hint="give it at least one image (--val, --val-fraction)")
-        _write_data_yaml(tmp / "data.yaml", names, list(splits))
+        _write_data_yaml(tmp / "data.yaml", names, list(splits), yaml_extra)
     return report
 
 
@@ -304,8 +325,11 @@ def _write_sample(sample: Sample, images: Path, labels: Path) -> None:
         # 4:4:4 chroma and quality 95: small targets keep their colour edges.
         Image.fromarray(sample.pixels).save(images / f"{sample.name}.jpg", quality=95,
                                             subsampling=0)
-    write_yolo_labels(labels / f"{sample.name}.txt",
-                      xyxy_to_cxcywh(sample.boxes, sample.width, sample.height))
+    if sample.label_text is not None:
+        (labels / f"{sample.name}.txt").write_text(sample.label_text, encoding="utf-8")
+    else:
+        write_yolo_labels(labels / f"{sample.name}.txt",
+                          xyxy_to_cxcywh(sample.boxes, sample.width, sample.height))
 
 
 def link_or_copy(source: Path, dest: Path) -> None:
@@ -317,9 +341,10 @@ def link_or_copy(source: Path, dest: Path) -> None:
         shutil.copyfile(source, dest)
 
 
-def _write_data_yaml(path: Path, names: list[str], splits: list[str]) -> None:
+def _write_data_yaml(path: Path, names: list[str], splits: list[str],
+                     extra: dict[str, Any] | None = None) -> None:
     # No ``path`` key: ultralytics and load_data_config then both take the yaml's own folder as
     # the root, so the dataset can be moved as a whole.
     data = {split: f"images/{split}" for split in splits}
-    data.update(nc=len(names), names=list(names))
+    data.update(nc=len(names), names=list(names), **(extra or {}))
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")

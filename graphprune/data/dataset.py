@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..errors import GraphpruneError, GraphpruneWarning
 from .augment import DEFAULT_HYP, jitter, letterbox, mosaic, move_boxes, random_affine
 from .config import image_size, label_path
-from .labels import cxcywh_to_xyxy, read_yolo_labels, xyxy_to_cxcywh
+from .labels import KptShape, cxcywh_to_xyxy, read_yolo_shapes, xyxy_to_cxcywh
 
 FILL = 114               # letterbox grey, as in YOLOv5
 EXAMPLES = 3             # problems quoted in the construction warning
@@ -46,16 +46,22 @@ class DetectionDataset(Dataset):
     :data:`~graphprune.data.augment.DEFAULT_HYP`), and with ``mosaic`` also 4-image mosaics.
     ``cache`` decodes every image once, at construction, and keeps it in memory (resized so its
     longer side is ``S``); it also finds corrupt files up front.
+
+    Polygon labels (segmentation outlines, OBB corners) train as their bounds and keep their
+    points in ``outlines`` (per image, per box: ``[k, 2]`` normalised, or ``None``); the
+    keypoints of a pose dataset (``kpt_shape``) are read past.
     """
 
     def __init__(self, images: Sequence[str | Path], names: Sequence[str], imgsz: int = 640,
                  augment: bool = False, hyp: dict[str, float] | None = None,
-                 mosaic: bool = False, cache: bool = False, seed: int = 0):
+                 mosaic: bool = False, cache: bool = False, seed: int = 0,
+                 kpt_shape: KptShape = None):
         self.names, self.imgsz, self.augment, self.mosaic = list(names), imgsz, augment, mosaic
         self.hyp = {**DEFAULT_HYP, **(hyp or {})}
-        self.seed, self.epoch = seed, 0
+        self.seed, self.epoch, self.kpt_shape = seed, 0, kpt_shape
         self.images: list[Path] = []
         self.labels: list[np.ndarray] = []
+        self.outlines: list[list[np.ndarray | None]] = []
         self.shapes: list[tuple[int, int]] = []          # (h, w) of each file, as displayed
         self.problems: list[str] = []
         self.unreadable: set[int] = set()                # found undecodable while running
@@ -86,10 +92,12 @@ class DetectionDataset(Dataset):
         if size is None:
             self.problems.append(f"{path}: not a readable image; left out")
             return
-        labels, problems = read_yolo_labels(label_path(path), len(self.names))
+        labels, outlines, problems = read_yolo_shapes(label_path(path), len(self.names),
+                                                      self.kpt_shape)
         self.problems += [f"{label_path(path)}: {p}" for p in problems]
         self.images.append(path)
         self.labels.append(labels)
+        self.outlines.append(outlines)
         self.shapes.append(size[::-1])
         if cached is not None:
             self._cache.append(cached)

@@ -12,6 +12,12 @@ clutter makes "bright blob" not enough.
 Boxes are the axis-aligned bounds of each target's drawn outline (shadows and wakes excluded).
 Everything follows from the seed: image ``i`` of a split uses ``default_rng([seed, split, i])``,
 so a split's images do not depend on the other split's size.
+
+The same images label every ultralytics task (``task``): ``detect`` (boxes), ``obb`` (the
+smallest rotated rectangle around each outline, as DOTA-style corners ``class x1 y1 ... x4
+y4``), ``segment`` (the outline's convex hull as a polygon) and ``pose`` (the box and three
+keypoints along the target's long axis, nose, centre and tail, each ``x y 2``; data.yaml gets
+``kpt_shape: [3, 3]``).  The images do not depend on the task.
 """
 
 from __future__ import annotations
@@ -25,18 +31,31 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from ..errors import GraphpruneError
 from .config import ConversionReport, Sample, write_yolo_dataset
+from .labels import convex_hull, min_area_rectangle
 
 SYNTHETIC_NAMES = ["aircraft", "ship", "storage_tank"]
 EXTENT = {0: (18, 48), 1: (18, 48), 2: (10, 32)}   # px across the target's outline, per class
 SHADOW = {0: 0.10, 1: 0.06, 2: 0.22}               # shadow length as a fraction of the extent
 MAX_COVERED = 0.3    # a new target may cover at most this share of an earlier one's box
+TASKS = ("detect", "obb", "segment", "pose")
+# nose, centre and tail on the target's long axis, in shape units (outlines span about 1)
+KEYPOINTS = np.array([(0.5, 0.0), (0.0, 0.0), (-0.5, 0.0)])
+POSE_YAML = {"kpt_shape": [len(KEYPOINTS), 3], "flip_idx": list(range(len(KEYPOINTS)))}
 
 
 def render_image(rng: np.random.Generator | int, size: int = 256
                  ) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic image: ``(uint8 [size, size, 3] RGB, [n, 5] float32 = class, x1, y1, x2,
     y2 pixels)``.  ``rng`` is a generator or a seed."""
+    pixels, labels, _ = render_scene(rng, size)
+    return pixels, labels
+
+
+def render_scene(rng: np.random.Generator | int, size: int = 256
+                 ) -> tuple[np.ndarray, np.ndarray, list["_Target"]]:
+    """:func:`render_image` with the targets drawn (their posed outlines and keypoints)."""
     rng = np.random.default_rng(rng)
     scale = size / 256
     sun = rng.uniform(0, 2 * math.pi)
@@ -53,7 +72,7 @@ def render_image(rng: np.random.Generator | int, size: int = 256
     noisy = np.asarray(img, np.float32) + rng.uniform(2, 7) * rng.standard_normal(
         (size, size, 3), dtype=np.float32)
     labels = np.column_stack([[t.cls for t in targets], boxes]).astype(np.float32)
-    return np.clip(noisy, 0, 255).astype(np.uint8), labels.reshape(-1, 5)
+    return np.clip(noisy, 0, 255).astype(np.uint8), labels.reshape(-1, 5), targets
 
 
 # -- target shapes, in units where the outline spans about 1 -------------------------------
@@ -110,14 +129,15 @@ def _circle(radius: float, vertices: int = 24) -> np.ndarray:
     return radius * np.column_stack([np.cos(angle), np.sin(angle)])
 
 
-def _pose(parts: list[np.ndarray], extent: float, angle: float, centre: np.ndarray
-          ) -> list[np.ndarray]:
+def _pose(parts: list[np.ndarray], extent: float, angle: float, centre: np.ndarray,
+          points: np.ndarray | None = None) -> list[np.ndarray]:
     """Scale ``parts`` so the outline spans ``extent`` px, rotate by ``angle``, move to
-    ``centre``."""
+    ``centre``; ``points`` (``[k, 2]``, shape units), when given, are moved with them and
+    returned last."""
     radius = max(float(np.hypot(*p.T).max()) for p in parts)
     c, s = math.cos(angle), math.sin(angle)
     turn = np.array([[c, s], [-s, c]]) * (extent / (2 * radius))
-    return [p @ turn + centre for p in parts]
+    return [p @ turn + centre for p in parts + ([] if points is None else [points])]
 
 
 def _bounds(parts: list[np.ndarray]) -> np.ndarray:
@@ -132,6 +152,7 @@ class _Target:
     parts: list[np.ndarray]      # posed polygons, in pixels
     tiers: list[int]
     box: np.ndarray              # x1, y1, x2, y2 of the parts
+    keypoints: np.ndarray        # [3, 2] nose, centre, tail in pixels
 
     @property
     def outline(self) -> list[np.ndarray]:
@@ -150,11 +171,11 @@ def _place_targets(rng: np.random.Generator, size: int, scale: float) -> list[_T
         near = targets[int(rng.integers(len(targets)))].box \
             if targets and rng.random() < 0.3 else None
         polygons, tiers = zip(*SHAPES[cls](rng))
-        parts = _pose(list(polygons), extent, rng.uniform(0, 2 * math.pi),
-                      _centre(rng, size, extent, near))
+        *parts, keypoints = _pose(list(polygons), extent, rng.uniform(0, 2 * math.pi),
+                                  _centre(rng, size, extent, near), KEYPOINTS)
         box = _bounds(parts)
         if box.min() >= 1 and box.max() <= size - 1 and _fits(box, [t.box for t in targets]):
-            targets.append(_Target(cls, parts, list(tiers), box))
+            targets.append(_Target(cls, parts, list(tiers), box, keypoints))
     return targets
 
 
@@ -299,22 +320,53 @@ def _polygons(draw: ImageDraw.ImageDraw, parts: list[np.ndarray], colour: np.nda
 
 
 # -- dataset ------------------------------------------------------------------------------
-def _samples(seed: int, split: int, count: int, size: int, prefix: str) -> Iterator[Sample]:
+def label_text(targets: list[_Target], task: str, size: int) -> str | None:
+    """The label file of one image's targets for ``task`` (``None`` for ``detect``: boxes are
+    written as usual)."""
+    if task == "detect":
+        return None
+    lines = []
+    for t in targets:
+        outline = np.concatenate(t.outline)
+        if task == "obb":
+            values = min_area_rectangle(outline).ravel()
+        elif task == "segment":
+            values = convex_hull(outline).ravel()
+        else:
+            x1, y1, x2, y2 = t.box
+            keypoints = np.column_stack([t.keypoints, np.zeros(len(t.keypoints))])
+            values = np.concatenate([[(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1],
+                                     keypoints.ravel()])
+        normalised = np.clip(np.asarray(values) / size, 0.0, 1.0)
+        if task == "pose":
+            normalised[6::3] = 2          # visibility: labelled and visible
+        lines.append(f"{t.cls} " + " ".join(f"{v:.6f}" for v in normalised) + "\n")
+    return "".join(lines)
+
+
+def _samples(seed: int, split: int, count: int, size: int, prefix: str, task: str = "detect"
+             ) -> Iterator[Sample]:
     for i in range(count):
-        pixels, boxes = render_image(np.random.default_rng([seed, split, i]), size)
-        yield Sample(f"{prefix}_{i:05d}", boxes, size, size, pixels=pixels)
+        pixels, boxes, targets = render_scene(np.random.default_rng([seed, split, i]), size)
+        yield Sample(f"{prefix}_{i:05d}", boxes, size, size, pixels=pixels,
+                     label_text=label_text(targets, task, size))
 
 
 def write_synthetic_dataset(out: str | Path, n_train: int = 400, n_val: int = 100,
-                            seed: int = 0, size: int = 256, overwrite: bool = False
-                            ) -> ConversionReport:
-    """Render and write a YOLO-format synthetic dataset at ``out`` (atomically)."""
-    splits = {"train": _samples(seed, 0, n_train, size, "train"),
-              "val": _samples(seed, 1, n_val, size, "val")}
-    return write_yolo_dataset(out, splits, SYNTHETIC_NAMES, overwrite)
+                            seed: int = 0, size: int = 256, overwrite: bool = False,
+                            task: str = "detect") -> ConversionReport:
+    """Render and write a YOLO-format synthetic dataset at ``out`` (atomically), labelled
+    for ``task`` (one of :data:`TASKS`)."""
+    if task not in TASKS:
+        raise GraphpruneError(f"unknown task {task!r}", hint=f"one of {', '.join(TASKS)}")
+    splits = {"train": _samples(seed, 0, n_train, size, "train", task),
+              "val": _samples(seed, 1, n_val, size, "val", task)}
+    return write_yolo_dataset(out, splits, SYNTHETIC_NAMES, overwrite,
+                              yaml_extra=POSE_YAML if task == "pose" else None)
 
 
 def make_synthetic_dataset(out: str | Path, n_train: int = 400, n_val: int = 100,
-                           seed: int = 0, size: int = 256, overwrite: bool = False) -> Path:
+                           seed: int = 0, size: int = 256, overwrite: bool = False,
+                           task: str = "detect") -> Path:
     """Render and write a synthetic dataset; returns the path of its ``data.yaml``."""
-    return write_synthetic_dataset(out, n_train, n_val, seed, size, overwrite).data_yaml
+    return write_synthetic_dataset(out, n_train, n_val, seed, size, overwrite, task).data_yaml

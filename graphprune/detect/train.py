@@ -284,10 +284,12 @@ class Trainer:
         aug = config.augmentation()
         self.train_set = gpdata.DetectionDataset(self.data.train, self.names, config.imgsz,
                                                  augment=True, hyp=aug, mosaic=config.mosaic,
-                                                 cache=config.cache, seed=config.seed)
+                                                 cache=config.cache, seed=config.seed,
+                                                 kpt_shape=self.data.kpt_shape)
         self.val_set = gpdata.DetectionDataset(self.data.val, self.names, config.imgsz,
                                                augment=False, cache=config.cache,
-                                               seed=config.seed) if self.data.val else None
+                                               seed=config.seed, kpt_shape=self.data.kpt_shape) \
+            if self.data.val else None
         self.anchor_fit = None
         if resume is not None:
             model = build_structure(resume["recipe"], config.out, None)

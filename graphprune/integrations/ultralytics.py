@@ -8,12 +8,12 @@
     model.train(data="data.yaml", epochs=300, imgsz=640)
 
 The ultralytics trainer has no callback between unscaling the gradients and the optimizer
-step, so ``add_sparsity`` wraps the trainer's ``optimizer_step`` once training starts: the
-sparsity term is added to the still-scaled gradients, multiplied by the AMP scale, which is the
-same as adding it after unscaling (ultralytics clips inside its step, so there the term is
-clipped with the task's gradient, unlike in graphprune's trainer), and the regulariser's
-post-step work (progressive's fade, polar's clamp) runs after it.  ultralytics already keeps BatchNorm weights out of weight
-decay.  The regulariser's state is saved beside the weights (``weights/sparsity.pt``, tensors
+step, so ``add_sparsity`` wraps the trainer's ``scaler.step`` once training starts: the
+sparsity term goes in after the task's gradient is unscaled and clipped, in true units and
+unclipped, as in graphprune's own trainer, and the regulariser's post-step work (the
+progressive mode's fade, polar's clamp) runs after the step.  It works with every task's
+trainer (detection, OBB, segmentation, pose).  ultralytics already keeps BatchNorm weights out
+of weight decay.  The regulariser's state is saved beside the weights (``weights/sparsity.pt``, tensors
 and plain data only) and restored when ultralytics resumes; each epoch appends to
 ``sparsity.jsonl`` and redraws the plots in the run directory.
 
@@ -28,14 +28,16 @@ ultralytics' own training loop, keeping it slim:
     finetune("slim.pt", data="data.yaml", epochs=30, imgsz=640)
 
 ultralytics checkpoints are pickled modules, so the file holds a :class:`SlimDetectionModel`
-(a ``DetectionModel`` whose forward runs the compiled graph); loading it needs graphprune
-importable.  It is stored in float32 and unfused; ultralytics' ``fuse()`` (which val and
+(a ``DetectionModel`` whose forward runs the compiled graph; ``SlimOBBModel``,
+``SlimSegmentationModel`` and ``SlimPoseModel`` for the other tasks, fine-tuned by
+``SlimOBBTrainer`` ...); loading it needs graphprune importable.  It is stored in float32 and unfused; ultralytics' ``fuse()`` (which val and
 predict call) folds each BatchNorm into its convolution.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -166,8 +168,6 @@ def add_sparsity(model, **options: Any) -> SparsityCallbacks:
 # -- the slim model as an ultralytics checkpoint ------------------------------------------------
 # Attributes of the DetectionModel that ultralytics' loaders, validators and predictors read.
 _COPIED = ("yaml", "names", "nc", "stride", "args", "task", "save", "inplace")
-_SLIM_CLASS: type | None = None
-_TRAINER_CLASS: type | None = None
 # how to train a slim checkpoint, for the errors that refuse the other ways
 HOW_TO_TRAIN = ("train it with graphprune.integrations.ultralytics.finetune(path, data=..., "
                 "epochs=...), or YOLO(path).train(trainer=SlimTrainer, ...) with SlimTrainer "
@@ -259,122 +259,167 @@ def _fuse_kept_modules(net: nn.Module) -> None:
             m.fuse()
 
 
-def _slim_class() -> type:
-    """``SlimDetectionModel``, defined on first use so that this module imports without
-    ultralytics (pickle finds it through the module's ``__getattr__``)."""
-    global _SLIM_CLASS
-    if _SLIM_CLASS is not None:
-        return _SLIM_CLASS
-    from ultralytics.nn.tasks import DetectionModel  # deferred: ultralytics is optional
-
-    class SlimDetectionModel(DetectionModel):
-        """An ultralytics ``DetectionModel`` whose forward is graphprune's compiled slim graph.
-
-        Built from the original model's attributes (names, stride, yaml, args, ...) without
-        running ``DetectionModel.__init__``, which would build the unpruned network from the
-        yaml.  ``net`` is the compiled ``GraphModule``; ``model[-1]`` is its detection head, as
-        ultralytics expects.  ``embed`` (per-layer embeddings) and ``profile`` are not
-        available: the graph has no ultralytics layer list."""
-
-        def __init__(self, net: nn.Module, source: nn.Module | None = None):
-            nn.Module.__init__(self)
-            for key in _COPIED:
-                if source is not None and hasattr(source, key):
-                    setattr(self, key, copy.deepcopy(getattr(source, key)))
-            if not hasattr(self, "task"):
-                self.task = "detect"
-            if isinstance(getattr(self, "yaml", None), dict):
-                self.yaml = SlimYaml(self.yaml)
-            self.net = net
-            self.head_name = _head_name(net)
-            self.fused = False
-            self.criterion = None
-
-        @property
-        def model(self) -> tuple[nn.Module, ...]:
-            """What ultralytics reads of a model's layer list: its last entry, the head."""
-            return (self.net.get_submodule(self.head_name),)
-
-        def _predict_once(self, x, profile=False, embed=None):
-            if embed:
-                raise NotImplementedError("embed is not available on a graphprune slim model "
-                                          "(the compiled graph has no ultralytics layer list)")
-            return self.net(x)
-
-        def __setstate__(self, state):
-            super().__setstate__(state)
-            # a checkpoint written before SlimYaml existed: guard its yaml too
-            if isinstance(self.__dict__.get("yaml"), dict) and \
-                    not isinstance(self.__dict__["yaml"], SlimYaml):
-                self.__dict__["yaml"] = SlimYaml(self.__dict__["yaml"])
-
-        def is_fused(self) -> bool:
-            return self.fused
-
-        def fuse(self, verbose=True, imgsz=640):
-            """Fold the BatchNorms into their convolutions (the compiled graph's and those in
-            the modules it kept whole) and drop the head's unused branch, like ultralytics."""
-            if not self.fused:
-                # the compiled graph's, and those of the blocks compiled inside the modules it
-                # kept whole (graphprune.inner: the head's pruned branches)
-                for m in list(self.net.modules()):
-                    if isinstance(m, torch.fx.GraphModule):
-                        fold_batchnorms(m)
-                _fuse_kept_modules(self.net)
-                self.fused = True
-                self.info(verbose=verbose, imgsz=imgsz)
-            return self
-
-    SlimDetectionModel.__module__ = __name__
-    SlimDetectionModel.__qualname__ = "SlimDetectionModel"
-    _SLIM_CLASS = SlimDetectionModel
-    return SlimDetectionModel
+# the ultralytics model and trainer classes of each task (module, class), most specific first:
+# a slim model subclasses its task's model class, so the task's loss, validator and predictor
+# are ultralytics' own
+TASKS = {
+    "obb": (("ultralytics.nn.tasks", "OBBModel"), ("ultralytics.models.yolo.obb", "OBBTrainer"),
+            "SlimOBBModel", "SlimOBBTrainer"),
+    "segment": (("ultralytics.nn.tasks", "SegmentationModel"),
+                ("ultralytics.models.yolo.segment", "SegmentationTrainer"),
+                "SlimSegmentationModel", "SlimSegmentationTrainer"),
+    "pose": (("ultralytics.nn.tasks", "PoseModel"), ("ultralytics.models.yolo.pose", "PoseTrainer"),
+             "SlimPoseModel", "SlimPoseTrainer"),
+    "detect": (("ultralytics.nn.tasks", "DetectionModel"),
+               ("ultralytics.models.yolo.detect", "DetectionTrainer"),
+               "SlimDetectionModel", "SlimTrainer"),
+}
+_CLASSES: dict[str, type] = {}
 
 
-def _trainer_class() -> type:
-    """``SlimTrainer``, defined on first use (it needs ultralytics)."""
-    global _TRAINER_CLASS
-    if _TRAINER_CLASS is not None:
-        return _TRAINER_CLASS
-    from ultralytics.models.yolo.detect import DetectionTrainer  # deferred: optional
+def _import(where: tuple[str, str]) -> type:
+    module, name = where
+    return getattr(importlib.import_module(module), name)
 
-    class SlimTrainer(DetectionTrainer):
-        """ultralytics' ``DetectionTrainer``, training a graphprune slim model as it is.
 
-        ``get_model`` returns the slim model it is given (the loaded ``slim.pt``, or the
-        checkpoint a resumed run reloads) instead of building the network from the yaml; the
-        rest — data, augmentation, AMP, EMA, the loss, validation, saving, resuming — is
-        ultralytics' own.  ``best.pt`` and ``last.pt`` hold the slim model, which ``YOLO``
-        loads, validates, predicts with and exports as any checkpoint."""
+def model_task(model: nn.Module) -> str:
+    """The ultralytics task of a ``DetectionModel`` (``detect``, ``obb``, ``segment``,
+    ``pose``): the most specific of ultralytics' model classes it is an instance of."""
+    for task, (base, *_rest) in TASKS.items():
+        if isinstance(model, _import(base)):
+            return task
+    raise GraphpruneError(f"{type(model).__name__} is not an ultralytics detection, OBB, "
+                          "segmentation or pose model")
 
-        def get_model(self, cfg=None, weights=None, verbose=True):
-            slim = _slim_class()
-            if not isinstance(weights, slim):
-                got = "no model" if weights is None else type(weights).__name__
-                raise GraphpruneError(f"SlimTrainer trains a graphprune slim checkpoint, got "
-                                      f"{got}", hint="give the .pt file graphprune compile "
-                                      "--ultralytics-checkpoint wrote: YOLO('slim.pt').train("
-                                      "trainer=SlimTrainer, ...)")
-            if weights.is_fused():
-                raise GraphpruneError("the slim model was fused for inference (val or predict "
-                                      "fuse it in place), so it cannot be trained",
-                                      hint="load the checkpoint again and train that")
-            head = weights.model[-1]
-            if getattr(head, "nc", self.data["nc"]) != self.data["nc"]:
-                raise GraphpruneError(f"the slim model detects {head.nc} classes and the data "
-                                      f"has {self.data['nc']}",
-                                      hint="fine-tune on data with the model's classes (its "
-                                           "head was pruned for them)")
-            weights.requires_grad_(True)          # a compiled best.pt is stored frozen
-            weights.criterion = None
-            if verbose:
-                weights.info()
-            return self.set_model_names_for_load(weights)
 
-    SlimTrainer.__module__ = __name__
-    SlimTrainer.__qualname__ = "SlimTrainer"
-    _TRAINER_CLASS = SlimTrainer
-    return SlimTrainer
+class _SlimModel:
+    """What a slim model adds to its task's ultralytics model class (``DetectionModel``,
+    ``OBBModel``, ``SegmentationModel``, ``PoseModel``): its forward is graphprune's compiled
+    slim graph.
+
+    Built from the original model's attributes (names, stride, yaml, args, ...) without
+    running the class's ``__init__``, which would build the unpruned network from the yaml.
+    ``net`` is the compiled ``GraphModule``; ``model[-1]`` is its detection head, as
+    ultralytics expects.  ``embed`` (per-layer embeddings) and ``profile`` are not available:
+    the graph has no ultralytics layer list."""
+
+    def __init__(self, net: nn.Module, source: nn.Module | None = None):
+        nn.Module.__init__(self)
+        for key in _COPIED:
+            if source is not None and hasattr(source, key):
+                setattr(self, key, copy.deepcopy(getattr(source, key)))
+        if not hasattr(self, "task"):
+            self.task = self.slim_task
+        if isinstance(getattr(self, "yaml", None), dict):
+            self.yaml = SlimYaml(self.yaml)
+        self.net = net
+        self.head_name = _head_name(net)
+        self.fused = False
+        self.criterion = None
+
+    @property
+    def model(self) -> tuple[nn.Module, ...]:
+        """What ultralytics reads of a model's layer list: its last entry, the head."""
+        return (self.net.get_submodule(self.head_name),)
+
+    def _predict_once(self, x, profile=False, embed=None):
+        if embed:
+            raise NotImplementedError("embed is not available on a graphprune slim model "
+                                      "(the compiled graph has no ultralytics layer list)")
+        return self.net(x)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        # a checkpoint written before SlimYaml existed: guard its yaml too
+        if isinstance(self.__dict__.get("yaml"), dict) and \
+                not isinstance(self.__dict__["yaml"], SlimYaml):
+            self.__dict__["yaml"] = SlimYaml(self.__dict__["yaml"])
+
+    def is_fused(self) -> bool:
+        return self.fused
+
+    def fuse(self, verbose=True, imgsz=640):
+        """Fold the BatchNorms into their convolutions (the compiled graph's and those in
+        the modules it kept whole) and drop the head's unused branch, like ultralytics."""
+        if not self.fused:
+            # the compiled graph's, and those of the blocks compiled inside the modules it
+            # kept whole (graphprune.inner: the head's pruned branches)
+            for m in list(self.net.modules()):
+                if isinstance(m, torch.fx.GraphModule):
+                    fold_batchnorms(m)
+            _fuse_kept_modules(self.net)
+            self.fused = True
+            self.info(verbose=verbose, imgsz=imgsz)
+        return self
+
+
+class _SlimTrainer:
+    """What a slim trainer adds to its task's ultralytics trainer (``DetectionTrainer``,
+    ``OBBTrainer``, ``SegmentationTrainer``, ``PoseTrainer``): ``get_model`` returns the slim
+    model it is given (the loaded ``slim.pt``, or the checkpoint a resumed run reloads)
+    instead of building the network from the yaml; the rest — data, augmentation, AMP, EMA,
+    the task's loss, validation, saving, resuming — is ultralytics' own.  ``best.pt`` and
+    ``last.pt`` hold the slim model, which ``YOLO`` loads, validates, predicts with and exports
+    as any checkpoint."""
+
+    def get_model(self, cfg=None, weights=None, verbose=True):
+        slim = slim_model_class(self.slim_task)
+        if not isinstance(weights, slim):
+            got = "no model" if weights is None else type(weights).__name__
+            raise GraphpruneError(f"{type(self).__name__} trains a graphprune slim "
+                                  f"{self.slim_task} checkpoint, got {got}",
+                                  hint="give the .pt file graphprune compile "
+                                  "--ultralytics-checkpoint wrote: finetune('slim.pt', ...)")
+        if weights.is_fused():
+            raise GraphpruneError("the slim model was fused for inference (val or predict "
+                                  "fuse it in place), so it cannot be trained",
+                                  hint="load the checkpoint again and train that")
+        head = weights.model[-1]
+        if getattr(head, "nc", self.data["nc"]) != self.data["nc"]:
+            raise GraphpruneError(f"the slim model detects {head.nc} classes and the data "
+                                  f"has {self.data['nc']}",
+                                  hint="fine-tune on data with the model's classes (its "
+                                       "head was pruned for them)")
+        shape = self.data.get("kpt_shape")
+        if self.slim_task == "pose" and shape is not None and \
+                list(getattr(head, "kpt_shape", shape)) != list(shape):
+            raise GraphpruneError(f"the slim model predicts keypoints {list(head.kpt_shape)} "
+                                  f"and the data has kpt_shape {list(shape)}",
+                                  hint="fine-tune on data with the model's keypoints")
+        weights.requires_grad_(True)          # a compiled best.pt is stored frozen
+        weights.criterion = None
+        if verbose:
+            weights.info()
+        return self.set_model_names_for_load(weights)
+
+
+def _define(task: str, index: int) -> type:
+    """The slim model (``index`` 0) or trainer (1) class of ``task``, defined on first use so
+    that this module imports without ultralytics (pickle finds them by name through the
+    module's ``__getattr__``)."""
+    name = TASKS[task][2 + index]
+    if name not in _CLASSES:
+        mixin = (_SlimModel, _SlimTrainer)[index]
+        cls = type(name, (mixin, _import(TASKS[task][index])),
+                   {"slim_task": task, "__doc__": mixin.__doc__, "__module__": __name__,
+                    "__qualname__": name})
+        _CLASSES[name] = cls
+    return _CLASSES[name]
+
+
+def slim_model_class(task: str = "detect") -> type:
+    """The slim model class of an ultralytics task (``SlimDetectionModel`` ...)."""
+    return _define(task, 0)
+
+
+def slim_trainer_class(task: str = "detect") -> type:
+    """The trainer of a slim model of an ultralytics task (``SlimTrainer`` for detection,
+    ``SlimOBBTrainer``, ``SlimSegmentationTrainer``, ``SlimPoseTrainer``)."""
+    return _define(task, 1)
+
+
+def is_slim_model(model: nn.Module) -> bool:
+    return isinstance(model, _SlimModel)
 
 
 def finetune(path: str | Path, **train_args: Any):
@@ -388,20 +433,19 @@ def finetune(path: str | Path, **train_args: Any):
         raise GraphpruneError("finetune chooses the trainer itself (SlimTrainer)",
                               hint="drop trainer=...")
     model = YOLO(str(path))
-    if not isinstance(model.model, _slim_class()):
+    if not is_slim_model(model.model):
         raise GraphpruneError(f"{str(path)!r} holds a {type(model.model).__name__}, not a "
                               "graphprune slim model",
                               hint="compile it first: graphprune compile MODEL ... "
                                    "--ultralytics-checkpoint slim.pt")
-    model.train(trainer=_trainer_class(), **train_args)
+    model.train(trainer=slim_trainer_class(model.model.slim_task), **train_args)
     return model
 
 
 def __getattr__(name: str) -> Any:
-    if name == "SlimDetectionModel":
-        return _slim_class()
-    if name == "SlimTrainer":
-        return _trainer_class()
+    for task, (_model, _trainer, model_name, trainer_name) in TASKS.items():
+        if name in (model_name, trainer_name):
+            return _define(task, int(name == trainer_name))
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -416,15 +460,17 @@ def _flat(out: Any) -> list[torch.Tensor]:
 
 
 def slim_detection_model(module: nn.Module, source: nn.Module) -> nn.Module:
-    """A :class:`SlimDetectionModel` running ``module`` (the compiled slim graph of
-    ``source``, an ultralytics ``DetectionModel``), on the CPU in float32 and eval mode; the
+    """The slim model of ``source``'s task (:class:`SlimDetectionModel`, ``SlimOBBModel``,
+    ...) running ``module`` (the compiled slim graph of ``source``, an ultralytics
+    ``DetectionModel`` or one of its task subclasses), on the CPU in float32 and eval mode; the
     compiled module itself is left untouched."""
     if not is_detection_model(source):
         raise GraphpruneError(f"an ultralytics checkpoint needs an ultralytics DetectionModel, "
                               f"got {type(source).__name__}",
                               hint="drop --ultralytics-checkpoint for other models")
     # moved as a whole, so that DetectionModel._apply also moves the head's cached anchors
-    return _slim_class()(copy.deepcopy(module), source).cpu().float().eval()
+    return slim_model_class(model_task(source))(copy.deepcopy(module), source) \
+        .cpu().float().eval()
 
 
 def save_ultralytics_checkpoint(result, source: nn.Module, path: str | Path,
@@ -481,8 +527,9 @@ def _graphprune_version() -> str:
     return __version__
 
 
-# SlimDetectionModel and SlimTrainer are importable too (they need ultralytics, so they are
-# not in __all__)
-__all__ = ["HOW_TO_TRAIN", "STATE_FILE", "SlimYaml", "SparsityCallbacks", "add_sparsity",
-           "finetune", "fold_batchnorms", "is_detection_model", "save_ultralytics_checkpoint",
-           "slim_detection_model"]
+# SlimDetectionModel, SlimTrainer and the other tasks' slim classes (TASKS) are importable too
+# (they need ultralytics, so they are not in __all__)
+__all__ = ["HOW_TO_TRAIN", "STATE_FILE", "TASKS", "SlimYaml", "SparsityCallbacks",
+           "add_sparsity", "finetune", "fold_batchnorms", "is_detection_model", "is_slim_model",
+           "model_task", "save_ultralytics_checkpoint", "slim_detection_model",
+           "slim_model_class", "slim_trainer_class"]
