@@ -11,11 +11,12 @@ BatchNorm γ (log-uniform, a stand-in for a sparse-trained model), in one run:
 * **a FLOPs goal** (``--flops-target``, default −50 %): graphprune's global |γ| ranking over the
   whole model, head branches included; and Torch-Pruning 1.6 at the same global ratio (the share
   of channels graphprune removed) with its BNScaleImportance, global pruning and the Detect head
-  ignored, as its own YOLOv8 recipe does — or the reason it fails;
+  ignored, as its own YOLOv8 recipe does — or the reason it fails (it runs in a child process,
+  stopped past 6 GiB of memory or 3 minutes);
 * params, FLOPs (``torch.utils.flop_counter``) and ONNX Runtime CPU latency (batch 1, median of
   interleaved rounds) of the baseline and each pruned model.
 
-    python -m benchmarks.heads                   # yolov8n, yolo11n @ 640 px
+    python -m benchmarks.heads                   # yolov8n, yolo11n and the -obb/-seg/-pose @ 640 px
     python -m benchmarks.heads --quick           # yolov8n @ 128 px, a few rounds (the tests)
 """
 
@@ -24,9 +25,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import multiprocessing
 import os
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -70,9 +73,14 @@ def head_row(model, slim, head: str) -> dict[str, Any]:
             "head_share_after": after / params(slim)}
 
 
-def tp_prune(model, x, ratio: float):
-    """Torch-Pruning's global BNScale pruning at ``ratio``, the Detect head ignored: its pruned
-    copy, or the reason it failed."""
+# Torch-Pruning runs in a child process with a budget: on yolo11n its pruner's memory grows
+# without bound (past 24 GiB, until the kernel kills the run), which is a finding, not a crash
+TP_TIMEOUT_S = 180.0
+TP_MAX_GIB = 6.0
+
+
+def _tp_child(model, x, ratio: float, out: str) -> None:
+    """In the child process: prune with Torch-Pruning and save the result (or the error)."""
     import torch_pruning as tp     # deferred: an optional comparison
 
     work = copy.deepcopy(model).eval()
@@ -89,8 +97,44 @@ def tp_prune(model, x, ratio: float):
             with torch.no_grad():
                 work(x)
     except Exception as exc:                 # noqa: BLE001 — any failure is the finding
-        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
-    return work, None
+        torch.save({"failed": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}, out)
+        return
+    torch.save({"model": work}, out)
+
+
+def _rss_gib(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def tp_prune(model, x, ratio: float, timeout: float = TP_TIMEOUT_S, max_gib: float = TP_MAX_GIB):
+    """Torch-Pruning's global BNScale pruning at ``ratio``, the Detect head ignored: its pruned
+    copy, or the reason it failed — an exception, or (run in a child process) more than
+    ``max_gib`` of memory or ``timeout`` seconds, after which the child is stopped."""
+    context = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "tp.pt"
+        child = context.Process(target=_tp_child, args=(model, x, ratio, str(out)))
+        child.start()
+        start = time.monotonic()
+        while child.is_alive():
+            child.join(0.5)
+            reason = (f"stopped past {max_gib:g} GiB of memory"
+                      if _rss_gib(child.pid) > max_gib else
+                      f"stopped after {timeout:g} s" if time.monotonic() - start > timeout
+                      else None)
+            if reason is not None and child.is_alive():
+                child.kill()
+                child.join()
+                return None, reason
+        if not out.exists():
+            return None, f"its process ended with exit code {child.exitcode}"
+        # our own child's file, written a moment ago
+        result = torch.load(out, map_location="cpu", weights_only=False)
+    return result.get("model"), result.get("failed")
 
 
 def measure(name: str, imgsz: int, flops_target: float, rounds: int, threads: int,
@@ -147,6 +191,7 @@ def table(rows: list[dict[str, Any]], imgsz: int, flops_target: float) -> Table:
               show_edge=False)
     for col in ("model", "cut", "params", "GFLOPs", "head params", "head share", "ORT ms"):
         t.add_column(col, justify="right")
+    failures = []
     for r in rows:
         ms = r["latency_ms"]
         t.add_row(r["model"], "baseline", f"{r['params'] / 1e6:.2f} M",
@@ -163,19 +208,23 @@ def table(rows: list[dict[str, Any]], imgsz: int, flops_target: float) -> Table:
                   f"{g['head_share_after']:.1%}", f"{ms['graphprune']:.1f}")
         tp = r["torch_pruning"]
         if "failed" in tp:
+            failures.append(f"{r['model']}: Torch-Pruning failed ({tp['failed']})")
             t.add_row("", f"torch-pruning ratio {g['channels_pruned']:.2f}",
-                      f"failed: {tp['failed']}", "", "", "", "")
+                      f"failed ({len(failures)})", "", "", "", "")
         else:
             t.add_row("", f"torch-pruning ratio {g['channels_pruned']:.2f}",
                       f"{tp['params_after'] / 1e6:.2f} M", f"{tp['flops_after'] / 1e9:.2f}",
                       f"{tp['head_params_after'] / 1e6:.3f} M (−{tp['head_removed']:.0%})",
                       f"{tp['head_share_after']:.1%}", f"{ms['torch_pruning']:.1f}")
+    if failures:
+        t.caption = "\n".join(f"({k}) {why}" for k, why in enumerate(failures, start=1))
     return t
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="yolov8n,yolo11n")
+    parser.add_argument("--models",
+                        default="yolov8n,yolo11n,yolov8n-obb,yolov8n-seg,yolov8n-pose")
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--flops-target", type=float, default=0.5)
     parser.add_argument("--rounds", type=int, default=20)
