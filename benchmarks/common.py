@@ -81,12 +81,15 @@ def logged_minutes(log: Path) -> float:
 
 def ort_session(path: Path, threads: int, profile: bool = False):
     """An onnxruntime CPU session on ``path`` with ``threads`` intra-op threads, all graph
-    optimisations, optionally profiling."""
+    optimisations, no spin-waiting, optionally profiling."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    # idle threads of a session spin-wait by default and take the cores from the next session
+    # timed after it (the interleaved timing below runs several): off
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if profile:
         options.enable_profiling = True
         options.profile_file_prefix = str(path.with_suffix(""))

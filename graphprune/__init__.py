@@ -10,6 +10,9 @@
     # prune as far as the feature attention loss allows (L1RR Eq. 1-2)
     calib = gp.CalibrationSet.from_dataset(val_dataset, 64)
     found = gp.prune_to_target(model, torch.zeros(1, 3, 640, 640), calib, lfa_target=0.01)
+
+    # prune to a measured speed: half the latency on onnxruntime's CPU provider
+    fast = gp.prune_to_latency(model, torch.zeros(1, 3, 640, 640), 0.5, runtime="ort-cpu")
 """
 
 from .attention import CalibrationSet, feature_attention, lfa
@@ -18,6 +21,7 @@ from .errors import (CheckpointError, GraphpruneError, GraphpruneWarning, MaskEr
                      VerificationError)
 from .masks import zero_mask
 from .pipeline import CompileResult, ModelReport, analyze, compile
+from .latency import prune_to_latency
 from .search import prune_to_target
 from .sparsity import SparsityRegularizer
 from .tracing import trace
@@ -26,5 +30,6 @@ __version__ = "0.1.0"
 
 __all__ = ["CalibrationSet", "CheckpointError", "CompileResult", "GraphpruneError", "GraphpruneWarning",
            "MaskError", "ModelReport", "SparsityRegularizer", "TraceFailure", "VerificationError",
-           "analyze", "compile", "feature_attention", "lfa", "load", "prune_to_target",
+           "analyze", "compile", "feature_attention", "lfa", "load", "prune_to_latency",
+           "prune_to_target",
            "trace", "zero_mask"]

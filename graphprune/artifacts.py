@@ -40,6 +40,9 @@ REPORT_KEYS: tuple[str, ...] = (
     "lfa_probe", "fa_sparse", "fa_pruned",
     # the search
     "probes", "evaluations", "candidates", "calibration_images", "feasible", "notes",
+    # the measured speed (--latency-target)
+    "latency_target", "runtime", "baseline_ms", "latency_ms", "latency_ratio", "speedup",
+    "latency_rounds", "lfa_bound_count", "latency_probes",
     # accuracy (with --eval; the baseline with --baseline; fine-tuned with --finetune-epochs)
     "baseline_model", "baseline_map50", "baseline_map", "baseline_params", "baseline_flops",
     "map50_before", "map_before", "map50_after", "map_after",

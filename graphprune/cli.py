@@ -39,6 +39,7 @@ from .detect.val import check_classes, resolve_device, validate
 from .errors import GraphpruneError, summary
 from .export import atomic_path, refuse_existing_output, refuse_output_file, staged_directory
 from .integrations.ultralytics import is_detection_model
+from .latency import RUNTIMES
 from .masks import producers
 from .models import DETECTORS, randomize_batchnorm
 from .pipeline import analyze, check_example
@@ -102,14 +103,17 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 # the options only a target-guided compile (--lfa-target, --flops-target, --params-target)
 # reads; a plain compile given one of them refuses it rather than ignore it
 TARGET_ONLY = ("data", "calib_images", "lfa_mode", "lfa_layers", "lfa_criterion", "eval",
-               "baseline", "finetune_epochs", "heatmaps", "device")
+               "baseline", "finetune_epochs", "heatmaps", "device", "runtime",
+               "latency_threads", "latency_batch", "latency_rounds")
+METHODS = ("--prune-ratio", "--threshold", "--masks", "--lfa-target", "--flops-target",
+           "--params-target", "--latency-target")
 
 
 def _compile_parser(sub) -> None:
     """graphprune compile MODEL ..."""
     c = sub.add_parser("compile", help="prune MODEL into a slim, verified model + ONNX")
     _model_args(c)
-    how = c.add_mutually_exclusive_group(required=True)
+    how = c.add_mutually_exclusive_group()
     how.add_argument("--prune-ratio", type=_ratio, metavar="R",
                      help="prune this share of the ranked channels, least important first: "
                           "BatchNorm channels by |γ| (a model without BatchNorm: every norm, "
@@ -128,6 +132,20 @@ def _compile_parser(sub) -> None:
                      help="remove at least this share of the FLOPs (0.65 = 65 %%)")
     how.add_argument("--params-target", type=_open_ratio, metavar="R",
                      help="remove at least this share of the parameters")
+    c.add_argument("--latency-target", type=_open_ratio, metavar="R",
+                   help="remove at least this share of the measured latency (0.5 = twice as "
+                        "fast): each probe is compiled and timed on --runtime against the "
+                        "unpruned model; with --lfa-target, only within the LFA bound")
+    c.add_argument("--runtime", choices=tuple(RUNTIMES), default="ort-cpu",
+                   help="where --latency-target times: onnxruntime on the CPU (default), "
+                        "CUDA, TensorRT or OpenVINO (their providers must be installed)")
+    c.add_argument("--latency-threads", type=positive, default=2, metavar="N",
+                   help="intra-op threads of the timed runtime (default 2)")
+    c.add_argument("--latency-batch", type=positive, default=1, metavar="B",
+                   help="batch size the latency is timed at (default 1)")
+    c.add_argument("--latency-rounds", type=positive, default=10, metavar="N",
+                   help="interleaved rounds per probe (default 10; the chosen prune is timed "
+                        "again with at least 20)")
     c.add_argument("--data", default=None, metavar="D.yaml",
                    help="dataset (ultralytics data.yaml): its val images calibrate the LFA "
                         "search and --eval measures mAP on them")
@@ -179,7 +197,7 @@ def _compile_parser(sub) -> None:
                         "it is a pickled module, so loading it needs graphprune installed")
     c.add_argument("--no-onnx", action="store_true", help="do not write slim.onnx")
     c.add_argument("--no-pt2", action="store_true", help="do not write slim.pt2")
-    c.set_defaults(func=cmd_compile,
+    c.set_defaults(func=cmd_compile, compile_parser=c,
                    target_only_defaults={name: c.get_default(name) for name in TARGET_ONLY})
 
 
@@ -366,6 +384,13 @@ def _read_masks(path: Path) -> dict[str, list]:
 
 # -- compile --------------------------------------------------------------------------------
 def cmd_compile(args) -> int:
+    methods = [m for m in METHODS if getattr(args, m[2:].replace("-", "_")) is not None]
+    if not methods:
+        args.compile_parser.error(f"one of the arguments {' '.join(METHODS)} is required")
+    others = [m for m in methods if m not in ("--latency-target", "--lfa-target")]
+    if args.latency_target is not None and others:
+        args.compile_parser.error(f"--latency-target combines with --lfa-target only, not with "
+                                  f"{' '.join(others)}")
     validate_request(CompileConfig(threshold=args.threshold, prune_ratio=args.prune_ratio,
                                    residual=args.residual, min_channels=args.min_channels,
                                    round_to=args.round_to))
@@ -382,7 +407,7 @@ def cmd_compile(args) -> int:
                                   hint="give one of them")
         args.example_shape = square
     if args.lfa_target is not None or args.flops_target is not None or \
-            args.params_target is not None:
+            args.params_target is not None or args.latency_target is not None:
         return cmd_compile_target(args)
     given = [name for name, default in args.target_only_defaults.items()
              if getattr(args, name) != default]
@@ -390,8 +415,8 @@ def cmd_compile(args) -> int:
         options = ", ".join("--" + name.replace("_", "-") for name in given)
         raise GraphpruneError(f"{options} {'applies' if len(given) == 1 else 'apply'} only to a "
                               "target-guided compile",
-                              hint="add --lfa-target T (or --flops-target / --params-target), "
-                                   "or drop it")
+                              hint="add --lfa-target T (or --flops-target / --params-target / "
+                                   "--latency-target), or drop it")
     masks = _read_masks(args.masks) if args.masks else None
     sources = _compile_inputs(args)
     refuse_existing_output(args.out, args.overwrite, inputs=sources)
@@ -452,7 +477,10 @@ def cmd_compile_target(args) -> int:
     report = target_compile(
         model, inputs[0], data_yaml=args.data, out=args.out, overwrite=args.overwrite,
         lfa_target=args.lfa_target, flops_target=args.flops_target,
-        params_target=args.params_target, calib_images=args.calib_images,
+        params_target=args.params_target, latency_target=args.latency_target,
+        runtime=args.runtime, latency_threads=args.latency_threads,
+        latency_batch=args.latency_batch, latency_rounds=args.latency_rounds,
+        calib_images=args.calib_images,
         lfa_mode=args.lfa_mode, lfa_criterion=args.lfa_criterion,
         lfa_layers=[x for x in args.lfa_layers.split(",") if x] if args.lfa_layers else None,
         evaluate=args.eval, finetune_epochs=args.finetune_epochs, device=args.device,
@@ -510,7 +538,8 @@ def print_target_summary(report: dict[str, Any], out: Path) -> None:
     r = report
     lfa_name = "LFA±" if r.get("lfa_criterion") == "two-sided" else "LFA⁺"
     goal = {"lfa": lfa_name + " <= {:g}", "flops": "FLOPs removed >= {:g}",
-            "params": "params removed >= {:g}"}[r["goal"]].format(r[f"{r['goal']}_target"])
+            "params": "params removed >= {:g}",
+            "latency": "latency removed >= {:g}"}[r["goal"]].format(r[f"{r['goal']}_target"])
     console.print(f"[bold]graphprune compile[/bold] {r['model']}  goal {goal}  "
                   f"input {r['imgsz']}×{r['imgsz']}")
     t = Table(show_edge=False)
@@ -540,6 +569,13 @@ def print_target_summary(report: dict[str, Any], out: Path) -> None:
                       f"{r['prune_ratio']:.1%} of the prunable channels removed, δ = "
                       f"{delta}; {r['evaluations']} LFA evaluations for "
                       f"{r['candidates']} candidate channels")
+    if r.get("latency_ms") is not None:
+        bound = "" if r.get("lfa_target") is None else \
+            f", within LFA⁺ <= {r['lfa_target']:g}"
+        console.print(f"latency on {r['runtime']}: {r['baseline_ms']:.2f} ms → "
+                      f"{r['latency_ms']:.2f} ms ({r['latency_ratio']:.3f} ×, "
+                      f"{r['speedup']:.2f}× faster; median of {r['latency_rounds']} "
+                      f"interleaved rounds{bound}), {len(r['latency_probes'])} timed probes")
     for note in r.get("notes", []):
         console.print(f"[yellow]note[/yellow] {note}")
     if r.get("fold_pruned_bias"):

@@ -84,6 +84,34 @@ def plot_search(path: Path, probes: Sequence[dict[str, Any]], chosen: dict[str, 
     return path
 
 
+def plot_latency(path: Path, probes: Sequence[dict[str, Any]], target: float,
+                 runtime: str) -> Path:
+    """Latency (as a share of the baseline's, timed interleaved with it) against the share of
+    prunable channels removed: every probe of a ``--latency-target`` search, the goal, and the
+    chosen prune's re-measurement."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    search = sorted((p for p in probes if not p["final"]), key=lambda p: p["prune_ratio"])
+    final = [p for p in probes if p["final"]]
+    ax.plot([100 * p["prune_ratio"] for p in search], [p["latency_ratio"] for p in search],
+            "o-", color="tab:blue", label=f"probes ({runtime}, median of interleaved rounds)")
+    ax.axhline(1 - target, color="grey", lw=1, ls=":",
+               label=f"goal: {1 - target:.2f} × the baseline")
+    if final:
+        ax.plot([100 * p["prune_ratio"] for p in final], [p["latency_ratio"] for p in final],
+                "*", ms=14, color="tab:green", label="chosen, re-measured", zorder=5)
+    ax.set_xlabel("prunable channels removed (%)")
+    ax.set_ylabel("latency / baseline latency")
+    ax.set_ylim(0, max([1.05] + [p["latency_ratio"] * 1.05 for p in probes]))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    ax.set_title("Latency search: prune ratio vs measured latency")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def _combined(levels: Sequence[np.ndarray], size: tuple[int, int]) -> np.ndarray:
     """Levels upsampled (nearest) to the image size and averaged."""
     h, w = size
@@ -261,4 +289,4 @@ def markdown(report: dict[str, Any], plots: Sequence[str] = ()) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["accuracy_rows", "accuracy_table", "fold_sentence", "markdown", "plot_attention", "plot_search"]
+__all__ = ["accuracy_rows", "accuracy_table", "fold_sentence", "markdown", "plot_attention", "plot_latency", "plot_search"]

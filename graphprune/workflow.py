@@ -22,7 +22,8 @@ from .detect.val import check_classes, resolve_device, validate
 from .errors import GraphpruneError
 from .export import refuse_existing_output
 from .integrations.ultralytics import finetune, is_detection_model, save_ultralytics_checkpoint
-from .report import plot_attention, plot_search
+from .latency import check_runtime, prune_to_latency
+from .report import plot_attention, plot_latency, plot_search
 from .search import prune_to_target
 from .stats import count_flops, count_params
 
@@ -60,6 +61,8 @@ def _progress(console: Console | None) -> Progress:
 def target_compile(model: torch.nn.Module, example: torch.Tensor, *, data_yaml: str | None,
                    out: Path, overwrite: bool = False, lfa_target: float | None = None,
                    flops_target: float | None = None, params_target: float | None = None,
+                   latency_target: float | None = None, runtime: str = "ort-cpu",
+                   latency_threads: int = 2, latency_batch: int = 1, latency_rounds: int = 10,
                    calib_images: int = 64, lfa_mode: str = "confidence",
                    lfa_layers: list[str] | None = None, lfa_criterion: str = "plus",
                    evaluate: bool = False,
@@ -79,7 +82,9 @@ def target_compile(model: torch.nn.Module, example: torch.Tensor, *, data_yaml: 
     heads the report's accuracy table, so the drop is measured from it, not from the sparse
     model.  ``finetune_recipe``: TrainConfig settings for the fine-tune (e.g. the recipe the
     model was trained with); ``inputs``: the files the compile reads, which ``out`` may not
-    overlap."""
+    overlap.  ``latency_target``: prune to a measured speed on ``runtime``
+    (:func:`graphprune.latency.prune_to_latency`), within ``lfa_target`` when that is given
+    too."""
     console = console or Console(stderr=True)
     start = time.perf_counter()
     refuse_existing_output(out, overwrite, inputs=inputs)
@@ -89,6 +94,8 @@ def target_compile(model: torch.nn.Module, example: torch.Tensor, *, data_yaml: 
                               f"{tuple(example.shape)}", hint="pass --imgsz S")
     dev = resolve_device(device)
     data = gpdata.load_data_config(data_yaml) if data_yaml else None
+    if latency_target is not None:
+        check_runtime(runtime)          # refused before any work when it is not installed
     if data is None and (lfa_target is not None or evaluate or finetune_epochs):
         raise GraphpruneError("--lfa-target, --eval and --finetune-epochs need --data",
                               hint="pass the dataset's data.yaml (its val images calibrate "
@@ -123,21 +130,41 @@ def target_compile(model: torch.nn.Module, example: torch.Tensor, *, data_yaml: 
 
         name = "LFA⁺" if lfa_criterion == "plus" else "LFA±"
 
+        def on_timed(p):
+            progress.update(task, advance=1, description=f"timing: {p.prune_ratio:.1%} pruned, "
+                                                         f"{p.ratio:.3f} × the latency")
+
         with warnings.catch_warnings(record=True):
             warnings.simplefilter("always")
-            result = prune_to_target(
-                model, example, calibration, lfa_target=lfa_target,
-                flops_target=flops_target, params_target=params_target, mode=lfa_mode,
-                layers=lfa_layers, residual=residual, min_channels=min_channels,
-                round_to=round_to,
-                exclude=exclude, leaves=leaves, device=dev, on_probe=on_probe,
-                keep_maps=heatmaps if data is not None else 0,
-                fold_pruned_bias=fold_pruned_bias, lfa_criterion=lfa_criterion)
+            if latency_target is not None:
+                if fold_pruned_bias:
+                    raise GraphpruneError("--latency-target does not fold pruned biases yet",
+                                          hint="drop --fold-pruned-bias")
+                result = prune_to_latency(
+                    model, example, latency_target, calibration=calibration,
+                    lfa_target=lfa_target, runtime=runtime, threads=latency_threads,
+                    batch=latency_batch, rounds=latency_rounds,
+                    final_rounds=max(20, 2 * latency_rounds), mode=lfa_mode,
+                    layers=lfa_layers, residual=residual, min_channels=min_channels,
+                    round_to=round_to, exclude=exclude, leaves=leaves, device=dev,
+                    on_probe=on_timed, lfa_criterion=lfa_criterion)
+            else:
+                result = prune_to_target(
+                    model, example, calibration, lfa_target=lfa_target,
+                    flops_target=flops_target, params_target=params_target, mode=lfa_mode,
+                    layers=lfa_layers, residual=residual, min_channels=min_channels,
+                    round_to=round_to,
+                    exclude=exclude, leaves=leaves, device=dev, on_probe=on_probe,
+                    keep_maps=heatmaps if data is not None else 0,
+                    fold_pruned_bias=fold_pruned_bias, lfa_criterion=lfa_criterion)
     compiled, found = result.compiled, result.search
     s = compiled.stats
     with_lfa = data is not None
     request = {"lfa_target": lfa_target, "flops_target": flops_target,
-               "params_target": params_target, "lfa_mode": lfa_mode, "lfa_layers": lfa_layers,
+               "params_target": params_target, "latency_target": latency_target,
+               "runtime": runtime if latency_target is not None else None,
+               "latency_threads": latency_threads, "latency_batch": latency_batch,
+               "latency_rounds": latency_rounds, "lfa_mode": lfa_mode, "lfa_layers": lfa_layers,
                "lfa_criterion": lfa_criterion, "calib_images": calib_images,
                "calib_boxes": "rotated" if calibration is not None and
                               calibration.rotated is not None else "axis-aligned",
@@ -154,6 +181,8 @@ def target_compile(model: torch.nn.Module, example: torch.Tensor, *, data_yaml: 
         probes=[p.as_dict() for p in found.probes], evaluations=found.evaluations,
         candidates=found.candidates, calibration_images=len(calibration) if with_lfa else 0,
         feasible=found.feasible, notes=list(found.notes))
+    if latency_target is not None:
+        report.update(result.latency_dict())
     if with_lfa:
         report.update(
             lfa=result.lfa_slim.value(lfa_criterion), lfa_plus=result.lfa_slim.plus,
@@ -188,7 +217,11 @@ def target_compile(model: torch.nn.Module, example: torch.Tensor, *, data_yaml: 
             report.update(_finetune(compiled, data_yaml, imgsz, finetune_epochs, device, tmp,
                                     console, finetune_recipe))
             written.append("finetune/")
-        if with_lfa:
+        if latency_target is not None:
+            plot_latency(tmp / "latency_vs_prune.png", report["latency_probes"],
+                         latency_target, report["runtime"])
+            written.append("latency_vs_prune.png")
+        if with_lfa and result.fa_slim is not None:
             chosen = {"prune_ratio": s.channels_pruned, "lfa_plus": report["lfa_plus"],
                       "lfa_cut": report["lfa"]}
             plot_search(tmp / "lfa_vs_prune.png", report["probes"], chosen, lfa_target,

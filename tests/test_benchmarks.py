@@ -36,6 +36,23 @@ def test_latency_benchmark_reports_every_ratio(tmp_path):
     assert (tmp_path / "latency.txt").exists()
 
 
+def test_latency_target_benchmark_times_every_variant_together(tmp_path):
+    out = tmp_path / "latency_target.json"
+    assert _script("latency_target").main(["--quick", "--json-out", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    assert payload["target"] == 0.3 and payload["skipped"] == []
+    (row,) = payload["rows"]
+    assert set(row["variants"]) == {"round_to_1", "round_to_8", "dense"}
+    for key, v in row["variants"].items():
+        assert v["ms"] > 0 and v["ratio"] > 0 and 0 < v["flops"] < row["flops"]
+        if key != "dense":
+            # a search that says it reached the goal re-measured its choice at or below it
+            assert not v["feasible"] or v["search_ratio"] <= 0.7
+    # the dense twin is yolov5n narrowed (its channels come in steps of 8, so its FLOPs only
+    # approach the pruned model's; the table shows both)
+    assert 0 < row["variants"]["dense"]["width"] < 0.25
+
+
 def test_residual_benchmark_compares_reconstruct_couple_and_torch_pruning(tmp_path):
     out = tmp_path / "residual.json"
     code = _script("residual").main(["--random", "yolov5n", "--imgsz", "64",

@@ -1,0 +1,337 @@
+"""Prune to a measured speed: ``graphprune compile ... --latency-target R`` and
+:func:`prune_to_latency`.
+
+FLOPs and parameters are proxies; a user deploys on one runtime and wants a speed.  The search
+walks the same global importance order as ``--lfa-target`` (:class:`~graphprune.search.
+MaskPlanner`: the k least important prunable channels removed), but each probe is compiled —
+and so verified, slim == zero-masked — exported to ONNX and timed on the chosen runtime
+against the unpruned model, the two interleaved in one run (a shuffled order each round) so
+that machine noise hits both alike.  A bisection over k finds the fewest channels removed
+whose latency is at most ``(1 − R)`` × the baseline's — the median over the rounds of the
+probe's time over the baseline's in the same round — to within ``resolution`` of the
+candidates (one bisection step).  The chosen model is then timed again with more rounds
+(``final_rounds``); where noise fooled the short probes and the re-measurement misses the goal,
+the part above it is searched again with ``final_rounds`` a probe, and then, if need be, one
+resolution step at a time until the re-measurement holds.  With an LFA target as well, only prunes within the
+LFA bound are searched (the LFA search runs first): the result is the smallest prune within
+the bound that reaches the speed, or — when none does — the largest within the bound, said so.
+
+Runtimes are onnxruntime's execution providers: ``ort-cpu`` (default), ``ort-cuda``,
+``tensorrt`` and ``openvino`` where that provider is installed; a missing one is refused in one
+line that says how to install it.  Tests drive the search with a fake timer (any object with
+``prepare`` / ``measure`` / ``drop``); no test asserts a time.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol, Sequence
+
+import numpy as np
+import onnxruntime as ort
+import torch
+import torch.nn as nn
+
+from .attention import AttentionReader, CalibrationSet, feature_attention, lfa
+from .errors import GraphpruneError
+from .export import export_onnx
+from .pipeline import compile as gp_compile
+from .search import MaskPlanner, Probe, SearchResult, Searcher, TargetResult, search
+
+# runtime → (onnxruntime execution provider, how to get it)
+RUNTIMES = {
+    "ort-cpu": ("CPUExecutionProvider", "pip install onnxruntime"),
+    "ort-cuda": ("CUDAExecutionProvider", "pip install onnxruntime-gpu, on a machine with a "
+                                          "CUDA GPU and driver"),
+    "tensorrt": ("TensorrtExecutionProvider", "pip install onnxruntime-gpu and install "
+                                              "TensorRT"),
+    "openvino": ("OpenVINOExecutionProvider", "pip install onnxruntime-openvino"),
+}
+
+
+def check_runtime(runtime: str) -> str:
+    """The execution provider of ``runtime``, or a one-line refusal saying how to get it."""
+    if runtime not in RUNTIMES:
+        raise GraphpruneError(f"unknown runtime {runtime!r}",
+                              hint=f"one of {', '.join(RUNTIMES)}")
+    provider, install = RUNTIMES[runtime]
+    if provider not in ort.get_available_providers():
+        raise GraphpruneError(f"the {runtime} runtime needs onnxruntime's {provider}, which is "
+                              f"not installed here", hint=install)
+    return provider
+
+
+class Timer(Protocol):
+    """What :func:`prune_to_latency` times with: ``prepare`` a module under a name, ``measure``
+    named modules interleaved (the milliseconds of each call, one per round), ``drop`` a
+    name."""
+
+    def prepare(self, name: str, module: nn.Module, example: tuple[Any, ...]) -> None: ...
+
+    def measure(self, names: Sequence[str], rounds: int) -> dict[str, list[float]]: ...
+
+    def drop(self, name: str) -> None: ...
+
+
+class OrtTimer:
+    """Times modules in onnxruntime: each is exported to ONNX (a float32 CPU copy; its own
+    compile verified it, so the file's parity check is skipped), run by one session with
+    ``threads`` intra-op threads on ``batch`` copies of the example input; ``measure`` calls
+    them interleaved, a shuffled order each round, after warming each up (at least ``warmup``
+    calls and ``warmup_s`` seconds: a new session's first calls, and the CPU just after a
+    compile, run slow)."""
+
+    def __init__(self, runtime: str = "ort-cpu", threads: int = 2, batch: int = 1,
+                 warmup: int = 3, warmup_s: float = 0.5, seed: int = 0, spin: bool = False):
+        self.provider = check_runtime(runtime)
+        self.spin = spin
+        self.runtime, self.threads, self.batch, self.warmup = runtime, threads, batch, warmup
+        self.warmup_s = warmup_s
+        self.rng = random.Random(seed)
+        self.dir = Path(tempfile.mkdtemp(prefix="graphprune-latency-"))
+        self.sessions: dict[str, tuple[Any, dict[str, np.ndarray]]] = {}
+
+    def prepare(self, name: str, module: nn.Module, example: tuple[Any, ...]) -> None:
+        inputs = tuple(x.detach().cpu().float() if isinstance(x, torch.Tensor) else x
+                       for x in example)
+        path = export_onnx(copy.deepcopy(module).cpu().float().eval(), inputs,
+                           self.dir / f"{len(self.sessions)}-{abs(hash(name))}.onnx",
+                           check=False)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        if not self.spin:
+            # a session's idle threads spin-wait for work by default, taking the cores from
+            # the other session timed right after it (interleaved timing runs two)
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session = ort.InferenceSession(str(path), options, providers=[self.provider])
+        feed = {i.name: np.repeat(x.numpy(), self.batch, axis=0)
+                for i, x in zip(session.get_inputs(), inputs)}
+        self.sessions[name] = (session, feed)
+
+    def measure(self, names: Sequence[str], rounds: int) -> dict[str, list[float]]:
+        samples: dict[str, list[float]] = {n: [] for n in names}
+        order = list(names)
+        start, calls = time.perf_counter(), 0
+        while calls < self.warmup or time.perf_counter() - start < self.warmup_s:
+            for name in order:
+                session, feed = self.sessions[name]
+                session.run(None, feed)
+            calls += 1
+        for _ in range(rounds):
+            self.rng.shuffle(order)
+            for name in order:
+                session, feed = self.sessions[name]
+                start = time.perf_counter()
+                session.run(None, feed)
+                samples[name].append(1000 * (time.perf_counter() - start))
+        return samples
+
+    def drop(self, name: str) -> None:
+        self.sessions.pop(name, None)
+
+    def close(self) -> None:
+        self.sessions.clear()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@dataclass
+class LatencyProbe:
+    """One timed prune: ``count`` channels removed, its latency and the baseline's (median ms
+    of the same interleaved rounds), and ``ratio``, the median over the rounds of its time
+    over the baseline's in that round (paired, so that a slow stretch of the machine that hits
+    both cancels)."""
+
+    count: int
+    prune_ratio: float
+    flops: int
+    params: int
+    baseline_ms: float
+    ms: float
+    rounds: int
+    ratio: float
+    final: bool = False                  # a re-measurement of the chosen prune
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "prune_ratio": self.prune_ratio, "flops": self.flops,
+                "params": self.params, "baseline_ms": self.baseline_ms, "ms": self.ms,
+                "latency_ratio": self.ratio, "rounds": self.rounds, "final": self.final}
+
+
+@dataclass
+class LatencyResult(TargetResult):
+    """What :func:`prune_to_latency` returns: :class:`~graphprune.search.TargetResult` (its
+    ``search`` has goal ``"latency"``) and the timings."""
+
+    latency_target: float = 0.0
+    runtime: str = "ort-cpu"
+    probes: list[LatencyProbe] = field(default_factory=list)
+    chosen: LatencyProbe | None = None
+    lfa_bound: int | None = None          # the largest prune within the LFA target, if any
+
+    def latency_dict(self) -> dict[str, Any]:
+        c = self.chosen
+        return {"latency_target": self.latency_target, "runtime": self.runtime,
+                "baseline_ms": c.baseline_ms, "latency_ms": c.ms,
+                "latency_ratio": c.ratio, "speedup": 1 / c.ratio,
+                "latency_rounds": c.rounds, "lfa_bound_count": self.lfa_bound,
+                "latency_probes": [p.as_dict() for p in self.probes]}
+
+
+def prune_to_latency(model: nn.Module, example_inputs: Any, latency_target: float, *,
+                     calibration: CalibrationSet | None = None,
+                     lfa_target: float | None = None, timer: Timer | None = None,
+                     runtime: str = "ort-cpu", threads: int = 2, batch: int = 1,
+                     rounds: int = 10, final_rounds: int = 20, resolution: float = 0.01,
+                     mode: str = "confidence", layers: Sequence[str] | None = None,
+                     residual: str = "reconstruct", min_channels: int = 1, round_to: int = 1,
+                     exclude: Iterable[str] = (), leaves: Iterable[str] = (),
+                     device: torch.device | str | None = None,
+                     on_probe: Callable[[LatencyProbe], Any] | None = None,
+                     lfa_criterion: str = "plus") -> LatencyResult:
+    """The fewest channels removed (in the global importance order) whose measured latency is
+    at most ``(1 − latency_target)`` × the unpruned model's; see the module's docstring.
+    ``timer`` defaults to an :class:`OrtTimer` on ``runtime`` with ``threads`` and ``batch``."""
+    if not 0 < latency_target < 1:
+        raise GraphpruneError(f"the latency target must be in (0, 1), got {latency_target}",
+                              hint="0.5 asks for half the baseline's latency (twice as fast)")
+    if rounds < 1 or final_rounds < 1:
+        raise GraphpruneError("the latency rounds must be at least 1")
+    if not 0 < resolution <= 0.5:
+        raise GraphpruneError(f"the resolution must be in (0, 0.5], got {resolution}")
+    if lfa_target is not None and calibration is None:
+        raise GraphpruneError("an LFA bound needs calibration images with boxes",
+                              hint="pass --data D.yaml")
+    example = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    own_timer = timer is None
+    timer = timer or OrtTimer(runtime, threads=threads, batch=batch)
+    try:
+        return _search(model, example, latency_target, calibration, lfa_target, timer,
+                       runtime, rounds, final_rounds, resolution, mode, layers,
+                       dict(residual=residual, min_channels=min_channels, round_to=round_to,
+                            exclude=tuple(exclude), leaves=tuple(leaves)),
+                       device, on_probe, lfa_criterion)
+    finally:
+        if own_timer:
+            timer.close()
+
+
+def _search(model, example, latency_target, calibration, lfa_target, timer, runtime, rounds,
+            final_rounds, resolution, mode, layers, options, device, on_probe, lfa_criterion
+            ) -> LatencyResult:
+    reader = AttentionReader(mode, layers)
+    planner = MaskPlanner(model, example, **options)
+    n = planner.size
+    if n == 0:
+        raise GraphpruneError("every prunable channel is pinned or excluded: nothing to search",
+                              hint="see `graphprune inspect MODEL` for the pins")
+    searcher = Searcher(model, planner, calibration, reader, device, criterion=lfa_criterion)
+    notes: list[str] = []
+    upper, bound = n, None
+    if lfa_target is not None:
+        bounded = search(searcher, lfa_target=lfa_target)
+        if not bounded.feasible:
+            raise GraphpruneError(bounded.notes[0], hint="raise --lfa-target")
+        upper = bound = bounded.plan.count
+    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    cpu_model = model if on_cpu else copy.deepcopy(model).cpu()
+    example_cpu = tuple(x.cpu() if isinstance(x, torch.Tensor) else x for x in example)
+    timer.prepare("baseline", cpu_model, example_cpu)
+    goal = 1 - latency_target
+    compiled: dict[int, Any] = {}
+    probes: list[LatencyProbe] = []
+
+    def timed(count: int, k_rounds: int, final: bool = False) -> LatencyProbe:
+        if count not in compiled:
+            plan = searcher.plan(count)
+            compiled[count] = gp_compile(
+                cpu_model, example_cpu,
+                masks={k: torch.as_tensor(m) for k, m in plan.requested.items()}, **options)
+        name = f"prune-{count}"
+        timer.prepare(name, compiled[count].module, example_cpu)
+        samples = timer.measure(["baseline", name], k_rounds)
+        timer.drop(name)
+        plan = searcher.plan(count)
+        base, mine = samples["baseline"], samples[name]
+        probe = LatencyProbe(count, 1 - plan.channels_kept / max(searcher.channels_total, 1),
+                             plan.flops, plan.params, statistics.median(base),
+                             statistics.median(mine), k_rounds,
+                             statistics.median(m / b for m, b in zip(mine, base)), final)
+        probes.append(probe)
+        if on_probe is not None:
+            on_probe(probe)
+        return probe
+
+    step = max(1, int(round(resolution * n)))
+    feasible = True
+    top = timed(upper, rounds)
+    if top.ratio > goal:
+        feasible, chosen = False, upper
+        within = " within the LFA bound" if bound is not None else ""
+        notes.append(f"the largest prune{within} ({top.prune_ratio:.1%} of the prunable "
+                     f"channels) runs at {top.ratio:.2f} × the baseline's latency, short of "
+                     f"{goal:.2f} ×")
+        final = timed(chosen, final_rounds, final=True)
+    else:
+        def bisect(lo: int, hi: int, k_rounds: int) -> int:
+            """lo: slower than the goal (0 = unpruned), hi: fast enough."""
+            while hi - lo > step:
+                mid = (lo + hi) // 2
+                if timed(mid, k_rounds).ratio <= goal:
+                    hi = mid
+                else:
+                    lo = mid
+            return hi
+
+        chosen = bisect(0, upper, rounds)
+        final = timed(chosen, final_rounds, final=True)
+        if final.ratio > goal and chosen < upper:
+            # noise fooled the short probes: search again above, every probe with the
+            # re-measurement's rounds
+            notes.append(f"re-measured with {final_rounds} rounds, {chosen} channels ran at "
+                         f"{final.ratio:.3f} × > {goal:.3f} ×: searched again above them with "
+                         f"{final_rounds} rounds a probe")
+            chosen = bisect(chosen, upper, final_rounds)
+            final = timed(chosen, final_rounds, final=True)
+        while final.ratio > goal and chosen < upper:
+            notes.append(f"re-measured, {chosen} channels ran at {final.ratio:.3f} × > "
+                         f"{goal:.3f} ×: one step more")
+            chosen = min(upper, chosen + step)
+            final = timed(chosen, final_rounds, final=True)
+        if final.ratio > goal:
+            feasible = False
+            notes.append(f"re-measured, the largest prune runs at {final.ratio:.3f} × the "
+                         f"baseline's latency, short of {goal:.3f} ×")
+    plan = searcher.plan(chosen)
+    result = compiled[chosen]
+    for name, mask in plan.masks.items():
+        if not np.array_equal(result.masks[name].numpy(), mask):
+            raise GraphpruneError(f"internal error: the searched masks of {name!r} differ from "
+                                  "the compiled ones", hint="please report this model")
+    measured = [Probe(p.count, searcher.plan(p.count).threshold, p.prune_ratio, p.params,
+                      p.flops, None, None, None) for p in probes]
+    loss = searcher.lfa_of(chosen) if calibration is not None else None
+    found = SearchResult("latency", latency_target, plan, list(searcher.probes) + measured,
+                         searcher.evaluations, searcher.fa_sparse, loss,
+                         searcher.channels_total, n, feasible, notes)
+    fa_slim = lfa_slim = None
+    if calibration is not None:
+        slim = result.module if device is None else result.module.to(device)
+        fa_slim = feature_attention(slim, calibration, reader=reader, device=device)
+        lfa_slim = lfa(fa_slim, searcher.fa_sparse)
+    return LatencyResult(result, found, fa_slim, lfa_slim, latency_target=latency_target,
+                         runtime=getattr(timer, "runtime", runtime), probes=probes,
+                         chosen=final, lfa_bound=bound)
+
+
+__all__ = ["LatencyProbe", "LatencyResult", "OrtTimer", "RUNTIMES", "Timer", "check_runtime",
+           "prune_to_latency"]
