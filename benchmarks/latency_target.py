@@ -83,7 +83,7 @@ def measure(name: str, imgsz: int, target: float, threads: int, rounds: int,
             "params": found.compiled.stats.params_after,
             "channels_removed": found.compiled.stats.channels_pruned,
             "search_ratio": found.chosen.ratio, "feasible": found.search.feasible,
-            "probes": len(found.probes), "notes": list(found.search.notes)}
+            "probes": [q.as_dict() for q in found.probes], "notes": list(found.search.notes)}
     if scale is not None:
         with console.status(f"{name}: the dense model of equal FLOPs"):
             dense, dense_flops, width = dense_of_equal_flops(
