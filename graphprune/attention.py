@@ -136,6 +136,7 @@ class CalibrationSet:
                                   hint="check the val entry of data.yaml")
         picks = np.unique(np.linspace(0, total - 1, min(count, total)).round().astype(int))
         images, boxes, rectangles, paths = [], [], [], []
+        index = {p: k for k, p in enumerate(dataset.images)} if rotated else {}
         for i in picks:
             image, targets, path, meta = dataset[int(i)]
             s_h, s_w = image.shape[1:]
@@ -145,7 +146,10 @@ class CalibrationSet:
             boxes.append(np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1)
                          .astype(np.float32))
             if rotated:
-                j = dataset.images.index(Path(path))    # the image loaded
+                if meta["ratio"] is None:
+                    raise GraphpruneError("rotated calibration boxes need a dataset without "
+                                          "augmentation", hint="build it with augment=False")
+                j = index.get(Path(path), int(i))       # the image loaded
                 corners = label_rectangles(dataset.labels[j], dataset.outlines[j], meta["orig"])
                 rectangles.append(corners * meta["ratio"] + np.asarray(meta["pad"]))
             paths.append(str(path))
@@ -231,14 +235,19 @@ def _rotated_mask(rectangles: np.ndarray, mask: np.ndarray, cx: np.ndarray, cy: 
     gh, gw = mask.shape
     x, y = np.meshgrid(cx, cy)
     for quad in rectangles.reshape(-1, 4, 2):
+        centre = quad.mean(0)
+        mask[_centre_cell(centre[0], centre[1], sx, sy, gh, gw)] = True
+        edges = np.roll(quad, -1, axis=0) - quad
+        area = 0.5 * abs(float(np.sum(quad[:, 0] * np.roll(quad[:, 1], -1)
+                                      - np.roll(quad[:, 0], -1) * quad[:, 1])))
+        if area <= 1e-9 * max(1.0, float((edges ** 2).sum())):
+            continue          # a flat rectangle (a line or a point): its centre cell only
         # the cross product of each side with the way to the point: one sign all round inside,
         # whichever way the corners turn
         cross = [(b[0] - a[0]) * (y - a[1]) - (b[1] - a[1]) * (x - a[0])
                  for a, b in zip(quad, np.roll(quad, -1, axis=0))]
         scale = 1e-9 * max(1.0, float(np.abs(quad).max()) ** 2)
         mask |= np.all([c >= -scale for c in cross], 0) | np.all([c <= scale for c in cross], 0)
-        centre = quad.mean(0)
-        mask[_centre_cell(centre[0], centre[1], sx, sy, gh, gw)] = True
     return torch.from_numpy(mask)
 
 

@@ -105,6 +105,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 TARGET_ONLY = ("data", "calib_images", "lfa_mode", "lfa_layers", "lfa_criterion", "eval",
                "baseline", "finetune_epochs", "heatmaps", "device", "runtime",
                "latency_threads", "latency_batch", "latency_rounds")
+LATENCY_ONLY = ("runtime", "latency_threads", "latency_batch", "latency_rounds")
 METHODS = ("--prune-ratio", "--threshold", "--masks", "--lfa-target", "--flops-target",
            "--params-target", "--latency-target")
 
@@ -391,6 +392,14 @@ def cmd_compile(args) -> int:
     if args.latency_target is not None and others:
         args.compile_parser.error(f"--latency-target combines with --lfa-target only, not with "
                                   f"{' '.join(others)}")
+    timing = [f"--{n.replace('_', '-')}" for n in LATENCY_ONLY
+              if getattr(args, n) != args.target_only_defaults[n]]
+    if args.latency_target is None and timing:
+        raise GraphpruneError(f"{', '.join(timing)} only {'applies' if len(timing) == 1 else 'apply'}"
+                              " to --latency-target", hint="add --latency-target R, or drop it")
+    if args.latency_target is not None and args.fold_pruned_bias:
+        raise GraphpruneError("--latency-target does not fold pruned biases yet",
+                              hint="drop --fold-pruned-bias")
     validate_request(CompileConfig(threshold=args.threshold, prune_ratio=args.prune_ratio,
                                    residual=args.residual, min_channels=args.min_channels,
                                    round_to=args.round_to))

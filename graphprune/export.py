@@ -327,7 +327,7 @@ def export_onnx(module: nn.Module, example_inputs: tuple[Any, ...], path: str | 
                         "that float32 rounding decides either way, so no float32 runtime can "
                         "be checked against them; the file is not written",
                         hint="use the PyTorch outputs (slim.graphprune.pt, slim.pt2), or pass "
-                             "--no-onnx")
+                             "--no-onnx; if the model has no such selection, please report it")
                 raise VerificationError(f"onnxruntime disagrees with the slim module: {worst}",
                                         hint="please report this model")
     return Path(path)
@@ -344,11 +344,17 @@ def float32_spread(module: nn.Module, inputs: tuple[Any, ...], expected: list[to
                    for x in inputs)
         with torch.no_grad():
             reference = _flat_outputs(double(*xs))
-    except (RuntimeError, TypeError, ValueError, AttributeError):
+    except (RuntimeError, TypeError, ValueError, AttributeError, AssertionError, IndexError,
+            KeyError):
         return None
+    if len(reference) != len(expected):
+        return f"{len(reference)} outputs in float64, {len(expected)} in float32"
     for k, (e, r) in enumerate(zip(expected, reference)):
-        diff = (e.double() - r).abs()
-        if e.shape == r.shape and not bool((diff <= atol + rtol * r.abs()).all()):
+        if e.shape != r.shape:
+            return f"output {k} has shape {tuple(r.shape)} in float64, {tuple(e.shape)} in float32"
+        e, r = e.detach().double(), r.detach().double()
+        diff = (e - r).abs()
+        if not bool((diff <= atol + rtol * r.abs()).all()):
             return f"output {k}: max |diff| {float(diff.max()):.3g}"
     return None
 

@@ -46,6 +46,9 @@ from .pipeline import compile as gp_compile
 from .search import MaskPlanner, Probe, SearchResult, Searcher, TargetResult, search
 
 # runtime → (onnxruntime execution provider, how to get it)
+# re-measurements one resolution step further up, at most, after a search that noise fooled
+MAX_STEPS_UP = 5
+
 RUNTIMES = {
     "ort-cpu": ("CPUExecutionProvider", "pip install onnxruntime"),
     "ort-cuda": ("CUDAExecutionProvider", "pip install onnxruntime-gpu, on a machine with a "
@@ -97,6 +100,7 @@ class OrtTimer:
         self.rng = random.Random(seed)
         self.dir = Path(tempfile.mkdtemp(prefix="graphprune-latency-"))
         self.sessions: dict[str, tuple[Any, dict[str, np.ndarray]]] = {}
+        self.paths: dict[str, Path] = {}
 
     def prepare(self, name: str, module: nn.Module, example: tuple[Any, ...]) -> None:
         inputs = tuple(x.detach().cpu().float() if isinstance(x, torch.Tensor) else x
@@ -114,9 +118,16 @@ class OrtTimer:
             # the other session timed right after it (interleaved timing runs two)
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(str(path), options, providers=[self.provider])
+        if session.get_providers()[0] != self.provider:
+            # onnxruntime falls back to the CPU when a provider's libraries do not load
+            raise GraphpruneError(f"the {self.runtime} runtime's {self.provider} did not load "
+                                  f"(onnxruntime fell back to {session.get_providers()[0]})",
+                                  hint=RUNTIMES[self.runtime][1])
+        tensors = [x for x in inputs if isinstance(x, torch.Tensor)]
         feed = {i.name: np.repeat(x.numpy(), self.batch, axis=0)
-                for i, x in zip(session.get_inputs(), inputs)}
+                for i, x in zip(session.get_inputs(), tensors)}
         self.sessions[name] = (session, feed)
+        self.paths[name] = path
 
     def measure(self, names: Sequence[str], rounds: int) -> dict[str, list[float]]:
         samples: dict[str, list[float]] = {n: [] for n in names}
@@ -138,10 +149,20 @@ class OrtTimer:
 
     def drop(self, name: str) -> None:
         self.sessions.pop(name, None)
+        path = self.paths.pop(name, None)
+        if path is not None:
+            path.unlink(missing_ok=True)
 
     def close(self) -> None:
         self.sessions.clear()
+        self.paths.clear()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> "OrtTimer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 @dataclass
@@ -253,6 +274,9 @@ def _search(model, example, latency_target, calibration, lfa_target, timer, runt
     def timed(count: int, k_rounds: int, final: bool = False) -> LatencyProbe:
         if count not in compiled:
             plan = searcher.plan(count)
+            # only the latest compiles are kept (a search of a large model makes many)
+            for old in list(compiled)[:-2]:
+                del compiled[old]
             compiled[count] = gp_compile(
                 cpu_model, example_cpu,
                 masks={k: torch.as_tensor(m) for k, m in plan.requested.items()}, **options)
@@ -277,10 +301,12 @@ def _search(model, example, latency_target, calibration, lfa_target, timer, runt
     if top.ratio > goal:
         feasible, chosen = False, upper
         within = " within the LFA bound" if bound is not None else ""
-        notes.append(f"the largest prune{within} ({top.prune_ratio:.1%} of the prunable "
-                     f"channels) runs at {top.ratio:.2f} × the baseline's latency, short of "
-                     f"{goal:.2f} ×")
         final = timed(chosen, final_rounds, final=True)
+        feasible = final.ratio <= goal
+        if not feasible:
+            notes.append(f"the largest prune{within} ({top.prune_ratio:.1%} of the prunable "
+                         f"channels) runs at {final.ratio:.2f} × the baseline's latency, short "
+                         f"of {goal:.2f} ×")
     else:
         def bisect(lo: int, hi: int, k_rounds: int) -> int:
             """lo: slower than the goal (0 = unpruned), hi: fast enough."""
@@ -302,14 +328,16 @@ def _search(model, example, latency_target, calibration, lfa_target, timer, runt
                          f"{final_rounds} rounds a probe")
             chosen = bisect(chosen, upper, final_rounds)
             final = timed(chosen, final_rounds, final=True)
-        while final.ratio > goal and chosen < upper:
+        for _ in range(MAX_STEPS_UP):
+            if final.ratio <= goal or chosen >= upper:
+                break
             notes.append(f"re-measured, {chosen} channels ran at {final.ratio:.3f} × > "
                          f"{goal:.3f} ×: one step more")
             chosen = min(upper, chosen + step)
             final = timed(chosen, final_rounds, final=True)
         if final.ratio > goal:
             feasible = False
-            notes.append(f"re-measured, the largest prune runs at {final.ratio:.3f} × the "
+            notes.append(f"re-measured, {chosen} channels run at {final.ratio:.3f} × the "
                          f"baseline's latency, short of {goal:.3f} ×")
     plan = searcher.plan(chosen)
     result = compiled[chosen]
@@ -328,6 +356,12 @@ def _search(model, example, latency_target, calibration, lfa_target, timer, runt
         slim = result.module if device is None else result.module.to(device)
         fa_slim = feature_attention(slim, calibration, reader=reader, device=device)
         lfa_slim = lfa(fa_slim, searcher.fa_sparse)
+        if lfa_target is not None and lfa_slim.value(lfa_criterion) > lfa_target:
+            # LFA need not grow with the prune: below the bound's count it may still exceed
+            found.feasible = False
+            found.notes.append(f"the chosen prune's LFA ({lfa_slim.value(lfa_criterion):.4f}) "
+                               f"exceeds the target {lfa_target} although it removes fewer "
+                               "channels than the bound")
     return LatencyResult(result, found, fa_slim, lfa_slim, latency_target=latency_target,
                          runtime=getattr(timer, "runtime", runtime), probes=probes,
                          chosen=final, lfa_bound=bound)

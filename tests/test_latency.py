@@ -174,3 +174,27 @@ def test_compile_refuses_latency_with_another_goal_and_a_missing_runtime(tmp_pat
     with pytest.raises(SystemExit) as caught:
         main(["compile", "yolov5n", "--out", str(tmp_path / "c")])
     assert caught.value.code == 2 and "--latency-target" in capsys.readouterr().err
+
+
+def test_a_provider_that_does_not_load_is_refused_not_timed_on_the_cpu(monkeypatch, tmp_path):
+    """onnxruntime lists a provider whose libraries may still fail to load, and then falls
+    back to the CPU: the timer refuses instead of labelling CPU times as the provider's."""
+    from graphprune import latency
+
+    monkeypatch.setattr(latency.ort, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    model, _ = _two_level()
+    with latency.OrtTimer("ort-cuda") as timer, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(GraphpruneError, match="did not load") as caught:
+            timer.prepare("baseline", model, (EXAMPLE,))
+    assert "onnxruntime-gpu" in caught.value.hint
+    assert not timer.dir.exists()
+
+
+def test_timing_options_without_a_latency_target_are_refused(tmp_path, capsys):
+    code = main(["compile", "yolov5n", "--imgsz", "64", "--flops-target", "0.5",
+                 "--latency-rounds", "5", "--out", str(tmp_path / "a")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and "--latency-rounds" in err
+    assert not (tmp_path / "a").exists()

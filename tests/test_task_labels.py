@@ -63,9 +63,10 @@ def test_min_area_rectangle_gives_a_rectangle_back_and_fits_a_quadrilateral():
     np.testing.assert_allclose(sorted(map(tuple, got.round(9))),
                                sorted(map(tuple, rect.round(9))), atol=1e-9)
     # collinear and repeated points give a flat rectangle (the centre cell still counts)
-    flat = min_area_rectangle(np.array([[1.0, 1.0], [3.0, 3.0], [2.0, 2.0], [1.0, 1.0]]))
-    assert np.allclose(flat.mean(0), [2, 2])
-    assert target_mask(flat[None], (4, 4), (8, 8)).numpy().sum() >= 1
+    flat = min_area_rectangle(np.array([[1.0, 1.0], [4.0, 4.0], [2.0, 2.0], [1.0, 1.0]]))
+    assert np.allclose(flat.mean(0), [2.5, 2.5])
+    got = target_mask(flat[None], (4, 4), (8, 8)).numpy()
+    assert got.sum() == 1 and got[1, 1]          # a flat rectangle marks its centre cell only
 
 
 def test_label_rectangles_are_fitted_in_pixels_of_a_non_square_image():
@@ -121,6 +122,10 @@ def test_keypoint_lines_need_the_datasets_kpt_shape():
     # too); a line of the wrong length for the shape is refused and says what was expected
     _, problems = parse_yolo_labels(line + " 0.1", 3, kpt_shape=(2, 3))
     assert len(problems) == 1 and "12 fields" in problems[0] and "5 + 2·3" in problems[0]
+    # one value missing, leaving an odd count, is refused too, not read as a 6-point polygon
+    three = line + " 0.55 0.5"                       # 3 keypoints, the last one's v missing
+    boxes, problems = parse_yolo_labels(three, 3, kpt_shape=(3, 3))
+    assert len(boxes) == 0 and len(problems) == 1 and "13 fields" in problems[0]
 
 
 @pytest.mark.parametrize("shape, ok", [([17, 3], True), ([4, 2], True), ([17, 4], False),

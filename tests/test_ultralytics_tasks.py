@@ -127,6 +127,10 @@ def test_the_slim_checkpoint_finetunes_validates_predicts_and_exports(run, tmp_p
     assert isinstance(slim.model, gpu.slim_model_class(task)) and slim.task == task
     slim_params = _params(slim.model)
     assert slim_params == run["report"]["params_after"]
+    image = sorted((run["tmp"] / "data" / "images" / "val").iterdir())[0]
+    # the compiled checkpoint predicts as it is (a pose model needs its kpt_shape)
+    assert YOLO(str(run["slim"]))(str(image), imgsz=IMGSZ, conf=0.0001, device="cpu",
+                                  verbose=False)
     trained = gpu.finetune(run["slim"], data=str(run["data"]), epochs=1, imgsz=IMGSZ, batch=8,
                            project=str(tmp_path), name="ft", seed=0, **ULTRALYTICS)
     assert isinstance(trained.model, gpu.slim_model_class(task))
@@ -141,7 +145,6 @@ def test_the_slim_checkpoint_finetunes_validates_predicts_and_exports(run, tmp_p
     metrics = YOLO(str(best)).val(data=str(run["data"]), imgsz=IMGSZ, batch=8,
                                   project=str(tmp_path), name="val", **ULTRALYTICS)
     assert 0.0 <= metrics.results_dict["metrics/mAP50(B)"] <= 1.0
-    image = sorted((run["tmp"] / "data" / "images" / "val").iterdir())[0]
     results = YOLO(str(best))(str(image), imgsz=IMGSZ, conf=0.0001, device="cpu",
                               verbose=False)
     found = {"obb": results[0].obb, "segment": results[0].boxes,

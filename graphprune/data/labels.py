@@ -97,7 +97,8 @@ def _parse_yolo_line(line: str, num_classes: int, kpt_shape: KptShape = None
     fields = line.split()
     n = len(fields)
     keypoints = kpt_shape is not None and n == 5 + kpt_shape[0] * kpt_shape[1]
-    polygon = not keypoints and n >= 7 and n % 2 == 1
+    # a pose dataset's lines are keypoint lines (a value missing is an error, not a polygon)
+    polygon = kpt_shape is None and n >= 7 and n % 2 == 1
     if n != 5 and not keypoints and not polygon:
         return None, f"{n} fields, {_expected_fields(kpt_shape)}: {line[:60]!r}"
     try:

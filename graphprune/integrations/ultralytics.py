@@ -167,7 +167,8 @@ def add_sparsity(model, **options: Any) -> SparsityCallbacks:
 
 # -- the slim model as an ultralytics checkpoint ------------------------------------------------
 # Attributes of the DetectionModel that ultralytics' loaders, validators and predictors read.
-_COPIED = ("yaml", "names", "nc", "stride", "args", "task", "save", "inplace")
+_COPIED = ("yaml", "names", "nc", "stride", "args", "task", "save", "inplace", "kpt_shape",
+           "kpt_names")
 # how to train a slim checkpoint, for the errors that refuse the other ways
 HOW_TO_TRAIN = ("train it with graphprune.integrations.ultralytics.finetune(path, data=..., "
                 "epochs=...), or YOLO(path).train(trainer=SlimTrainer, ...) with SlimTrainer "
@@ -286,7 +287,14 @@ def model_task(model: nn.Module) -> str:
     """The ultralytics task of a ``DetectionModel`` (``detect``, ``obb``, ``segment``,
     ``pose``): the most specific of ultralytics' model classes it is an instance of."""
     for task, (base, *_rest) in TASKS.items():
-        if isinstance(model, _import(base)):
+        cls = _import(base)
+        if isinstance(model, cls):
+            if type(model) is not cls and not isinstance(model, _SlimModel):
+                # a further subclass (YOLO-World, YOLOE, ...) has its own loss and heads
+                raise GraphpruneError(f"{type(model).__name__} is a kind of {cls.__name__} "
+                                      "that graphprune's slim checkpoints do not cover yet",
+                                      hint="drop --ultralytics-checkpoint; the compiled module "
+                                           "(slim.graphprune.pt, slim.onnx) is written as usual")
             return task
     raise GraphpruneError(f"{type(model).__name__} is not an ultralytics detection, OBB, "
                           "segmentation or pose model")
