@@ -43,7 +43,7 @@ from .attention import AttentionReader, CalibrationSet, feature_attention, lfa
 from .errors import GraphpruneError
 from .export import export_onnx
 from .pipeline import compile as gp_compile
-from .search import MaskPlanner, Probe, SearchResult, Searcher, TargetResult, search
+from .search import MaskPlanner, SearchResult, Searcher, TargetResult, search
 
 # runtime → (onnxruntime execution provider, how to get it)
 # re-measurements one resolution step further up, at most, after a search that noise fooled
@@ -345,10 +345,9 @@ def _search(model, example, latency_target, calibration, lfa_target, timer, runt
         if not np.array_equal(result.masks[name].numpy(), mask):
             raise GraphpruneError(f"internal error: the searched masks of {name!r} differ from "
                                   "the compiled ones", hint="please report this model")
-    measured = [Probe(p.count, searcher.plan(p.count).threshold, p.prune_ratio, p.params,
-                      p.flops, None, None, None) for p in probes]
     loss = searcher.lfa_of(chosen) if calibration is not None else None
-    found = SearchResult("latency", latency_target, plan, list(searcher.probes) + measured,
+    # the search's probes are the LFA bound's; the timed ones are LatencyResult.probes
+    found = SearchResult("latency", latency_target, plan, list(searcher.probes),
                          searcher.evaluations, searcher.fa_sparse, loss,
                          searcher.channels_total, n, feasible, notes)
     fa_slim = lfa_slim = None

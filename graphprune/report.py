@@ -223,6 +223,11 @@ def markdown(report: dict[str, Any], plots: Sequence[str] = ()) -> str:
                         else "") + ").")
     elif goal in ("flops", "params"):
         lines.append(f"Goal: remove at least {_pct(r[f'{goal}_target'])} of the {goal}.")
+    elif goal == "latency":
+        bound = "" if r.get("lfa_target") is None else \
+            f", within LFA ≤ {_pct(r['lfa_target'], 2)}"
+        lines.append(f"Goal: remove at least {_pct(r['latency_target'])} of the latency measured "
+                     f"on {r.get('runtime')}, with the fewest channels{bound}.")
     elif goal == "prune_ratio":
         lines.append(f"Goal: prune {_pct(r['request']['prune_ratio'])} of the prunable "
                      f"channels, least important first (BatchNorm |γ|; without BatchNorm, "
@@ -256,7 +261,12 @@ def markdown(report: dict[str, Any], plots: Sequence[str] = ()) -> str:
                  f"{r['max_error']:.2e}")
     if r.get("fold_pruned_bias"):
         lines.append(f"- {fold_sentence(r['fold_pruned_bias'])}")
-    if r.get("evaluations") is not None:
+    if r.get("latency_ms") is not None:
+        lines.append(f"- latency on {r['runtime']}: {r['baseline_ms']:.2f} ms → "
+                     f"{r['latency_ms']:.2f} ms, {r['latency_ratio']:.3f} × the baseline's "
+                     f"({r['speedup']:.2f}× faster; median of {r['latency_rounds']} interleaved "
+                     f"rounds, re-measured after the search)")
+    if r.get("evaluations") is not None and (goal != "latency" or r.get("lfa_target")):
         lines.append(f"- {r['evaluations']} LFA evaluations for N = {r['candidates']} candidate "
                      f"channels (bound ⌈log₂ N⌉ + 2 = "
                      f"{math.ceil(math.log2(max(r['candidates'], 2))) + 2}), on "
@@ -277,6 +287,15 @@ def markdown(report: dict[str, Any], plots: Sequence[str] = ()) -> str:
             lines.append(f"| {k} | {p['count']} | {delta} | {_pct(p['prune_ratio'])} | "
                          f"{_fmt_count(p['params'])} | {_fmt_count(p['flops'])} | "
                          f"{_pct(p['lfa_plus'], 3)} | {signed}{cached} |")
+    if r.get("latency_probes"):
+        lines += ["", "## Latency probes", "",
+                  "| # | channels pruned | prune ratio | FLOPs | ms | baseline ms | × baseline "
+                  "| rounds |", "|---|---|---|---|---|---|---|---|"]
+        for k, p in enumerate(r["latency_probes"], 1):
+            lines.append(f"| {k} | {p['count']} | {_pct(p['prune_ratio'])} | "
+                         f"{_fmt_count(p['flops'])} | {p['ms']:.2f} | {p['baseline_ms']:.2f} | "
+                         f"{p['latency_ratio']:.3f} | {p['rounds']}"
+                         f"{' (re-measured)' if p['final'] else ''} |")
     pinned = r.get("pinned") or {}
     if pinned:
         lines += ["", "## Pinned layers", ""]

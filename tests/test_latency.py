@@ -158,6 +158,10 @@ def test_compile_latency_target_end_to_end(tmp_path, capsys):
     assert report["request"]["latency_target"] == 0.3
     assert (out / "latency_vs_prune.png").exists() and (out / "slim.onnx").exists()
     assert "latency on ort-cpu" in capsys.readouterr().out
+    assert report["probes"] == []               # no LFA search without --lfa-target
+    md = (out / "report.md").read_text()
+    assert "Goal: remove at least 30" in md and "## Latency probes" in md
+    assert md.count("(re-measured)") == len(finals)
 
 
 def test_compile_refuses_latency_with_another_goal_and_a_missing_runtime(tmp_path, capsys):
