@@ -51,7 +51,10 @@ bench: install
 	$(BIN)/python -m benchmarks.residual_ops
 	$(BIN)/python -m benchmarks.node_cost
 	$(BIN)/python -m benchmarks.flops
-	$(BIN)/python -m benchmarks.latency --round-to 8 --profile
+	$(BIN)/python -m benchmarks.latency --round-to 8 --runtime-widths --profile
+	$(BIN)/python -m benchmarks.latency --round-to 8 --runtime-widths --imgsz 320
+	$(BIN)/python -m benchmarks.latency --round-to 8 --runtime-widths --no-torch --seed 1 --name latency_seed1
+	$(BIN)/python -m benchmarks.latency --round-to 8 --runtime-widths --no-torch --seed 1 --imgsz 320 --name latency_320_seed1
 	$(BIN)/python -m benchmarks.residual --random yolov5s --imgsz 640
 	$(BIN)/python -m benchmarks.residual_headroom
 	$(MAKE) bench-zoo

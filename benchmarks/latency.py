@@ -11,6 +11,11 @@ noise hits them alike.  The untrained baseline gets random BatchNorm γ (log-uni
     python -m benchmarks.latency                         # yolov5s @ 640, 30/50/65/70 % of FLOPs
     python -m benchmarks.latency --quick                 # yolov5s @ 320, fewer rounds
     python -m benchmarks.latency --round-to 8 --profile  # aligned widths; ORT op profile
+    python -m benchmarks.latency --round-to 8 --runtime-widths --imgsz 320
+                                   # + widths measured fast on onnxruntime (gp.WidthTable)
+
+Results go to results/latency.{txt,json} at 640 px, results/latency_<imgsz> otherwise
+(``--name`` to choose).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 import warnings
 from collections import defaultdict
 from datetime import date
@@ -34,6 +40,7 @@ from graphprune.export import export_onnx
 from graphprune.models import YOLOv5, randomize_batchnorm, yolov5
 from graphprune.models.yolov5 import SCALES
 from graphprune.stats import count_flops, count_params
+from graphprune.widths import WidthTable, rounding_name
 
 from benchmarks.common import (machine, ort_session, stamp, time_interleaved, time_sessions,
                                write_results)
@@ -86,6 +93,11 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--round-to", type=int, default=1, metavar="K",
                         help="also prune with channel counts rounded to multiples of K")
+    parser.add_argument("--runtime-widths", action="store_true",
+                        help="also prune with runtime-aware widths (graphprune.WidthTable: "
+                             "each layer rounded to a width measured fast on onnxruntime)")
+    parser.add_argument("--width-cache", type=Path, default=None,
+                        help="the width table's cache file (default: the user cache)")
     parser.add_argument("--profile", action="store_true",
                         help="ORT op-type profile of the slim and dense models at the target "
                              "nearest 0.65")
@@ -94,6 +106,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json-out", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="320 px, 10 rounds, 2 targets")
     parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser.add_argument("--name", default=None,
+                        help="results file name (default: latency, latency_<imgsz> off 640 px)")
     args = parser.parse_args(argv)
     if args.quick:
         args.imgsz, args.rounds, args.targets = 320, 10, "0.5,0.65"
@@ -110,20 +124,28 @@ def main(argv=None) -> int:
     variants = [(t, 1) for t in targets]
     if args.round_to > 1:
         variants += [(t, args.round_to) for t in targets]
+    widths, widths_s = None, 0.0
+    if args.runtime_widths:
+        widths = WidthTable("ort-cpu", threads=args.threads, cache=args.width_cache or True)
+        variants += [(t, widths) for t in targets]
     tmp = Path(tempfile.mkdtemp(prefix="gp-latency-"))
     models = {"baseline": base}
     paths = {"baseline": export_onnx(base, (x,), tmp / "baseline.onnx")}
     info = {}
     for target, k in variants:
-        name = f"slim{int(round(100 * target))}" + (f"_r{k}" if k > 1 else "")
-        with console.status(f"pruning {target:.0%} of the FLOPs (round-to {k})"), \
-                warnings.catch_warnings():
+        tag = "" if k == 1 else "_rt" if k is widths else f"_r{k}"
+        name = f"slim{int(round(100 * target))}{tag}"
+        with console.status(f"pruning {target:.0%} of the FLOPs (round-to "
+                            f"{rounding_name(k)})"), warnings.catch_warnings():
             warnings.simplefilter("ignore", gp.GraphpruneWarning)
+            start = time.perf_counter()
             found = gp.prune_to_target(base, x, None, flops_target=target, round_to=k)
+            if k is widths:
+                widths_s += time.perf_counter() - start
         slim = found.compiled.module.eval()
         models[name] = slim
         paths[name] = found.compiled.export_onnx(tmp / f"{name}.onnx")
-        info[name] = {"target": target, "round_to": k, "stats": found.compiled.stats,
+        info[name] = {"target": target, "round_to": rounding_name(k), "stats": found.compiled.stats,
                       "pieces": dict(found.compiled.emit_stats)}
         if k == 1:
             with console.status(f"narrowing a dense {args.model} to the same FLOPs"):
@@ -169,6 +191,10 @@ def main(argv=None) -> int:
             "torch_speedup": torch_ms["baseline"] / torch_ms[name] if torch_ms else None,
             "torch_dense_speedup": torch_ms["baseline"] / torch_ms[dname] if torch_ms else None,
             "residual_pieces": meta["pieces"]})
+    for r in rows:                   # each rounding next to round-to K at the same target
+        other = f"slim{int(round(100 * r['flops_target']))}_r{args.round_to}"
+        r["vs_round_to"] = (r["ort_ms"] / ort_ms[other]
+                            if other in ort_ms and other != r["model"] else None)
     profile = None
     if args.profile:
         near = min((r for r in rows if r["round_to"] == 1),
@@ -201,7 +227,13 @@ def main(argv=None) -> int:
                       f"{r['slim_vs_dense']:.3f}",
                       "–" if r["torch_speedup"] is None else
                       f"{r['torch_speedup']:.2f}× · {r['torch_dense_speedup']:.2f}×")
-    lines = [f"ORT profile {name} (ms/run): "
+    lines = [f"{r['model']}: {r['vs_round_to']:.3f}x the time of round-to {args.round_to} at "
+             f"the same target (FLOPs {r['flops_ratio']:.3f})"
+             for r in rows if r["model"].endswith("_rt") and r["vs_round_to"] is not None]
+    if widths is not None:
+        lines.append(f"width table: {widths.timed} stand-ins timed in {widths_s:.0f} s of "
+                     f"pruning to {len(targets)} targets")
+    lines += [f"ORT profile {name} (ms/run): "
              + ", ".join(f"{k} {v:.1f}" for k, v in list(p["ms_per_run"].items())[:8])
              + f"; Slice/Gather/Concat/Add/Split {p['residual_share']:.1%} of kernel time"
              for name, p in (profile or {}).items()]
@@ -213,11 +245,15 @@ def main(argv=None) -> int:
                f"{args.seed})", "baseline_ms": ort_ms["baseline"],
                "baseline_torch_ms": torch_ms.get("baseline"), "baseline_flops": base_flops,
                "baseline_params": base_params, **stamp(),
-               "rows": rows, "profile": profile}
+               "rows": rows, "profile": profile,
+               "width_table": None if widths is None else {
+                   "timed": widths.timed, "seconds": widths_s, "tolerance": widths.tolerance,
+                   "span": widths.span, "rounds": widths.rounds}}
     if args.json_out is not None:
         args.json_out.write_text(json.dumps(payload, indent=2) + "\n")
     if not args.quick:
-        write_results(args.results, "latency", payload, [table, *lines], 170)
+        name = args.name or ("latency" if args.imgsz == 640 else f"latency_{args.imgsz}")
+        write_results(args.results, name, payload, [table, *lines], 170)
     return 0
 
 

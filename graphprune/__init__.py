@@ -13,6 +13,9 @@
 
     # prune to a measured speed: half the latency on onnxruntime's CPU provider
     fast = gp.prune_to_latency(model, torch.zeros(1, 3, 640, 640), 0.5, runtime="ort-cpu")
+
+    # round each layer's width to one measured fast on the runtime (cached per machine)
+    result = gp.compile(model, x, prune_ratio=0.5, round_to=gp.WidthTable("ort-cpu"))
 """
 
 from .attention import CalibrationSet, feature_attention, lfa
@@ -25,11 +28,12 @@ from .latency import prune_to_latency
 from .search import prune_to_target
 from .sparsity import SparsityRegularizer
 from .tracing import trace
+from .widths import WidthTable
 
 __version__ = "0.1.0"
 
 __all__ = ["CalibrationSet", "CheckpointError", "CompileResult", "GraphpruneError", "GraphpruneWarning",
            "MaskError", "ModelReport", "SparsityRegularizer", "TraceFailure", "VerificationError",
-           "analyze", "compile", "feature_attention", "lfa", "load", "prune_to_latency",
+           "WidthTable", "analyze", "compile", "feature_attention", "lfa", "load", "prune_to_latency",
            "prune_to_target",
            "trace", "zero_mask"]

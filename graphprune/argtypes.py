@@ -59,6 +59,17 @@ def image_side(text: str) -> int:
 
 
 positive = whole(1)
+
+
+def round_to(text: str) -> int | str:
+    """``--round-to``: a whole number >= 1, or ``runtime`` (widths measured on the runtime)."""
+    if text.strip().lower() == "runtime":
+        return "runtime"
+    try:
+        return positive(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number >= 1 (8 keeps a "
+                                         "multiple of 8 channels per layer) or 'runtime'") from None
 non_negative = whole(0)
 positive_real = real(lambda v: v > 0, "{}: must be a finite number > 0")
 non_negative_real = real(lambda v: v >= 0, "{}: must be a finite number >= 0")

@@ -37,7 +37,8 @@ class CompileConfig:
     prune_ratio: float | None = None
     residual: str = "reconstruct"
     min_channels: int = 1
-    round_to: int = 1                     # kept channels per layer: a multiple of this
+    round_to: Any = 1                     # kept channels per layer: a multiple of this, or a
+                                          # graphprune.widths.WidthTable (measured widths)
     exclude: Sequence[str] = ()
     leaves: Sequence[str] = ()
     verify: bool = True

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import difflib
 import fnmatch
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -381,21 +381,27 @@ def enforce_min_channels(masks: dict[str, np.ndarray], gammas: Mapping[str, np.n
 
 
 def round_up_channels(masks: dict[str, np.ndarray], gammas: Mapping[str, np.ndarray],
-                      multiple: int) -> dict[str, str]:
-    """Keep a multiple of ``multiple`` channels per layer (or all of them), adding the pruned
-    channels with the largest |γ| first.  Returns the reasons for the layers that grew."""
+                      multiple: int | Callable[[str, int, int], int],
+                      why: str | None = None) -> dict[str, str]:
+    """Keep a multiple of ``multiple`` channels per layer (or all of them) — or, when
+    ``multiple`` is a function ``(layer, kept, total) -> width``, the width it gives — adding
+    the pruned channels with the largest |γ| first.  Returns the reasons (``why``, by default
+    ``round_to=<multiple>``) for the layers that grew."""
     grown = {}
-    if multiple <= 1:
+    if not callable(multiple) and multiple <= 1:
         return grown
     for name, mask in masks.items():
         kept, total = int(mask.sum()), len(mask)
-        want = min(-(-kept // multiple) * multiple, total)
+        if callable(multiple):
+            want = min(max(int(multiple(name, kept, total)), kept), total)
+        else:
+            want = min(-(-kept // multiple) * multiple, total)
         if want <= kept:
             continue
         g = gammas[name]
         pruned = np.flatnonzero(~mask)
         mask[pruned[np.lexsort((pruned, -g[pruned]))][:want - kept]] = True
-        grown[name] = f"round_to={multiple}"
+        grown[name] = why or f"round_to={multiple}"
     return grown
 
 

@@ -28,6 +28,7 @@ from .planning import structural_pins
 from .residuals import residual_sets
 from .stats import ModelStats, count_flops, count_params
 from .tracing import as_inputs, trace, working_copy
+from .widths import is_width_table
 
 
 def validate_request(config: CompileConfig) -> None:
@@ -50,8 +51,12 @@ def validate_request(config: CompileConfig) -> None:
                         f"got {config.residual!r}")
     if not isinstance(config.min_channels, int) or config.min_channels < 1:
         raise MaskError(f"min_channels must be an integer >= 1, got {config.min_channels!r}")
-    if not isinstance(config.round_to, int) or config.round_to < 1:
-        raise MaskError(f"round_to must be an integer >= 1, got {config.round_to!r}")
+    if not is_width_table(config.round_to) and (
+            not isinstance(config.round_to, int) or isinstance(config.round_to, bool)
+            or config.round_to < 1):
+        raise MaskError(f"round_to must be an integer >= 1 or a graphprune.WidthTable, got "
+                        f"{config.round_to!r}", hint="8 keeps a multiple of 8 channels per layer; "
+                        "WidthTable() rounds each layer to a width measured fast")
     if config.masks is not None and not isinstance(config.masks, Mapping):
         raise MaskError(f"masks must be a mapping of layer name to keep mask, got "
                         f"{type(config.masks).__name__}")
@@ -231,7 +236,7 @@ def prepare_analysis(model: nn.Module, example_inputs: Any, config: CompileConfi
 
 def compile(model: nn.Module, example_inputs: Any, *, masks: Mapping[str, Any] | None = None,
             threshold: float | None = None, prune_ratio: float | None = None,
-            residual: str = "reconstruct", min_channels: int = 1, round_to: int = 1,
+            residual: str = "reconstruct", min_channels: int = 1, round_to: Any = 1,
             exclude: Iterable[str] = (), leaves: Iterable[str] = (), verify: bool = True,
             atol: float = ATOL, rtol: float = RTOL, dependency_groups: bool = True,
             fold_pruned_bias: bool = False) -> CompileResult:
@@ -251,7 +256,9 @@ def compile(model: nn.Module, example_inputs: Any, *, masks: Mapping[str, Any] |
     numbers per group are in ``result.residual_choice``).  ``dependency_groups=False`` skips
     torch-pruning's structural ties when the masks are known to be final (a checkpoint being
     rebuilt).  ``round_to``: keep a multiple of this many channels per layer (the extra ones by
-    |γ|; kernels often run faster on aligned widths; coupling may still add more).
+    |γ|; kernels often run faster on aligned widths; coupling may still add more), or a
+    ``graphprune.WidthTable``: each convolution rounded to a width measured fast on a runtime
+    (``graphprune.widths``).
     ``exclude``: name patterns of BatchNorms (or module prefixes) to leave whole.  ``leaves``:
     submodules to keep whole in the trace (untraceable ones are found automatically).  The
     caller's model is not modified.

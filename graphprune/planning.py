@@ -24,6 +24,7 @@ differ (``MaskPlan``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch.fx
@@ -36,6 +37,7 @@ from .masks import (as_mask, count_below, enforce_min_channels, masks_from_ranki
                     round_up_channels, unknown_layer_error)
 from .residuals import plan_orders, residual_sets
 from .tracing import flat_tensor_args
+from .widths import is_width_table, rounding_name
 
 
 # why a convolution or linear layer a mask names is not pruned by that mask
@@ -85,13 +87,18 @@ def request(config: CompileConfig, gammas: dict[str, np.ndarray],
 
 
 def settle(A: ChannelAnalysis, applied: dict[str, np.ndarray], coupling: list[CouplingSet],
-           fixed: set[str], gammas: dict[str, np.ndarray], round_to: int,
+           fixed: set[str], gammas: dict[str, np.ndarray], round_to: Any,
            reasons: dict[str, str]) -> None:
     """Rounding, coupling and the channel requirements, until none changes anything; grows
-    ``applied`` in place (the analysis adopts it) and records why in ``reasons``."""
+    ``applied`` in place (the analysis adopts it) and records why in ``reasons``.
+    ``round_to``: a multiple, or a ``graphprune.widths.WidthTable`` (runtime-aware widths)."""
     A.adopt(applied)
+    if is_width_table(round_to):
+        rounding, why = round_to.rounder(A), f"round_to={rounding_name(round_to)}"
+    else:
+        rounding, why = round_to, None
     while True:
-        rounded = round_up_channels(applied, gammas, round_to)
+        rounded = round_up_channels(applied, gammas, rounding, why)
         for n, why in rounded.items():
             reasons.setdefault(n, why)
         for n, why in apply_coupling(applied, coupling, fixed).items():

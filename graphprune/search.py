@@ -64,7 +64,7 @@ class MaskPlanner:
     """Traces and analyses the model once; then plans any number of prunes cheaply."""
 
     def __init__(self, model: nn.Module, example_inputs: Any, *, residual: str = "reconstruct",
-                 min_channels: int = 1, round_to: int = 1, exclude: Iterable[str] = (),
+                 min_channels: int = 1, round_to: Any = 1, exclude: Iterable[str] = (),
                  leaves: Iterable[str] = ()):
         self.config = CompileConfig(residual=residual, min_channels=min_channels,
                                     round_to=round_to,
@@ -431,7 +431,7 @@ def prune_to_target(model: nn.Module, example_inputs: Any, calibration: Calibrat
                     lfa_target: float | None = None, flops_target: float | None = None,
                     params_target: float | None = None, mode: str = "confidence",
                     layers: Sequence[str] | None = None, residual: str = "reconstruct",
-                    min_channels: int = 1, round_to: int = 1, exclude: Iterable[str] = (),
+                    min_channels: int = 1, round_to: Any = 1, exclude: Iterable[str] = (),
                     leaves: Iterable[str] = (), device: torch.device | str | None = None,
                     on_probe: Callable[[Probe], Any] | None = None,
                     keep_maps: int = 0, fold_pruned_bias: bool = False,

@@ -25,6 +25,7 @@ from .integrations.ultralytics import finetune, is_detection_model, save_ultraly
 from .latency import check_runtime, prune_to_latency
 from .report import plot_attention, plot_latency, plot_search
 from .search import prune_to_target
+from .widths import rounding_name
 from .stats import count_flops, count_params
 
 
@@ -67,7 +68,7 @@ def target_compile(model: torch.nn.Module, example: torch.Tensor, *, data_yaml: 
                    lfa_layers: list[str] | None = None, lfa_criterion: str = "plus",
                    evaluate: bool = False,
                    finetune_epochs: int = 0, device: str = "auto", residual: str = "reconstruct",
-                   min_channels: int = 1, round_to: int = 1, exclude: tuple[str, ...] = (),
+                   min_channels: int = 1, round_to: Any = 1, exclude: tuple[str, ...] = (),
                    leaves: tuple[str, ...] = (), onnx: bool = True, pt2: bool = True,
                    heatmaps: int = 4, model_name: str = "model",
                    fold_pruned_bias: bool = False, ultralytics_checkpoint: Path | None = None,
@@ -168,7 +169,8 @@ def target_compile(model: torch.nn.Module, example: torch.Tensor, *, data_yaml: 
                "lfa_criterion": lfa_criterion, "calib_images": calib_images,
                "calib_boxes": "rotated" if calibration is not None and
                               calibration.rotated is not None else "axis-aligned",
-               "residual": residual, "min_channels": min_channels, "round_to": round_to,
+               "residual": residual, "min_channels": min_channels,
+               "round_to": rounding_name(round_to),
                "exclude": list(exclude), "leaves": list(leaves),
                "fold_pruned_bias": fold_pruned_bias, "evaluate": evaluate,
                "finetune_epochs": finetune_epochs}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import tempfile
 import warnings
 
 import numpy as np
@@ -26,6 +27,9 @@ ATOL = RTOL = 1e-4
 # pytest-xdist runs one worker per core: more than one torch thread per worker oversubscribes
 # the cores, and OpenMP's spinning threads then slow every op down many times over.
 torch.set_num_threads(1)
+
+# what graphprune measures and caches (runtime-aware widths) stays out of the user's cache
+os.environ["GRAPHPRUNE_CACHE_DIR"] = tempfile.mkdtemp(prefix="graphprune-test-cache-")
 
 
 def random_masks(model: nn.Module, p: float = 0.5, seed: int = 0, names=None):

@@ -33,7 +33,7 @@ def test_latency_benchmark_reports_every_ratio(tmp_path):
         assert r["efficiency"] == pytest.approx(r["measured_speedup"] / r["ideal_speedup"])
         for key in ("prune_ratio", "measured_speedup", "dense_speedup", "slim_vs_dense"):
             assert r[key] > 0
-    assert (tmp_path / "latency.txt").exists()
+    assert (tmp_path / "latency_64.txt").exists()       # named by its size off 640 px
 
 
 def test_latency_target_benchmark_times_every_variant_together(tmp_path):

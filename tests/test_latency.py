@@ -183,9 +183,9 @@ def test_compile_refuses_latency_with_another_goal_and_a_missing_runtime(tmp_pat
 def test_a_provider_that_does_not_load_is_refused_not_timed_on_the_cpu(monkeypatch, tmp_path):
     """onnxruntime lists a provider whose libraries may still fail to load, and then falls
     back to the CPU: the timer refuses instead of labelling CPU times as the provider's."""
-    from graphprune import latency
+    from graphprune import latency, timing
 
-    monkeypatch.setattr(latency.ort, "get_available_providers",
+    monkeypatch.setattr(timing.ort, "get_available_providers",
                         lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     model, _ = _two_level()
     with latency.OrtTimer("ort-cuda") as timer, warnings.catch_warnings():
