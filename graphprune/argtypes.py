@@ -59,6 +59,12 @@ def image_side(text: str) -> int:
 
 
 positive = whole(1)
+non_negative = whole(0)
+positive_real = real(lambda v: v > 0, "{}: must be a finite number > 0")
+non_negative_real = real(lambda v: v >= 0, "{}: must be a finite number >= 0")
+unit_interval = real(lambda v: 0 <= v <= 1, "{}: must be in [0, 1]")
+classes = whole(1, MAX_CLASSES, what="the number of classes")
+workers = whole(0, MAX_WORKERS, what="the number of loader processes")
 
 
 def round_to(text: str) -> int | str:
@@ -70,12 +76,6 @@ def round_to(text: str) -> int | str:
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"{text!r}: give a whole number >= 1 (8 keeps a "
                                          "multiple of 8 channels per layer) or 'runtime'") from None
-non_negative = whole(0)
-positive_real = real(lambda v: v > 0, "{}: must be a finite number > 0")
-non_negative_real = real(lambda v: v >= 0, "{}: must be a finite number >= 0")
-unit_interval = real(lambda v: 0 <= v <= 1, "{}: must be in [0, 1]")
-classes = whole(1, MAX_CLASSES, what="the number of classes")
-workers = whole(0, MAX_WORKERS, what="the number of loader processes")
 
 
 # Lower bounds on the memory a network needs per element of its input batch (float32 bytes

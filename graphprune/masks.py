@@ -380,6 +380,11 @@ def enforce_min_channels(masks: dict[str, np.ndarray], gammas: Mapping[str, np.n
     return grown
 
 
+def round_up_count(kept: int, total: int, multiple: int) -> int:
+    """``kept`` rounded up to a multiple of ``multiple``, at most ``total``."""
+    return min(-(-kept // multiple) * multiple, total)
+
+
 def round_up_channels(masks: dict[str, np.ndarray], gammas: Mapping[str, np.ndarray],
                       multiple: int | Callable[[str, int, int], int],
                       why: str | None = None) -> dict[str, str]:
@@ -395,7 +400,7 @@ def round_up_channels(masks: dict[str, np.ndarray], gammas: Mapping[str, np.ndar
         if callable(multiple):
             want = min(max(int(multiple(name, kept, total)), kept), total)
         else:
-            want = min(-(-kept // multiple) * multiple, total)
+            want = round_up_count(kept, total, multiple)
         if want <= kept:
             continue
         g = gammas[name]
@@ -410,4 +415,4 @@ __all__ = ["BATCHNORMS", "CONVS", "FrozenBatchNorm", "GROUPNORMS", "LAYERNORMS",
            "as_mask", "batchnorms", "bias_pair", "count_below", "layernorm_problem", "tensor_norm_pair", "tensor_norms", "producer_sizes", "producers",
            "whole_groups", "zero_channels",
            "enforce_min_channels", "global_order", "masked_copy", "masks_from_ranking", "matches",
-           "round_up_channels", "unknown_layer_error", "zero_mask"]
+           "round_up_channels", "round_up_count", "unknown_layer_error", "zero_mask"]

@@ -94,11 +94,11 @@ def settle(A: ChannelAnalysis, applied: dict[str, np.ndarray], coupling: list[Co
     ``round_to``: a multiple, or a ``graphprune.widths.WidthTable`` (runtime-aware widths)."""
     A.adopt(applied)
     if is_width_table(round_to):
-        rounding, why = round_to.rounder(A), f"round_to={rounding_name(round_to)}"
+        rounding, label = round_to.rounder(A), f"round_to={rounding_name(round_to)}"
     else:
-        rounding, why = round_to, None
+        rounding, label = round_to, None
     while True:
-        rounded = round_up_channels(applied, gammas, rounding, why)
+        rounded = round_up_channels(applied, gammas, rounding, label)
         for n, why in rounded.items():
             reasons.setdefault(n, why)
         for n, why in apply_coupling(applied, coupling, fixed).items():

@@ -49,6 +49,12 @@ class Timer(Protocol):
     named modules interleaved (the milliseconds of each call, one per round), ``drop`` a
     name."""
 
+    @property
+    def dir(self) -> Path:
+        if self._dir is None:
+            self._dir = Path(tempfile.mkdtemp(prefix="graphprune-latency-"))
+        return self._dir
+
     def prepare(self, name: str, module: nn.Module, example: tuple[Any, ...]) -> None: ...
 
     def measure(self, names: Sequence[str], rounds: int) -> dict[str, list[float]]: ...
@@ -71,9 +77,15 @@ class OrtTimer:
         self.runtime, self.threads, self.batch, self.warmup = runtime, threads, batch, warmup
         self.warmup_s = warmup_s
         self.rng = random.Random(seed)
-        self.dir = Path(tempfile.mkdtemp(prefix="graphprune-latency-"))
+        self._dir: Path | None = None       # made on the first export (ONNX bytes need none)
         self.sessions: dict[str, tuple[Any, dict[str, np.ndarray]]] = {}
         self.paths: dict[str, Path] = {}
+
+    @property
+    def dir(self) -> Path:
+        if self._dir is None:
+            self._dir = Path(tempfile.mkdtemp(prefix="graphprune-latency-"))
+        return self._dir
 
     def prepare(self, name: str, module: nn.Module, example: tuple[Any, ...]) -> None:
         inputs = tuple(x.detach().cpu().float() if isinstance(x, torch.Tensor) else x
@@ -136,7 +148,8 @@ class OrtTimer:
     def close(self) -> None:
         self.sessions.clear()
         self.paths.clear()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> "OrtTimer":
         return self

@@ -51,7 +51,7 @@ from onnx import TensorProto, helper, numpy_helper
 from . import specs
 from .errors import GraphpruneError
 from .export import atomic_path
-from .masks import CONVS
+from .masks import CONVS, round_up_count
 from .timing import OrtTimer, check_runtime
 
 if TYPE_CHECKING:
@@ -322,7 +322,8 @@ class WidthTable:
         """``shape``'s times at ``widths``: the known ones from the table; the others timed
         together with one known width (the nearest), and scaled by that width's known time over
         its new one, so that times taken at different moments compare."""
-        known = self.times.get(shape.key(self.batch), {})
+        key = shape.key(self.batch)
+        known = self.times.setdefault(key, {})
         missing = [w for w in widths if w not in known]
         if missing:
             anchor = min((w for w in known), key=lambda w: abs(w - missing[0]), default=None)
@@ -330,8 +331,7 @@ class WidthTable:
             if anchor is not None:
                 scale = known[anchor] / max(found.pop(anchor), 1e-9)
                 found = {w: t * scale for w, t in found.items()}
-            self.times.setdefault(shape.key(self.batch), {}).update(found)
-            known = self.times[shape.key(self.batch)]
+            known.update(found)
         return {w: known[w] for w in widths}
 
     def choose(self, shape: ConvShape, kept: int) -> int:
@@ -362,7 +362,7 @@ class WidthTable:
         def target(name: str, kept: int, total: int) -> int:
             shape = shapes.get(name)
             if shape is None or shape.out_channels != total:
-                return min(-(-kept // self.fallback) * self.fallback, total)
+                return round_up_count(kept, total, self.fallback)
             return self.choose(shape, kept)
         return target
 
@@ -388,7 +388,9 @@ class WidthTable:
 
 def rounding_name(round_to: Any) -> Any:
     """``round_to`` as a report shows it: the integer, or the table's description."""
-    return round_to if isinstance(round_to, int) else getattr(round_to, "describe", repr)()
+    if isinstance(round_to, int):
+        return round_to
+    return round_to.describe() if hasattr(round_to, "describe") else repr(round_to)
 
 
 def is_width_table(value: Any) -> bool:
