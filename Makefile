@@ -70,6 +70,8 @@ bench: install
 	$(BIN)/python -m benchmarks.tradeoff --data synthetic
 	$(BIN)/python -m benchmarks.residual_headroom --weights runs/tradeoff-synthetic/seed0/sparse-progressive/last.pt --threshold 0.01 --tag _synthetic_progressive
 	$(BIN)/python -m benchmarks.tradeoff --data nwpu
+	# the collapse-proof mode trained for the 50 % the NWPU acceptance asks (the same baselines)
+	$(BIN)/python -m benchmarks.tradeoff --data nwpu --methods progressive-scratch@0.5 --lfa-criteria two-sided --flops-targets 0.5 --widths none --cache --name tradeoff_nwpu_target50
 	# benchmarks/README.md from its template and the results just written
 	$(BIN)/python -m benchmarks.summary
 

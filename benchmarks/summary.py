@@ -54,8 +54,9 @@ def tradeoff_table(payload: dict[str, Any]) -> list[str]:
     runs = (f"seeds {payload['seeds']} (mean ± half the range)" if seeds > 1 else
             f"one seed ({payload['seeds'][0]})")
     lines = [f"*{payload['data']}, {p['model']} @ {p['imgsz']} px; baseline {p['base_epochs']} "
-             f"+ sparse {p['sparse_epochs']} + fine-tune {p['finetune_epochs']} epochs, the dense "
-             f"family {payload['total_epochs']} from scratch; {runs}; {payload['machine']}, "
+             f"+ sparse {p['sparse_epochs']} + fine-tune {p['finetune_epochs']} epochs, "
+             + (f"the dense family {payload['total_epochs']} from scratch" if s["dense"] else
+                "no dense family in this run") + f"; {runs}; {payload['machine']}, "
              f"torch {payload['torch']}, {payload['date']}; {payload['train_minutes']:.0f} min "
              f"of training.  Each cell: FLOPs removed · mAP50 pruned → fine-tuned.*", "",
              "| model | " + " | ".join(op_name(op) for op in ops) + " |",
@@ -113,8 +114,10 @@ def render(template: str, results: Path = RESULTS) -> str:
         if kind == "tradeoff":
             path = results / f"tradeoff_{name}.json"
             if not path.is_file():
+                data, _, rest = name.partition("_")
+                how = f"--data {data}" + (f" --name tradeoff_{name}" if rest else "")
                 raise SystemExit(f"summary.py: {path} does not exist: run "
-                                 f"python -m benchmarks.tradeoff --data {name}")
+                                 f"python -m benchmarks.tradeoff {how}")
             out += tradeoff_table(json.loads(path.read_text()))
         else:
             path = results / name

@@ -610,15 +610,17 @@ def verdicts(summary: dict[str, Any], ours: str = "progressive") -> dict[str, An
             good = [p for p in rows if p["flops_removed"] >= share / 100 - 1e-9 and
                     ref.get(ref_key) is not None and p[key] >= ref[ref_key] - 0.01]
             out[f"within_1pt_at_{share}pct_flops_{key}"] = [p["op"] for p in good]
+    ns = [(q["flops"], q["map50"]) for q in summary["points"]
+          if q["method"] == "ns" and "map50" in q]
+    # a yardstick this run did not measure answers nothing (an empty front is -inf, which
+    # every point would beat)
+    out["not_measured"] = [name for name, front in (("dense", dense), ("ns", ns)) if not front]
     for key in ("map50", "map50_ft"):
-        out[f"beats_dense_{key}"] = [p["op"] for p in rows
-                                     if p[key] > front_value(dense, p["flops"])]
-        out[f"beats_ns_{key}"] = [p["op"] for p in rows
-                                  if p[key] > front_value(ns_ft if key == "map50_ft" else
-                                                          [(q["flops"], q["map50"]) for q in
-                                                           summary["points"] if
-                                                           q["method"] == "ns" and "map50" in q],
-                                                          p["flops"])]
+        out[f"beats_dense_{key}"] = [p["op"] for p in rows if dense and
+                                     p[key] > front_value(dense, p["flops"])]
+        out[f"beats_ns_{key}"] = [p["op"] for p in rows if ns and
+                                  p[key] > front_value(ns_ft if key == "map50_ft" else ns,
+                                                       p["flops"])]
     return out
 
 
@@ -635,8 +637,9 @@ def markdown(payload: dict[str, Any]) -> str:
     lines = [f"# Accuracy against size: {payload['data']}, {p['model']} @ {p['imgsz']} px", "",
              f"Budget: baseline {p['base_epochs']} epochs from scratch, then "
              f"{p['sparse_epochs']} sparse epochs, then a {p['finetune_epochs']}-epoch "
-             f"fine-tune; the dense family trains {payload['total_epochs']} epochs from "
-             f"scratch.  Seeds {payload['seeds']} (mean ± half the range).  "
+             "fine-tune; " + (f"the dense family trains {payload['total_epochs']} epochs from "
+                              "scratch" if s["dense"] else "no dense family in this run") +
+             f".  Seeds {payload['seeds']} (mean ± half the range).  "
              f"{payload['machine']}, torch {payload['torch']}, {payload['date']}; trained on "
              f"{payload.get('train_device', 'the CPU')}, {payload['train_minutes']:.0f} min in "
              "all (each run's own time; runs side by side overlap).", "",
@@ -692,6 +695,9 @@ def markdown(payload: dict[str, Any]) -> str:
                             "only)")):
             ops = v.get(key)
             if ops is None:             # a result written before this question was asked
+                continue
+            if key.startswith("beats_") and key.split("_")[1] in v.get("not_measured", ()):
+                lines.append(f"- {label}: not measured in this run")
                 continue
             lines.append(f"- {label}: {', '.join(op_name(o) for o in ops) if ops else 'none'}")
     lines += ["", "![Pareto fronts](" + payload["plot"] + ")", ""]
@@ -782,7 +788,8 @@ def parse(argv=None) -> tuple[argparse.Namespace, dict[str, Any], str, dict[str,
                              "table's seeds column says how many seeds each row averages)")
     parser.add_argument("--widths", default=None,
                         help="dense family width multipliers, comma-separated (default: the "
-                             "preset's)")
+                             "preset's), or 'none' for no dense family (its verdicts then "
+                             "read 'not measured')")
     parser.add_argument("--rounds", type=int, default=30, help="latency rounds")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workers", type=int, default=0,
@@ -804,6 +811,10 @@ def parse(argv=None) -> tuple[argparse.Namespace, dict[str, Any], str, dict[str,
                         help="where runs are kept (default runs/tradeoff-<data>[-<model>])")
     parser.add_argument("--results", type=Path, default=HERE / "results")
     parser.add_argument("--json-out", type=Path, default=None)
+    parser.add_argument("--name", default=None,
+                        help="results file stem (default: tradeoff_<data>[_<model>]); the runs "
+                             "stay under --work, so a second table over other methods reuses "
+                             "the same baselines")
     args = parser.parse_args(argv)
     preset_name = "quick" if args.quick else args.data
     preset = dict(PRESETS[preset_name])
@@ -827,13 +838,15 @@ def parse(argv=None) -> tuple[argparse.Namespace, dict[str, Any], str, dict[str,
         parser.error(f"unknown LFA criterion {exc}")
     args.flops_targets = [float(v) for v in args.flops_targets.split(",") if v]
     seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else list(preset["seeds"])
-    if args.widths:
+    if args.widths is not None and args.widths.strip().lower() == "none":
+        preset["widths"] = ()
+    elif args.widths is not None:
         try:
             preset["widths"] = tuple(float(v) for v in args.widths.split(",") if v)
         except ValueError:
             parser.error(f"--widths takes numbers, got {args.widths!r}")
         if not preset["widths"] or any(not 0 < w <= 2 for w in preset["widths"]):
-            parser.error(f"--widths must be in (0, 2], got {args.widths!r}")
+            parser.error(f"--widths must be in (0, 2] (or 'none'), got {args.widths!r}")
     if args.workers < 0:
         parser.error(f"--workers must be >= 0, got {args.workers}")
     if args.part is not None:
@@ -852,6 +865,10 @@ def parse(argv=None) -> tuple[argparse.Namespace, dict[str, Any], str, dict[str,
     if args.quick:
         args.rounds = min(args.rounds, 3)
     args.work = args.work or ROOT / "runs" / stem.replace("_", "-")
+    if args.name is not None:
+        if not args.name or Path(args.name).name != args.name or args.name.startswith("."):
+            parser.error(f"--name is a file stem without folders, got {args.name!r}")
+        stem = args.name
     return args, preset, stem, specs, seeds
 
 

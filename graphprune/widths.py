@@ -344,10 +344,12 @@ class WidthTable:
         if kept in known and kept <= known[kept] <= total:
             return known[kept]
         widths = candidates(kept, total, self.span)
+        timed = self.timed
         times = self.times_at(shape, widths) if len(widths) > 1 else {kept: 0.0}
         chosen = widest_fast(times, self.tolerance)
         self.choices.setdefault(key, {})[kept] = chosen
-        self.save()
+        if self.timed != timed:     # new times are worth keeping; a choice made from known
+            self.save()             # ones is not worth rewriting the whole file for
         return chosen
 
     def shapes(self, A: ChannelAnalysis) -> dict[str, ConvShape]:

@@ -302,10 +302,17 @@ def test_tradeoff_part_arguments_are_checked(tmp_path, capsys):
     for bad, says in ((["--part", "l1rr", "--methods", "ns"], "one of --methods"),
                       (["--part", "dense@3"], "in (0, 2]"),
                       (["--part", "baseline", "--finished-only"], "give one of them"),
-                      (["--workers", "-1"], "--workers")):
+                      (["--workers", "-1"], "--workers"),
+                      (["--name", "../elsewhere"], "without folders"),
+                      (["--name", ""], "without folders")):
         with pytest.raises(SystemExit):
             tradeoff.parse(["--quick", *bad])
         assert says in capsys.readouterr().err
+    # --name changes the results' stem, not where the runs (and their baselines) are kept
+    args, _, stem, _, _ = tradeoff.parse(["--data", "nwpu", "--name", "tradeoff_nwpu_t50"])
+    plain, _, plain_stem, _, _ = tradeoff.parse(["--data", "nwpu"])
+    assert (stem, plain_stem) == ("tradeoff_nwpu_t50", "tradeoff_nwpu")
+    assert args.work == plain.work
     # a part that starts from the baseline refuses to run before it has finished
     with pytest.raises(SystemExit, match="run --part baseline first"):
         tradeoff.main(["--quick", "--work", str(tmp_path / "work"), "--methods", "ns",
@@ -324,6 +331,37 @@ def test_tradeoff_front_comparison():
     assert front(dense, 0.5) == 0.5 and front(dense, 8.0) == 0.8
     assert front([(1.0, 0.9), (2.0, 0.6)], 2.0) == 0.9       # the envelope, not the last point
     assert front([], 1.0) == float("-inf")
+
+
+def test_tradeoff_verdicts_without_a_yardstick_say_not_measured():
+    """A table run without the dense family or NS (--widths none, --methods without ns) claims
+    no win over them: an empty front would be beaten by every point."""
+    tradeoff = _script("tradeoff")
+    row = dict(method="progressive-scratch@0.5", op=["flops", 0.5], seeds=1, flops=5e8,
+               flops_spread=0.0, params=5e5, params_spread=0.0, flops_removed=0.5,
+               flops_removed_spread=0.0, map50=0.30, map50_spread=0.0, map=0.1, map_spread=0.0,
+               map50_ft=0.31, map50_ft_spread=0.0, map_ft=0.1, map_ft_spread=0.0,
+               latency_ms=1.0, latency_ms_spread=0.0)
+    ref = dict(flops=1e9, flops_spread=0.0, params=1e6, params_spread=0.0, map50=0.305,
+               map50_spread=0.0, map=0.1, map_spread=0.0, map50_ft=0.40, map50_ft_spread=0.0,
+               map_ft=0.1, map_ft_spread=0.0)
+    summary = {"points": [row], "dense": [], "reference": ref}
+    v = tradeoff.verdicts(summary, "progressive-scratch@0.5")
+    assert v["not_measured"] == ["dense", "ns"]
+    assert v["beats_dense_map50"] == v["beats_ns_map50_ft"] == []
+    assert v["within_1pt_at_50pct_flops_map50"] == [["flops", 0.5]]       # 0.30 ≥ 0.305 − 0.01
+    assert v["within_1pt_at_50pct_flops_map50_ft"] == []                  # 0.31 < 0.40 − 0.01
+    payload = dict(data="nwpu", preset=dict(model="yolov5n", imgsz=320, base_epochs=60,
+                                             sparse_epochs=40, finetune_epochs=7),
+                   total_epochs=107, seeds=[0], machine="m", torch="t", date="d",
+                   train_minutes=1.0, summary=summary, verdicts={"p": v}, plot="p.png")
+    text = tradeoff.markdown(payload)
+    assert "higher mAP50 than the dense family at ≤ equal FLOPs: not measured in this run" in text
+    assert "than NS (pruned only): not measured in this run" in text
+    # with a dense family that the point does beat, the verdict names it
+    summary["dense"] = [dict(width=0.125, flops=6e8, map50=0.2)]
+    v = tradeoff.verdicts(summary, "progressive-scratch@0.5")
+    assert v["not_measured"] == ["ns"] and v["beats_dense_map50"] == [["flops", 0.5]]
 
 
 def test_tradeoff_resumes_an_interrupted_run_and_restarts_a_changed_one(tmp_path):

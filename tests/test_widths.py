@@ -162,6 +162,16 @@ def test_the_cache_is_reused_and_a_broken_one_is_timed_again(tmp_path, capsys):
     assert "unreadable width cache" in capsys.readouterr().err
     assert broken.choose(shape, 17) == 32 and broken.timed > 0
     assert json.loads(path.read_text())["version"] == 1          # rewritten whole
+    # a choice made from widths already timed rewrites nothing; one that times new widths does
+    def stamp_of(p):
+        return p.stat().st_ino, p.stat().st_mtime_ns
+
+    stamp, timed = stamp_of(path), broken.timed
+    broken.choices.clear()                                # 17..48 timed, no choice kept
+    assert broken.choose(shape, 17) == 32 and broken.timed == timed
+    assert stamp_of(path) == stamp
+    assert broken.choose(shape, 20) == 32 and broken.timed > timed      # 52 was not timed
+    assert stamp_of(path) != stamp
 
 
 def test_times_taken_later_are_scaled_by_a_width_timed_in_both_runs():
