@@ -45,6 +45,13 @@ def op_name(op) -> str:
             "flops": f"FLOPs −{100 * value:g} %", "none": "unpruned"}[kind]
 
 
+def dense_family_text(payload: dict[str, Any]) -> str:
+    """How a tradeoff table's budget line names its dense family (or its absence)."""
+    if not payload["summary"]["dense"]:
+        return "no dense family in this run"
+    return f"the dense family trains {payload['total_epochs']} epochs from scratch"
+
+
 def write_results(results: Path, stem: str, payload: dict[str, Any], renderables: Sequence,
                   width: int) -> None:
     """``results/stem.json`` (the payload) and ``results/stem.txt`` (the renderables as they

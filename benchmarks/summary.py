@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import op_name
+from benchmarks.common import dense_family_text, op_name
 
 HERE = Path(__file__).resolve().parent
 TEMPLATE, OUTPUT, RESULTS = HERE / "README.in.md", HERE / "README.md", HERE / "results"
@@ -55,8 +55,7 @@ def tradeoff_table(payload: dict[str, Any]) -> list[str]:
             f"one seed ({payload['seeds'][0]})")
     lines = [f"*{payload['data']}, {p['model']} @ {p['imgsz']} px; baseline {p['base_epochs']} "
              f"+ sparse {p['sparse_epochs']} + fine-tune {p['finetune_epochs']} epochs, "
-             + (f"the dense family {payload['total_epochs']} from scratch" if s["dense"] else
-                "no dense family in this run") + f"; {runs}; {payload['machine']}, "
+             f"{dense_family_text(payload)}; {runs}; {payload['machine']}, "
              f"torch {payload['torch']}, {payload['date']}; {payload['train_minutes']:.0f} min "
              f"of training.  Each cell: FLOPs removed · mAP50 pruned → fine-tuned.*", "",
              "| model | " + " | ".join(op_name(op) for op in ops) + " |",
@@ -114,10 +113,9 @@ def render(template: str, results: Path = RESULTS) -> str:
         if kind == "tradeoff":
             path = results / f"tradeoff_{name}.json"
             if not path.is_file():
-                data, _, rest = name.partition("_")
-                how = f"--data {data}" + (f" --name tradeoff_{name}" if rest else "")
-                raise SystemExit(f"summary.py: {path} does not exist: run "
-                                 f"python -m benchmarks.tradeoff {how}")
+                raise SystemExit(f"summary.py: {path} does not exist: run the "
+                                 "benchmarks/tradeoff.py command that the text around "
+                                 f"<!-- tradeoff: {name} --> in {TEMPLATE.name} gives")
             out += tradeoff_table(json.loads(path.read_text()))
         else:
             path = results / name

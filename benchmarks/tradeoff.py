@@ -67,7 +67,7 @@ from graphprune.sparsity import default_phases
 from graphprune.stats import count_flops, count_params
 from graphprune.workflow import calibration_set, evaluate_map
 
-from benchmarks.common import logged_minutes, op_name, ort_session, stamp, time_sessions
+from benchmarks.common import dense_family_text, logged_minutes, op_name, ort_session, stamp, time_sessions
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -637,9 +637,7 @@ def markdown(payload: dict[str, Any]) -> str:
     lines = [f"# Accuracy against size: {payload['data']}, {p['model']} @ {p['imgsz']} px", "",
              f"Budget: baseline {p['base_epochs']} epochs from scratch, then "
              f"{p['sparse_epochs']} sparse epochs, then a {p['finetune_epochs']}-epoch "
-             "fine-tune; " + (f"the dense family trains {payload['total_epochs']} epochs from "
-                              "scratch" if s["dense"] else "no dense family in this run") +
-             f".  Seeds {payload['seeds']} (mean ± half the range).  "
+             f"fine-tune; {dense_family_text(payload)}.  Seeds {payload['seeds']} (mean ± half the range).  "
              f"{payload['machine']}, torch {payload['torch']}, {payload['date']}; trained on "
              f"{payload.get('train_device', 'the CPU')}, {payload['train_minutes']:.0f} min in "
              "all (each run's own time; runs side by side overlap).", "",
