@@ -72,6 +72,9 @@ bench: install
 	$(BIN)/python -m benchmarks.tradeoff --data nwpu
 	# the collapse-proof mode trained for the 50 % the NWPU acceptance asks (the same baselines)
 	$(BIN)/python -m benchmarks.tradeoff --data nwpu --methods progressive-scratch@0.5 --lfa-criteria two-sided --flops-targets 0.5 --widths none --cache --name tradeoff_nwpu_target50
+	# two more seeds of it, then all four in one table
+	$(BIN)/python -m benchmarks.tradeoff --data nwpu --methods progressive-scratch@0.5 --lfa-criteria two-sided --flops-targets 0.5 --widths none --cache --seeds 2,3 --name tradeoff_nwpu_target50_seeds23
+	$(BIN)/python -m benchmarks.tradeoff_merge benchmarks/results/tradeoff_nwpu_target50.json benchmarks/results/tradeoff_nwpu_target50_seeds23.json --name tradeoff_nwpu_target50_all
 	# benchmarks/README.md from its template and the results just written
 	$(BIN)/python -m benchmarks.summary
 

@@ -6,7 +6,8 @@ The template (``benchmarks/README.in.md``) is markdown with directives, each alo
 ``<!-- tradeoff: DATA -->``
     the accuracy-against-size matrix of ``results/tradeoff_DATA.json``: the same-budget
     baseline, each method at each operating point (FLOPs removed, mAP50 pruned → fine-tuned,
-    mean ± half the range over the seeds) and the dense family, with the run's stamp;
+    mean ± half the range over the seeds), each method's difference to each seed's own
+    same-budget baseline and the dense family, with the run's stamp;
 ``<!-- table: FILE -->``
     the first markdown table of ``results/FILE`` (a ``.md`` results file), verbatim.
 
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import dense_family_text, op_name
+from benchmarks.tradeoff import paired_cell, paired_of
 
 HERE = Path(__file__).resolve().parent
 TEMPLATE, OUTPUT, RESULTS = HERE / "README.in.md", HERE / "README.md", HERE / "results"
@@ -57,7 +59,12 @@ def tradeoff_table(payload: dict[str, Any]) -> list[str]:
              f"+ sparse {p['sparse_epochs']} + fine-tune {p['finetune_epochs']} epochs, "
              f"{dense_family_text(payload)}; {runs}; {payload['machine']}, "
              f"torch {payload['torch']}, {payload['date']}; {payload['train_minutes']:.0f} min "
-             f"of training.  Each cell: FLOPs removed · mAP50 pruned → fine-tuned.*", "",
+             f"of training.  Each cell: FLOPs removed · mAP50 pruned → fine-tuned"
+             + ("; a Δ row: the cut's mAP50 minus that of the same seed's same-budget "
+                "baseline, in points, pruned → fine-tuned (against the fine-tuned baseline)"
+                if seeds > 1 and s.get("reference") else "")
+             + ("; s.e.: the standard error of the mean" if seeds > 2 and s.get("reference")
+                else "") + ".*", "",
              "| model | " + " | ".join(op_name(op) for op in ops) + " |",
              "|---|" + "---|" * len(ops)]
     ref = s.get("reference")
@@ -80,6 +87,7 @@ def tradeoff_table(payload: dict[str, Any]) -> list[str]:
                 cells.append(f"{removed} · {_cell(row['map50'], row['map50_spread'], seeds)} → "
                              f"{_cell(row['map50_ft'], row['map50_ft_spread'], seeds)}")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += paired_rows(payload, methods, ops)
     base_flops = ref["flops"] if ref else None
     for row in s["dense"]:
         removed = 1 - row["flops"] / base_flops if base_flops else None
@@ -87,6 +95,23 @@ def tradeoff_table(payload: dict[str, Any]) -> list[str]:
                  f"{_cell(row['map50'], row['map50_spread'], seeds)} (trained from scratch)")
         lines.append(f"| dense w = {row['width']:g} | " +
                      " | ".join([first] + [""] * (len(ops) - 1)) + " |")
+    return lines
+
+
+def paired_rows(payload: dict[str, Any], methods: list[str], ops: list[list]) -> list[str]:
+    """With two seeds or more, one row per method: its mAP50 minus each seed's own same-budget
+    baseline, in points (mean ± half the range, s.e. from three seeds on), pruned →
+    fine-tuned."""
+    entries = paired_of(payload)
+    lines = []
+    for method in methods:
+        mine = {tuple(e["op"]): e for e in entries if e["method"] == method}
+        if mine:
+            cells = [f"{paired_cell(mine[tuple(op)], 'd_map50')} → "
+                     f"{paired_cell(mine[tuple(op)], 'd_map50_ft')}" if tuple(op) in mine
+                     else "" for op in ops]
+            lines.append(f"| {method}: Δ mAP50 to each seed's own baseline, points | " +
+                         " | ".join(cells) + " |")
     return lines
 
 

@@ -59,7 +59,7 @@ from graphprune.demo import DEMO_RECIPE, DEMO_SPARSITY
 from graphprune.detect.loss import find_detect
 from graphprune.detect.train import TrainConfig, load_resume, resume, train
 from graphprune.detect.val import resolve_device
-from graphprune.export import export_onnx
+from graphprune.export import atomic_path, export_onnx
 from graphprune.integrations.torch_pruning import masks_from_pruner
 from graphprune.models.yolov5 import SCALES
 from graphprune.search import prune_to_target
@@ -578,7 +578,48 @@ def aggregate(seeds: list[dict[str, Any]]) -> dict[str, Any]:
     if refs:
         summary["reference"] = agg(refs, ("flops", "params", "map50", "map", "map50_ft",
                                           "map_ft"))
+    summary["paired"] = paired(seeds)
     return summary
+
+
+def paired(seeds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (method, operating point): each seed's mAP50 minus that seed's own same-budget
+    baseline's (pruned against the baseline, fine-tuned against the fine-tuned baseline).  A seed
+    changes the split, the initialisation and the data order; the difference within a pair
+    takes out what that changes in both models alike (how hard the seed's validation images
+    are, above all), which is what "within 1 point of the baseline" asks about.  What moves one
+    model and not the other stays in the spread.  Each entry: the seeds, the differences per
+    seed (``d_map50``, ``d_map50_ft``), their mean, half range and — from three seeds on —
+    standard error."""
+    out: dict[tuple, dict[str, Any]] = {}
+    for seed in seeds:
+        ref = seed.get("reference") or {}
+        for row in seed["points"]:
+            if "failed" in row or ref.get("map50") is None:
+                continue
+            entry = out.setdefault((row["method"], tuple(row["op"])),
+                                   {"method": row["method"], "op": list(row["op"]), "seeds": [],
+                                    "d_map50": [], "d_map50_ft": []})
+            entry["seeds"].append(seed["seed"])
+            entry["d_map50"].append(row["map50"] - ref["map50"])
+            entry["d_map50_ft"].append(row["map50_ft"] - ref["map50_ft"]
+                                       if None not in (row.get("map50_ft"), ref.get("map50_ft"))
+                                       else None)
+    for entry in out.values():
+        for key in ("d_map50", "d_map50_ft"):
+            values = [v for v in entry[key] if v is not None]
+            entry[f"{key}_mean"], entry[f"{key}_spread"] = mean_spread(values)
+            entry[f"{key}_se"] = statistics.stdev(values) / math.sqrt(len(values)) \
+                if len(values) >= 3 else None
+    return list(out.values())
+
+
+def paired_of(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """A results payload's paired differences (computed from its seeds for results written
+    before they were kept); none for a table of one seed."""
+    if len(payload.get("seeds", ())) < 2:
+        return []
+    return payload["summary"].get("paired") or paired(payload.get("per_seed", []))
 
 
 def front_value(front: list[tuple[float, float]], flops: float) -> float:
@@ -632,6 +673,25 @@ def cell(mean: float, spread: float, digits: int = 3, pct: bool = False) -> str:
     return f"{mean:.{digits}f}" + (f" ± {spread:.{digits}f}" if spread else "")
 
 
+# each verdict of verdicts(): its key, how the table words it, and the yardstick it needs
+# measured in the run (None: the same-budget baseline, which every run trains)
+VERDICT_LABELS = (
+    ("within_1pt_at_50pct_flops_map50", "≥ 50 % of FLOPs removed and mAP50 within 1 point of "
+     "the same-budget baseline, pruned", None),
+    ("within_1pt_at_50pct_flops_map50_ft", "the same after the fine-tune (against the "
+     "fine-tuned baseline)", None),
+    ("within_1pt_at_70pct_flops_map50", "≥ 70 % of FLOPs removed and mAP50 within 1 point of "
+     "the same-budget baseline, pruned", None),
+    ("within_1pt_at_70pct_flops_map50_ft", "the same after the fine-tune (against the "
+     "fine-tuned baseline)", None),
+    ("beats_dense_map50_ft", "fine-tuned, higher mAP50 than the dense family at ≤ equal FLOPs",
+     "dense"),
+    ("beats_ns_map50_ft", "fine-tuned, higher mAP50 than NS at ≤ equal FLOPs", "ns"),
+    ("beats_dense_map50", "pruned only, higher mAP50 than the dense family", "dense"),
+    ("beats_ns_map50", "pruned only, higher mAP50 than NS (pruned only)", "ns"),
+)
+
+
 def markdown(payload: dict[str, Any]) -> str:
     s, p = payload["summary"], payload["preset"]
     lines = [f"# Accuracy against size: {payload['data']}, {p['model']} @ {p['imgsz']} px", "",
@@ -643,6 +703,12 @@ def markdown(payload: dict[str, Any]) -> str:
              "all (each run's own time; runs side by side overlap).", "",
              "mAP on the validation split; FLOPs = 2 × MACs at the input size; latency: "
              "onnxruntime CPU, batch 1, median of interleaved rounds.", ""]
+    if payload.get("sources"):
+        lines += [f"Merged from {len(payload['sources'])} runs of this configuration "
+                  "(`benchmarks/tradeoff_merge.py`): " + "; ".join(
+                      f"`{src['file']}`, seeds {src['seeds']}: {src['date']}, {src['machine']}, "
+                      f"torch {src['torch']}, trained on {src.get('train_device', 'the CPU')}, "
+                      f"{src['train_minutes']:.0f} min" for src in payload["sources"]) + ".", ""]
     ref = s.get("reference")
     if ref:
         lines += [f"Same-budget baseline (unpruned, same schedule, no sparsity): mAP50 "
@@ -671,35 +737,55 @@ def markdown(payload: dict[str, Any]) -> str:
                      f"{cell(row['map50'], row['map50_spread'])} | "
                      f"{cell(row['map'], row['map_spread'])} | "
                      f"{cell(row['latency_ms'], row['latency_ms_spread'], 2)} | {row['seeds']} |")
+    # results written before the paired differences were kept: computed from their seeds
+    lines += paired_markdown(paired_of(payload))
     for v in payload["verdicts"].values():
         lines += ["", f"## Verdicts: {v['method']} (from the means)", ""]
-        for key, label in (("within_1pt_at_50pct_flops_map50",
-                            "≥ 50 % of FLOPs removed and mAP50 within 1 point of the same-budget "
-                            "baseline, pruned"),
-                           ("within_1pt_at_50pct_flops_map50_ft", "the same after the fine-tune "
-                            "(against the fine-tuned baseline)"),
-                           ("within_1pt_at_70pct_flops_map50",
-                            "≥ 70 % of FLOPs removed and mAP50 within 1 point of the same-budget "
-                            "baseline, pruned"),
-                           ("within_1pt_at_70pct_flops_map50_ft", "the same after the fine-tune "
-                            "(against the fine-tuned baseline)"),
-                           ("beats_dense_map50_ft", "fine-tuned, higher mAP50 than the dense "
-                            "family at ≤ equal FLOPs"),
-                           ("beats_ns_map50_ft", "fine-tuned, higher mAP50 than NS at ≤ equal "
-                            "FLOPs"),
-                           ("beats_dense_map50", "pruned only, higher mAP50 than the dense "
-                            "family"),
-                           ("beats_ns_map50", "pruned only, higher mAP50 than NS (pruned "
-                            "only)")):
+        for key, label, yardstick in VERDICT_LABELS:
             ops = v.get(key)
             if ops is None:             # a result written before this question was asked
                 continue
-            if key.startswith("beats_") and key.split("_")[1] in v.get("not_measured", ()):
+            if yardstick in v.get("not_measured", ()):
                 lines.append(f"- {label}: not measured in this run")
                 continue
             lines.append(f"- {label}: {', '.join(op_name(o) for o in ops) if ops else 'none'}")
     lines += ["", "![Pareto fronts](" + payload["plot"] + ")", ""]
     return "\n".join(lines) + "\n"
+
+
+def points_text(values: list[float | None]) -> str:
+    """Differences of mAP50 in points, signed: ``+4.8, −5.7``."""
+    return ", ".join("–" if v is None else f"{100 * v:+.1f}".replace("-", "−") for v in values)
+
+
+def paired_cell(entry: dict[str, Any], key: str) -> str:
+    """A paired difference's mean in points, ± half the range, and the standard error where
+    there are three seeds or more."""
+    mean, spread, se = entry[f"{key}_mean"], entry[f"{key}_spread"], entry[f"{key}_se"]
+    if math.isnan(mean):
+        return "–"
+    text = points_text([mean]) + (f" ± {100 * spread:.1f}" if round(100 * spread, 1) else "")
+    return text + (f" (s.e. {100 * se:.1f})" if se is not None else "")
+
+
+def paired_markdown(entries: list[dict[str, Any]]) -> list[str]:
+    """The section of paired differences against each seed's own same-budget baseline."""
+    if not entries:
+        return []
+    se = any(e["d_map50_se"] is not None for e in entries)
+    lines = ["", "## Against each seed's own same-budget baseline", "",
+             "mAP50 of the cut minus that of the same seed's same-budget baseline, in points "
+             "(fine-tuned: against the fine-tuned baseline); mean ± half the range" +
+             (" (s.e.: the standard error of the mean, from three seeds on)." if se else "."),
+             "",
+             "| method | cut | seeds | Δ pruned, per seed | Δ pruned | Δ fine-tuned, per seed "
+             "| Δ fine-tuned |", "|---|---|---|---|---|---|---|"]
+    for e in entries:
+        lines.append(f"| {e['method']} | {op_name(e['op'])} | "
+                     f"{', '.join(str(x) for x in e['seeds'])} | {points_text(e['d_map50'])} | "
+                     f"{paired_cell(e, 'd_map50')} | {points_text(e['d_map50_ft'])} | "
+                     f"{paired_cell(e, 'd_map50_ft')} |")
+    return lines
 
 
 def plot(payload: dict[str, Any], path: Path) -> None:
@@ -759,6 +845,111 @@ def relative_paths(payload: dict[str, Any]) -> None:
                 path = Path(row["path"])
                 if path.is_relative_to(ROOT):
                     row["path"] = str(path.relative_to(ROOT))
+
+
+# configuration keys that runs must share to be merged into one table (of the preset, all but
+# its default seeds)
+MERGE_KEYS = ("data", "preset", "methods", "total_epochs")
+
+
+def merge(payloads: list[dict[str, Any]], files: list[str], stem: str = "merged"
+          ) -> dict[str, Any]:
+    """One table's payload (its plot ``STEM.png``) from the payloads of runs of one configuration
+    over different seeds (``files`` names them in errors and in the merged table).  Raises
+    ValueError, naming the file and what differs, for a payload that is not a results file, runs
+    of another configuration or other operating points, and a seed measured twice."""
+    if len(payloads) < 2:
+        raise ValueError("give at least two results files to merge")
+    payloads = json.loads(json.dumps(payloads, default=float))   # tuples compare as lists
+    seen: dict[int, str] = {}
+    for payload, name in zip(payloads, files):
+        try:
+            check_mergeable(payload, payloads[0], name, files[0])
+            ops = operating_points(payload) == operating_points(payloads[0])
+            seeds = [int(s["seed"]) for s in payload["per_seed"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, ValueError) and str(exc).startswith(f"{name}: "):
+                raise
+            raise ValueError(f"{name}: not a tradeoff.py results file ({exc!r} in its "
+                             "seeds)") from None
+        if not ops:
+            raise ValueError(f"{name}: its operating points differ from {files[0]}'s")
+        for seed in seeds:
+            if seed in seen:
+                raise ValueError(f"{name}: seed {seed} is also in {seen[seed]}; each seed "
+                                 "may come from one run only")
+            seen[seed] = name
+    first = payloads[0]
+    per_seed = sorted((s for p in payloads for s in p["per_seed"]), key=lambda s: s["seed"])
+    summary = aggregate(per_seed)
+    sources = [{"file": name, "seeds": [s["seed"] for s in p["per_seed"]],
+                "date": p.get("date", "?"), "machine": p.get("machine", "?"),
+                "torch": p.get("torch", "?"),
+                # results written before the device was recorded trained on the CPU
+                "train_device": p.get("train_device", "the CPU"),
+                "train_minutes": p["train_minutes"], "minutes": p.get("minutes", 0.0)}
+               for p, name in zip(payloads, files)]
+
+    def joined(key: str) -> str:
+        return " and ".join(dict.fromkeys(str(src[key]) for src in sources))
+
+    merged = {**{k: first[k] for k in MERGE_KEYS}, "seeds": [s["seed"] for s in per_seed],
+              "machine": joined("machine"), "torch": joined("torch"), "date": joined("date"),
+              "train_device": joined("train_device"),
+              "minutes": sum(src["minutes"] for src in sources),
+              "train_minutes": sum(src["train_minutes"] for src in sources),
+              "plot": f"{stem}.png", "sources": sources, "summary": summary,
+              "per_seed": per_seed}
+    merged["verdicts"] = {m: verdicts(summary, m) for m in first["verdicts"]}
+    return merged
+
+
+def check_mergeable(payload: Any, first: dict[str, Any], name: str, first_name: str) -> None:
+    """Raise ValueError (``NAME: ...``) unless ``payload`` is a results file of ``first``'s
+    configuration."""
+    if not isinstance(payload, dict):
+        raise ValueError(f"{name}: not a tradeoff.py results file")
+    missing = [k for k in (*MERGE_KEYS, "per_seed", "verdicts", "train_minutes")
+               if k not in payload]
+    if missing:
+        raise ValueError(f"{name}: not a tradeoff.py results file (no {missing[0]!r})")
+    for key in MERGE_KEYS:
+        mine, theirs = payload[key], first[key]
+        if key == "preset" and isinstance(mine, dict) and isinstance(theirs, dict):
+            differ = sorted(k for k in {*mine, *theirs} - {"seeds"}
+                            if mine.get(k) != theirs.get(k))
+        else:
+            differ = [] if mine == theirs else [key]
+        if differ:
+            what = f"'{key}'" + ("" if differ == [key] else f" ({', '.join(differ)})")
+            raise ValueError(f"{name}: its {what} does not match {first_name}'s; only runs of "
+                             "one configuration merge")
+
+
+def operating_points(payload: dict[str, Any]) -> list[tuple]:
+    """The (method, operating point) pairs a results file measured."""
+    return sorted({(p["method"], tuple(p["op"])) for s in payload["per_seed"]
+                   for p in s["points"]})
+
+
+def write_tables(payload: dict[str, Any], results: Path, stem: str) -> None:
+    """``results/STEM.{json,png,md}``: all three made before any is renamed into place, so a
+    failure leaves the earlier files as they were."""
+    payload["plot"] = f"{stem}.png"
+    texts = {".json": json.dumps(payload, indent=2, default=float) + "\n",
+             ".md": markdown(payload)}
+    with atomic_path(results / f"{stem}.png", ".png") as png, \
+            atomic_path(results / f"{stem}.json") as js, atomic_path(results / f"{stem}.md") as md:
+        plot(payload, png)
+        js.write_text(texts[".json"])
+        md.write_text(texts[".md"])
+
+
+def check_stem(name: str | None) -> str | None:
+    """Why ``name`` is no results file stem (None when it is one)."""
+    if not name or Path(name).name != name or name.startswith("."):
+        return f"--name is a file stem without folders, got {name!r}"
+    return None
 
 
 def parse(argv=None) -> tuple[argparse.Namespace, dict[str, Any], str, dict[str, Any],
@@ -864,8 +1055,8 @@ def parse(argv=None) -> tuple[argparse.Namespace, dict[str, Any], str, dict[str,
         args.rounds = min(args.rounds, 3)
     args.work = args.work or ROOT / "runs" / stem.replace("_", "-")
     if args.name is not None:
-        if not args.name or Path(args.name).name != args.name or args.name.startswith("."):
-            parser.error(f"--name is a file stem without folders, got {args.name!r}")
+        if check_stem(args.name):
+            parser.error(check_stem(args.name))
         stem = args.name
     return args, preset, stem, specs, seeds
 
@@ -914,11 +1105,7 @@ def main(argv=None) -> int:
     if args.json_out is not None:
         args.json_out.write_text(json.dumps(payload, indent=2, default=float) + "\n")
     if not args.quick:
-        args.results.mkdir(parents=True, exist_ok=True)
-        (args.results / f"{stem}.json").write_text(json.dumps(payload, indent=2,
-                                                              default=float) + "\n")
-        plot(payload, args.results / f"{stem}.png")
-        (args.results / f"{stem}.md").write_text(markdown(payload))
+        write_tables(payload, args.results, stem)
     else:
         with tempfile.TemporaryDirectory() as tmp:      # the quick run draws them too
             plot(payload, Path(tmp) / f"{stem}.png")

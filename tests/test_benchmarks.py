@@ -362,6 +362,8 @@ def test_tradeoff_verdicts_without_a_yardstick_say_not_measured():
     summary["dense"] = [dict(width=0.125, flops=6e8, map50=0.2)]
     v = tradeoff.verdicts(summary, "progressive-scratch@0.5")
     assert v["not_measured"] == ["ns"] and v["beats_dense_map50"] == [["flops", 0.5]]
+    # every question verdicts() answers has its line in the table, and no line is left over
+    assert {k for k, _, _ in tradeoff.VERDICT_LABELS} == set(v) - {"method", "not_measured"}
 
 
 def test_tradeoff_resumes_an_interrupted_run_and_restarts_a_changed_one(tmp_path):
@@ -439,3 +441,171 @@ def test_the_residual_sweep_threshold_prunes_the_share_and_its_ties():
     faded = np.sort(np.array([0.0] * 8 + [0.5, 0.9]))        # a progressive model: exact zeros
     for share in (0.3, 0.5, 0.7):
         assert (faded < share_threshold(faded, share)).sum() == 8
+
+
+def _tradeoff_run(seeds, map50, ref_map50, date="2026-12-05", sparse_epochs=40):
+    """A tradeoff.py results payload of one method cut at FLOPs −50 %, with the given mAP50
+    per seed for the cut and for the seed's same-budget baseline (fine-tuned: + 1 point)."""
+    tradeoff = _script("tradeoff")
+    per_seed = []
+    for seed, m, r in zip(seeds, map50, ref_map50):
+        point = dict(method="progressive-scratch@0.5", op=["flops", 0.5], params=5e5, flops=5e8,
+                     flops_removed=0.5, params_removed=0.5, map50=m, map=m / 3,
+                     map50_ft=m + 0.01, map_ft=m / 3, lfa=None, lfa_two_sided=None,
+                     threshold=0.01, ft_minutes=1.0, path=None, latency_ms=2.0)
+        ref = dict(method="none", op=["none", 0.0], params=1e6, flops=1e9, flops_removed=0.0,
+                   map50=r, map=r / 3, map50_ft=r + 0.01, map_ft=r / 3, latency_ms=None)
+        per_seed.append(dict(seed=seed, runs={}, points=[point], dense=[], reference=ref,
+                             train_minutes=10.0))
+    summary = tradeoff.aggregate(per_seed)
+    payload = dict(data="nwpu", preset=dict(model="yolov5n", imgsz=320, base_epochs=60,
+                                             sparse_epochs=sparse_epochs, finetune_epochs=7),
+                   methods={"none": {"kind": "gp"}, "progressive-scratch@0.5": {"kind": "gp"}},
+                   total_epochs=67 + sparse_epochs, seeds=list(seeds), machine="x86_64, 2 cores",
+                   torch="2.13.0+cpu", date=date, train_device="the CPU", minutes=60.0,
+                   train_minutes=10.0 * len(seeds), plot="run.png", summary=summary,
+                   per_seed=per_seed)
+    payload["verdicts"] = {"progressive-scratch@0.5":
+                           tradeoff.verdicts(summary, "progressive-scratch@0.5")}
+    return payload
+
+
+def test_tradeoff_pairs_each_cut_with_its_seeds_own_baseline():
+    """The paired differences: each seed's cut minus the same seed's same-budget baseline, their
+    mean, half range, and a standard error only from three seeds on."""
+    import statistics
+
+    tradeoff = _script("tradeoff")
+    two = _tradeoff_run([0, 1], [0.381, 0.409], [0.333, 0.467])
+    (entry,) = two["summary"]["paired"]
+    assert entry["seeds"] == [0, 1]
+    assert entry["d_map50"] == pytest.approx([0.048, -0.058])
+    assert entry["d_map50_mean"] == pytest.approx(-0.005)
+    assert entry["d_map50_spread"] == pytest.approx(0.053)
+    assert entry["d_map50_se"] is None
+    assert entry["d_map50_ft"] == pytest.approx([0.048, -0.058])
+    text = tradeoff.markdown(two)
+    assert "| progressive-scratch@0.5 | FLOPs −50 % | 0, 1 | +4.8, −5.8 | −0.5 ± 5.3 |" in text
+    four = tradeoff.aggregate(two["per_seed"] + _tradeoff_run([2, 3], [0.40, 0.42],
+                                                              [0.40, 0.43])["per_seed"])
+    (entry,) = four["paired"]
+    diffs = [0.048, -0.058, 0.0, -0.01]
+    assert entry["d_map50_se"] == pytest.approx(statistics.stdev(diffs) / 2)
+    assert "(s.e. " in tradeoff.paired_cell(entry, "d_map50")
+    # the generated README's matrix gives the same differences in a Δ row
+    summary = _script("summary")
+    table = summary.tradeoff_table(two)
+    assert "| progressive-scratch@0.5: Δ mAP50 to each seed's own baseline, points | " \
+           "−0.5 ± 5.3 → −0.5 ± 5.3 |" in table
+    # a one-seed table pairs nothing: its rows already hold both models
+    one = _tradeoff_run([0], [0.381], [0.333])
+    assert tradeoff.paired_of(one) == [] and summary.paired_rows(one, ["x"], []) == []
+    assert "own same-budget baseline" not in tradeoff.markdown(one)
+    assert not any("Δ" in line for line in summary.tradeoff_table(one))
+    # a seed whose fine-tune has no mAP keeps its place (–), the others their values
+    gap = json.loads(json.dumps(two["per_seed"]))
+    gap[1]["points"][0]["map50_ft"] = None
+    (entry,) = tradeoff.paired(gap)
+    assert entry["d_map50_ft"][1] is None and entry["d_map50_ft_mean"] == pytest.approx(0.048)
+    assert tradeoff.points_text(entry["d_map50_ft"]) == "+4.8, –"
+    # a failed cut and a seed without a baseline pair with nothing
+    seed = json.loads(json.dumps(two["per_seed"][0]))
+    seed["points"].append({"method": "ns", "op": ["flops", 0.5], "failed": "no cut"})
+    assert [e["method"] for e in tradeoff.paired([seed])] == ["progressive-scratch@0.5"]
+    seed["reference"] = None
+    assert tradeoff.paired([seed]) == []
+
+
+def test_tradeoff_merge_puts_the_seeds_of_several_runs_in_one_table(tmp_path, capsys,
+                                                                     monkeypatch):
+    """benchmarks/tradeoff_merge.py: the seeds of two runs of one configuration in one table
+    (means, paired differences, verdicts, each run named); runs of another configuration,
+    other operating points or a seed measured twice are refused in one line, and the inputs
+    are only read."""
+    tradeoff, merge = _script("tradeoff"), _script("tradeoff_merge")
+    first = _tradeoff_run([0, 1], [0.381, 0.409], [0.333, 0.467])
+    later = _tradeoff_run([2, 3], [0.40, 0.42], [0.40, 0.43], date="2026-12-06")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name, payload in (("a.json", first), ("b.json", later)):
+        (inputs / name).write_text(json.dumps(payload))
+    before = {p.name: p.read_bytes() for p in inputs.iterdir()}
+    results = tmp_path / "results"
+    assert merge.main([str(inputs / "a.json"), str(inputs / "b.json"), "--name", "merged",
+                       "--results", str(results)]) == 0
+    assert {p.name: p.read_bytes() for p in inputs.iterdir()} == before
+    assert sorted(p.name for p in results.iterdir()) == ["merged.json", "merged.md",
+                                                         "merged.png"]
+    out = json.loads((results / "merged.json").read_text())
+    assert out["seeds"] == [0, 1, 2, 3] and out["plot"] == "merged.png"
+    assert out["date"] == "2026-12-05 and 2026-12-06" and out["train_minutes"] == 40.0
+    assert [s["seeds"] for s in out["sources"]] == [[0, 1], [2, 3]]
+    (row,) = out["summary"]["points"]
+    assert row["seeds"] == 4 and row["map50"] == pytest.approx((0.381 + 0.409 + 0.4 + 0.42) / 4)
+    assert out["summary"]["reference"]["map50"] == pytest.approx((0.333 + 0.467 + 0.4 + 0.43) / 4)
+    (entry,) = out["summary"]["paired"]
+    assert entry["seeds"] == [0, 1, 2, 3] and entry["d_map50_se"] is not None
+    assert out["verdicts"]["progressive-scratch@0.5"]["within_1pt_at_50pct_flops_map50"] == \
+        [["flops", 0.5]]
+    text = (results / "merged.md").read_text()
+    assert "Merged from 2 runs" in text and "`b.json`, seeds [2, 3]: 2026-12-06" in text
+    assert "| 0, 1, 2, 3 | +4.8, −5.8, +0.0, −1.0 |" in text
+    # refused, in one line each, writing nothing
+    other_budget = _tradeoff_run([4], [0.3], [0.3], sparse_epochs=30)
+    other_ops = json.loads(json.dumps(later))
+    for s in other_ops["per_seed"]:
+        s["points"][0]["op"] = ["flops", 0.7]
+    for name, payload in (("budget.json", other_budget), ("ops.json", other_ops),
+                          ("list.json", [1, 2]), ("bad.json", None)):
+        path = inputs / name
+        path.write_text("{not json" if payload is None else json.dumps(payload))
+    for bad, says in (([inputs / "a.json", inputs / "budget.json"], "its 'preset' (sparse_epochs) does not match"),
+                      ([inputs / "a.json", inputs / "ops.json"], "operating points differ"),
+                      ([inputs / "a.json", inputs / "a.json"], "seed 0 is also in"),
+                      ([inputs / "a.json"], "at least two"),
+                      ([inputs / "a.json", inputs / "list.json"], "not a tradeoff.py results"),
+                      ([inputs / "a.json", inputs / "bad.json"], "not JSON"),
+                      ([inputs / "a.json", inputs / "gone.json"], "cannot read it"),
+                      ([inputs / "a.json", inputs / "b.json"], "would overwrite this input")):
+        argv = [*map(str, bad), "--name", "a" if "overwrite" in says else "again",
+                "--results", str(inputs if "overwrite" in says else results)]
+        with pytest.raises(SystemExit) as exc:
+            merge.main(argv)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err
+    assert not (results / "again.json").exists()
+    # the same method names with other settings are another configuration
+    other_method = json.loads(json.dumps(later))
+    other_method["methods"]["progressive-scratch@0.5"]["theta"] = 1e-3
+    with pytest.raises(ValueError, match="its 'methods' does not match"):
+        tradeoff.merge([first, other_method], ["a.json", "m.json"])
+    # results written before the training device was recorded trained on the CPU
+    older = {k: v for k, v in first.items() if k != "train_device"}
+    merged = tradeoff.merge([older, later], ["a.json", "b.json"], "m")
+    assert merged["train_device"] == "the CPU" and merged["plot"] == "m.png"
+    assert "trained on the CPU" in tradeoff.markdown(merged) and "None" not in \
+        tradeoff.markdown(merged)
+    # the default seeds of the preset are no part of the configuration
+    reseeded = json.loads(json.dumps(later))
+    reseeded["preset"]["seeds"] = [2, 3]
+    assert tradeoff.merge([first, reseeded], ["a", "b"])["seeds"] == [0, 1, 2, 3]
+    # a broken seed record is one error naming the file
+    broken = json.loads(json.dumps(later))
+    del broken["per_seed"][0]["seed"]
+    with pytest.raises(ValueError, match="^b.json: not a tradeoff.py results file"):
+        tradeoff.merge([first, broken], ["a.json", "b.json"])
+    # a table that fails to draw leaves the files of the earlier table as they were
+    kept = {p.name: p.read_bytes() for p in results.iterdir()}
+
+    def no_plot(*args):
+        raise RuntimeError("no display")
+
+    monkeypatch.setattr(tradeoff, "plot", no_plot)
+    with pytest.raises(RuntimeError):
+        tradeoff.write_tables(tradeoff.merge([first, later], ["a", "b"]), results, "merged")
+    assert {p.name: p.read_bytes() for p in results.iterdir()} == kept
+    assert (inputs / "a.json").read_bytes() == before["a.json"]
+    with pytest.raises(ValueError, match="no 'per_seed'"):
+        tradeoff.merge([first, {k: v for k, v in later.items() if k != "per_seed"}],
+                       ["a", "b"])
