@@ -862,17 +862,17 @@ def merge(payloads: list[dict[str, Any]], files: list[str], stem: str = "merged"
         raise ValueError("give at least two results files to merge")
     payloads = json.loads(json.dumps(payloads, default=float))   # tuples compare as lists
     seen: dict[int, str] = {}
+    wanted = None
     for payload, name in zip(payloads, files):
+        check_mergeable(payload, payloads[0], name, files[0])
         try:
-            check_mergeable(payload, payloads[0], name, files[0])
-            ops = operating_points(payload) == operating_points(payloads[0])
+            ops = operating_points(payload)
             seeds = [int(s["seed"]) for s in payload["per_seed"]]
         except (KeyError, TypeError, ValueError) as exc:
-            if isinstance(exc, ValueError) and str(exc).startswith(f"{name}: "):
-                raise
             raise ValueError(f"{name}: not a tradeoff.py results file ({exc!r} in its "
                              "seeds)") from None
-        if not ops:
+        wanted = ops if wanted is None else wanted
+        if ops != wanted:
             raise ValueError(f"{name}: its operating points differ from {files[0]}'s")
         for seed in seeds:
             if seed in seen:
