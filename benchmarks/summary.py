@@ -63,6 +63,8 @@ def tradeoff_table(payload: dict[str, Any]) -> list[str]:
              + ("; a Δ row: the cut's mAP50 minus that of the same seed's same-budget "
                 "baseline, in points, pruned → fine-tuned (against the fine-tuned baseline)"
                 if seeds > 1 and s.get("reference") else "")
+             + ("; to the dense family: minus that seed's dense line at the cut's FLOPs"
+                if seeds > 1 and s.get("dense") else "")
              + ("; s.e.: the standard error of the mean" if seeds > 2 and s.get("reference")
                 else "") + ".*", "",
              "| model | " + " | ".join(op_name(op) for op in ops) + " |",
@@ -88,6 +90,7 @@ def tradeoff_table(payload: dict[str, Any]) -> list[str]:
                              f"{_cell(row['map50_ft'], row['map50_ft_spread'], seeds)}")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += paired_rows(payload, methods, ops)
+    lines += paired_rows(payload, methods, ops, "dense")
     base_flops = ref["flops"] if ref else None
     for row in s["dense"]:
         removed = 1 - row["flops"] / base_flops if base_flops else None
@@ -98,11 +101,16 @@ def tradeoff_table(payload: dict[str, Any]) -> list[str]:
     return lines
 
 
-def paired_rows(payload: dict[str, Any], methods: list[str], ops: list[list]) -> list[str]:
-    """With two seeds or more, one row per method: its mAP50 minus each seed's own same-budget
-    baseline, in points (mean ± half the range, s.e. from three seeds on), pruned →
+PAIRED_ROW = {"baseline": "each seed's own baseline", "dense": "each seed's dense family"}
+
+
+def paired_rows(payload: dict[str, Any], methods: list[str], ops: list[list],
+                against: str = "baseline") -> list[str]:
+    """With two seeds or more, one row per method: its mAP50 minus that of each seed's own
+    yardstick (``against``: its same-budget baseline, or its dense family at the cut's FLOPs;
+    ``tradeoff.paired``), in points (mean ± half the range, s.e. from three seeds on), pruned →
     fine-tuned."""
-    entries = paired_of(payload)
+    entries = paired_of(payload, against)
     lines = []
     for method in methods:
         mine = {tuple(e["op"]): e for e in entries if e["method"] == method}
@@ -110,7 +118,7 @@ def paired_rows(payload: dict[str, Any], methods: list[str], ops: list[list]) ->
             cells = [f"{paired_cell(mine[tuple(op)], 'd_map50')} → "
                      f"{paired_cell(mine[tuple(op)], 'd_map50_ft')}" if tuple(op) in mine
                      else "" for op in ops]
-            lines.append(f"| {method}: Δ mAP50 to each seed's own baseline, points | " +
+            lines.append(f"| {method}: Δ mAP50 to {PAIRED_ROW[against]}, points | " +
                          " | ".join(cells) + " |")
     return lines
 

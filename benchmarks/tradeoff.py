@@ -579,32 +579,50 @@ def aggregate(seeds: list[dict[str, Any]]) -> dict[str, Any]:
         summary["reference"] = agg(refs, ("flops", "params", "map50", "map", "map50_ft",
                                           "map_ft"))
     summary["paired"] = paired(seeds)
+    summary["paired_dense"] = paired(seeds, against="dense")
     return summary
 
 
-def paired(seeds: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (method, operating point): each seed's mAP50 minus that seed's own same-budget
-    baseline's (pruned against the baseline, fine-tuned against the fine-tuned baseline).  A seed
-    changes the split, the initialisation and the data order; the difference within a pair
-    takes out what that changes in both models alike (how hard the seed's validation images
-    are, above all), which is what "within 1 point of the baseline" asks about.  What moves one
-    model and not the other stays in the spread.  Each entry: the seeds, the differences per
-    seed (``d_map50``, ``d_map50_ft``), their mean, half range and — from three seeds on —
-    standard error."""
+def yardstick(seed: dict[str, Any], against: str):
+    """``(row, key) -> mAP50`` of seed ``seed``'s own yardstick for a cut's ``key`` (``map50``
+    or ``map50_ft``), or None where the seed has none: ``"baseline"``, its same-budget baseline
+    (fine-tuned for ``map50_ft``); ``"dense"``, its dense family's front at the cut's FLOPs
+    (:func:`front_value`; trained as long as the cut and its fine-tune together, so both keys
+    meet the same front)."""
+    if against not in PAIRED_TEXT:
+        raise ValueError(f"no yardstick {against!r}: choose from {', '.join(PAIRED_TEXT)}")
+    if against == "dense":
+        front = [(d["flops"], d["map50"]) for d in seed.get("dense", ())
+                 if d.get("map50") is not None]
+        return (lambda row, key: front_value(front, row["flops"])) if front else None
+    ref = seed.get("reference") or {}
+    return (lambda row, key: ref.get(key)) if ref.get("map50") is not None else None
+
+
+def paired(seeds: list[dict[str, Any]], against: str = "baseline") -> list[dict[str, Any]]:
+    """Per (method, operating point): each seed's mAP50 minus that of the same seed's own
+    yardstick (:func:`yardstick`: by default its same-budget baseline, pruned against the
+    baseline and fine-tuned against the fine-tuned baseline; ``against="dense"``: its dense
+    family at the cut's FLOPs).  A seed changes the split, the initialisation and the data
+    order; the difference within a pair takes out what that changes in both models alike (how
+    hard the seed's validation images are, above all), which is what "within 1 point of the
+    baseline" or "above the dense family" asks about.  What moves one model and not the other
+    stays in the spread.  Each entry: the seeds, the differences per seed (``d_map50``,
+    ``d_map50_ft``), their mean, half range and — from three seeds on — standard error."""
     out: dict[tuple, dict[str, Any]] = {}
     for seed in seeds:
-        ref = seed.get("reference") or {}
+        yard = yardstick(seed, against)
         for row in seed["points"]:
-            if "failed" in row or ref.get("map50") is None:
+            if "failed" in row or yard is None:
                 continue
             entry = out.setdefault((row["method"], tuple(row["op"])),
                                    {"method": row["method"], "op": list(row["op"]), "seeds": [],
                                     "d_map50": [], "d_map50_ft": []})
             entry["seeds"].append(seed["seed"])
-            entry["d_map50"].append(row["map50"] - ref["map50"])
-            entry["d_map50_ft"].append(row["map50_ft"] - ref["map50_ft"]
-                                       if None not in (row.get("map50_ft"), ref.get("map50_ft"))
-                                       else None)
+            for key in ("map50", "map50_ft"):
+                theirs = yard(row, key)
+                entry[f"d_{key}"].append(row[key] - theirs if None not in (row.get(key), theirs)
+                                         else None)
     for entry in out.values():
         for key in ("d_map50", "d_map50_ft"):
             values = [v for v in entry[key] if v is not None]
@@ -614,12 +632,13 @@ def paired(seeds: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(out.values())
 
 
-def paired_of(payload: dict[str, Any]) -> list[dict[str, Any]]:
-    """A results payload's paired differences (computed from its seeds for results written
-    before they were kept); none for a table of one seed."""
+def paired_of(payload: dict[str, Any], against: str = "baseline") -> list[dict[str, Any]]:
+    """A results payload's paired differences against ``against`` (:func:`paired`; computed
+    from its seeds for results written before they were kept); none for a table of one seed."""
     if len(payload.get("seeds", ())) < 2:
         return []
-    return payload["summary"].get("paired") or paired(payload.get("per_seed", []))
+    key = "paired" if against == "baseline" else f"paired_{against}"
+    return payload["summary"].get(key) or paired(payload.get("per_seed", []), against)
 
 
 def front_value(front: list[tuple[float, float]], flops: float) -> float:
@@ -739,6 +758,7 @@ def markdown(payload: dict[str, Any]) -> str:
                      f"{cell(row['latency_ms'], row['latency_ms_spread'], 2)} | {row['seeds']} |")
     # results written before the paired differences were kept: computed from their seeds
     lines += paired_markdown(paired_of(payload))
+    lines += paired_markdown(paired_of(payload, "dense"), "dense")
     for v in payload["verdicts"].values():
         lines += ["", f"## Verdicts: {v['method']} (from the means)", ""]
         for key, label, yardstick in VERDICT_LABELS:
@@ -768,14 +788,26 @@ def paired_cell(entry: dict[str, Any], key: str) -> str:
     return text + (f" (s.e. {100 * se:.1f})" if se is not None else "")
 
 
-def paired_markdown(entries: list[dict[str, Any]]) -> list[str]:
-    """The section of paired differences against each seed's own same-budget baseline."""
+PAIRED_TEXT = {
+    "baseline": ("## Against each seed's own same-budget baseline",
+                 "mAP50 of the cut minus that of the same seed's same-budget baseline, in points "
+                 "(fine-tuned: against the fine-tuned baseline)"),
+    "dense": ("## Against each seed's own dense family",
+              "mAP50 of the cut minus that of the same seed's dense family at the cut's FLOPs "
+              "(the line between its widths; below the narrowest, the narrowest model's), in "
+              "points, pruned and fine-tuned against the same dense models, which train as "
+              "long as the cut and its fine-tune together; the verdicts compare the means, "
+              "these show whether each seed agrees"),
+}
+
+
+def paired_markdown(entries: list[dict[str, Any]], against: str = "baseline") -> list[str]:
+    """The section of paired differences against each seed's own yardstick (:func:`paired`)."""
     if not entries:
         return []
     se = any(e["d_map50_se"] is not None for e in entries)
-    lines = ["", "## Against each seed's own same-budget baseline", "",
-             "mAP50 of the cut minus that of the same seed's same-budget baseline, in points "
-             "(fine-tuned: against the fine-tuned baseline); mean ± half the range" +
+    title, text = PAIRED_TEXT[against]
+    lines = ["", title, "", text + "; mean ± half the range" +
              (" (s.e.: the standard error of the mean, from three seeds on)." if se else "."),
              "",
              "| method | cut | seeds | Δ pruned, per seed | Δ pruned | Δ fine-tuned, per seed "

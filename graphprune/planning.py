@@ -99,15 +99,16 @@ def settle(A: ChannelAnalysis, applied: dict[str, np.ndarray], coupling: list[Co
         rounding, label = round_to, None
     while True:
         rounded = round_up_channels(applied, gammas, rounding, label)
-        for n, why in rounded.items():
-            reasons.setdefault(n, why)
-        for n, why in apply_coupling(applied, coupling, fixed).items():
+        coupled = apply_coupling(applied, coupling, fixed)
+        for n, why in (*rounded.items(), *coupled.items()):
             reasons.setdefault(n, why)
         rounds = A.solve()
         for n, whys in A.reasons.items():
             reasons.setdefault(n, whys[0])
         A.reasons = {}
-        if rounds == 1 and not rounded:
+        # coupling can leave a rounded width unrounded (and the requirements either): stop only
+        # once a whole round has changed nothing
+        if rounds == 1 and not rounded and not coupled:
             break
 
 

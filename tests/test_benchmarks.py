@@ -516,6 +516,44 @@ def test_tradeoff_pairs_each_cut_with_its_seeds_own_baseline():
     assert tradeoff.paired([seed]) == []
 
 
+def test_tradeoff_pairs_each_cut_with_its_seeds_own_dense_family():
+    """Against the dense family: each seed's cut minus that seed's dense front at the cut's
+    FLOPs (linear between widths, the narrowest model's below it), pruned and fine-tuned
+    against the same dense models; a seed without dense models pairs with nothing."""
+    tradeoff = _script("tradeoff")
+    run = _tradeoff_run([2, 3], [0.384, 0.366], [0.334, 0.386])
+    assert run["summary"]["paired_dense"] == []
+    assert "own dense family" not in tradeoff.markdown(run)
+    widths = {2: [(6e8, 0.390), (4e8, 0.290)], 3: [(6e8, 0.331), (4e8, 0.311)]}
+    for seed in run["per_seed"]:
+        seed["dense"] = [dict(width=w, flops=f, params=1e5, map50=m, map=m / 3)
+                         for w, (f, m) in zip((0.16, 0.15), widths[seed["seed"]])]
+    summary = tradeoff.aggregate(run["per_seed"])
+    (entry,) = summary["paired_dense"]
+    # the cut has 5e8 FLOPs: half way along each seed's own line
+    assert entry["d_map50"] == pytest.approx([0.384 - 0.340, 0.366 - 0.321])
+    assert entry["d_map50_ft"] == pytest.approx([0.394 - 0.340, 0.376 - 0.321])
+    assert entry["d_map50_mean"] == pytest.approx((0.044 + 0.045) / 2)
+    # the baseline pairing is unchanged by the dense models
+    assert summary["paired"] == run["summary"]["paired"]
+    run["summary"] = summary
+    text = tradeoff.markdown(run)
+    assert "## Against each seed's own dense family" in text
+    assert "| progressive-scratch@0.5 | FLOPs −50 % | 2, 3 | +4.4, +4.5 | +4.5 |" in text
+    # a results file written before the dense pairing was kept: computed from its seeds
+    rows = _script("summary").tradeoff_table(run)
+    assert "| progressive-scratch@0.5: Δ mAP50 to each seed's dense family, points | " \
+           "+4.5 → +5.5 |" in rows
+    kept = run["summary"].pop("paired_dense")
+    assert tradeoff.paired_of(run, "dense") == kept
+    # below the narrowest width the yardstick is the narrowest model; a seed without dense
+    # models is left out
+    run["per_seed"][0]["points"][0]["flops"] = 1e8
+    run["per_seed"][1]["dense"] = []
+    (entry,) = tradeoff.paired(run["per_seed"], against="dense")
+    assert entry["seeds"] == [2] and entry["d_map50"] == pytest.approx([0.384 - 0.290])
+
+
 def test_tradeoff_merge_puts_the_seeds_of_several_runs_in_one_table(tmp_path, capsys,
                                                                      monkeypatch):
     """benchmarks/tradeoff_merge.py: the seeds of two runs of one configuration in one table

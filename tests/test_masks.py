@@ -143,3 +143,64 @@ def test_analyze_and_compile_agree_on_a_requested_leaf():
         assert name not in result.masks or bool(result.masks[name].all())
     assert set(ranked_names(report.statistics)) == {n for n in result.masks if n not in inside}
     assert set(result.masks) - set(inside) <= set(report.statistics)
+
+
+class _SettledAnalysis:
+    """The part of a ChannelAnalysis that ``planning.settle`` uses: every requirement is met."""
+
+    def __init__(self):
+        self.reasons = {}
+
+    def adopt(self, masks):
+        self.masks = masks
+
+    def solve(self):
+        return 1
+
+
+def _coupled(*names):
+    from graphprune.groups import CouplingSet
+    return CouplingSet("residual", [(n, np.arange(16), np.arange(16)) for n in names])
+
+
+def test_settle_rounds_again_after_coupling_grows_an_already_rounded_width():
+    from graphprune.planning import settle
+    # both keep 8 of 16 (a multiple of 8), but different channels: coupling keeps 12
+    applied = {"a": np.arange(16) < 8, "b": (np.arange(16) >= 4) & (np.arange(16) < 12)}
+    gammas = {"a": np.linspace(1, 0.1, 16), "b": np.linspace(0.1, 1, 16)}
+    reasons = {}
+    settle(_SettledAnalysis(), applied, [_coupled("a", "b")], set(), gammas, 8, reasons)
+    assert {n: int(m.sum()) for n, m in applied.items()} == {"a": 16, "b": 16}
+    assert np.array_equal(applied["a"], applied["b"])
+    assert reasons["a"].startswith("coupled through residual adds with b")
+
+
+class _TwoStepTable:
+    """A width table stand-in: its rounding grows ``first`` by 4 channels on the first call, and
+    ``late`` by 4 only on its second call, after coupling has named its own reasons."""
+
+    def __init__(self, first, late):
+        self.first, self.late, self.calls = first, late, {}
+
+    def describe(self):
+        return "runtime(test)"
+
+    def rounder(self, analysis):
+        def width(name, kept, total):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            grow = (name == self.first and self.calls[name] == 1) or \
+                (name == self.late and self.calls[name] == 2)
+            return kept + 4 if grow else kept
+        return width
+
+
+def test_settle_labels_a_later_rounding_with_the_table_not_with_a_coupling_reason():
+    from graphprune.planning import settle
+    applied = {n: np.arange(16) < k for n, k in (("a", 4), ("b", 2), ("c", 4), ("d", 4))}
+    gammas = {n: np.linspace(1, 0.1, 16) for n in applied}
+    reasons = {}
+    table = _TwoStepTable("d", "c")
+    settle(_SettledAnalysis(), applied, [_coupled("a", "b")], set(), gammas, table, reasons)
+    assert {n: int(m.sum()) for n, m in applied.items()} == {"a": 4, "b": 4, "c": 8, "d": 8}
+    assert reasons["b"].startswith("coupled through residual adds")
+    assert reasons["c"] == reasons["d"] == "round_to=runtime(test)"
