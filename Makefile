@@ -75,8 +75,8 @@ bench: install
 	# two more seeds of it, then all four in one table
 	$(BIN)/python -m benchmarks.tradeoff --data nwpu --methods progressive-scratch@0.5 --lfa-criteria two-sided --flops-targets 0.5 --widths none --cache --seeds 2,3 --name tradeoff_nwpu_target50_seeds23
 	$(BIN)/python -m benchmarks.tradeoff_merge benchmarks/results/tradeoff_nwpu_target50.json benchmarks/results/tradeoff_nwpu_target50_seeds23.json --name tradeoff_nwpu_target50_all
-	# NS and a dense model of just more FLOPs (w = 0.16) beside seeds 2 and 3 (their runs reused)
-	$(BIN)/python -m benchmarks.tradeoff --data nwpu --methods progressive-scratch@0.5,ns --lfa-criteria two-sided --flops-targets 0.5 --widths 0.16 --cache --seeds 2,3 --name tradeoff_nwpu_target50_yardsticks_seeds23
+	# NS and two dense widths bracketing the cut's FLOPs beside seeds 2 and 3 (their runs reused)
+	$(BIN)/python -m benchmarks.tradeoff --data nwpu --methods progressive-scratch@0.5,ns --lfa-criteria two-sided --flops-targets 0.5 --widths 0.16,0.15 --cache --seeds 2,3 --name tradeoff_nwpu_target50_yardsticks_seeds23
 	# benchmarks/README.md from its template and the results just written
 	$(BIN)/python -m benchmarks.summary
 

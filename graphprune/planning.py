@@ -106,8 +106,8 @@ def settle(A: ChannelAnalysis, applied: dict[str, np.ndarray], coupling: list[Co
         for n, whys in A.reasons.items():
             reasons.setdefault(n, whys[0])
         A.reasons = {}
-        # coupling can leave a rounded width unrounded (and the requirements either): stop only
-        # once a whole round has changed nothing
+        # coupling can leave a rounded width unrounded or a requirement unmet: stop only once a
+        # whole round has changed nothing
         if rounds == 1 and not rounded and not coupled:
             break
 

@@ -540,10 +540,10 @@ def test_tradeoff_pairs_each_cut_with_its_seeds_own_dense_family():
     text = tradeoff.markdown(run)
     assert "## Against each seed's own dense family" in text
     assert "| progressive-scratch@0.5 | FLOPs −50 % | 2, 3 | +4.4, +4.5 | +4.5 |" in text
-    # a results file written before the dense pairing was kept: computed from its seeds
     rows = _script("summary").tradeoff_table(run)
     assert "| progressive-scratch@0.5: Δ mAP50 to each seed's dense family, points | " \
            "+4.5 → +5.5 |" in rows
+    # a results file written before the dense pairing was kept: computed from its seeds
     kept = run["summary"].pop("paired_dense")
     assert tradeoff.paired_of(run, "dense") == kept
     # below the narrowest width the yardstick is the narrowest model; a seed without dense
