@@ -678,6 +678,8 @@ def verdicts(summary: dict[str, Any], ours: str = "progressive") -> dict[str, An
     for key in ("map50", "map50_ft"):
         out[f"beats_dense_{key}"] = [p["op"] for p in rows if dense and
                                      p[key] > front_value(dense, p["flops"])]
+        if ours == "ns":        # NS is not asked whether it beats itself
+            continue
         out[f"beats_ns_{key}"] = [p["op"] for p in rows if ns and
                                   p[key] > front_value(ns_ft if key == "map50_ft" else ns,
                                                        p["flops"])]
@@ -763,7 +765,9 @@ def markdown(payload: dict[str, Any]) -> str:
         lines += ["", f"## Verdicts: {v['method']} (from the means)", ""]
         for key, label, yardstick in VERDICT_LABELS:
             ops = v.get(key)
-            if ops is None:             # a result written before this question was asked
+            # a question not asked: written before it was, or of the yardstick itself (results
+            # written before verdicts() left out NS's question of NS still hold one)
+            if ops is None or yardstick == v["method"]:
                 continue
             if yardstick in v.get("not_measured", ()):
                 lines.append(f"- {label}: not measured in this run")
@@ -879,6 +883,19 @@ def relative_paths(payload: dict[str, Any]) -> None:
                     row["path"] = str(path.relative_to(ROOT))
 
 
+def tabulated(config: dict[str, Any], per_seed: list[dict[str, Any]], ours: list[str],
+              stem: str, **run: Any) -> dict[str, Any]:
+    """A results payload, the one shape both a run (:func:`main`) and a merge of runs
+    (:func:`merge`) write: the configuration (``MERGE_KEYS``), the seeds, what describes the
+    run (``run``: machine, torch, date, train_device, minutes, train_minutes, and a merge's
+    sources), the plot's file name, the means over ``per_seed`` (:func:`aggregate`), the seeds
+    themselves and the verdicts of each method of ``ours``."""
+    summary = aggregate(per_seed)
+    return {**config, "seeds": [s["seed"] for s in per_seed], **run, "plot": f"{stem}.png",
+            "summary": summary, "per_seed": per_seed,
+            "verdicts": {m: verdicts(summary, m) for m in ours}}
+
+
 # configuration keys that runs must share to be merged into one table (of the preset, all but
 # its default seeds)
 MERGE_KEYS = ("data", "preset", "methods", "total_epochs")
@@ -913,7 +930,6 @@ def merge(payloads: list[dict[str, Any]], files: list[str], stem: str = "merged"
             seen[seed] = name
     first = payloads[0]
     per_seed = sorted((s for p in payloads for s in p["per_seed"]), key=lambda s: s["seed"])
-    summary = aggregate(per_seed)
     sources = [{"file": name, "seeds": [s["seed"] for s in p["per_seed"]],
                 "date": p.get("date", "?"), "machine": p.get("machine", "?"),
                 "torch": p.get("torch", "?"),
@@ -925,15 +941,12 @@ def merge(payloads: list[dict[str, Any]], files: list[str], stem: str = "merged"
     def joined(key: str) -> str:
         return " and ".join(dict.fromkeys(str(src[key]) for src in sources))
 
-    merged = {**{k: first[k] for k in MERGE_KEYS}, "seeds": [s["seed"] for s in per_seed],
-              "machine": joined("machine"), "torch": joined("torch"), "date": joined("date"),
-              "train_device": joined("train_device"),
-              "minutes": sum(src["minutes"] for src in sources),
-              "train_minutes": sum(src["train_minutes"] for src in sources),
-              "plot": f"{stem}.png", "sources": sources, "summary": summary,
-              "per_seed": per_seed}
-    merged["verdicts"] = {m: verdicts(summary, m) for m in first["verdicts"]}
-    return merged
+    return tabulated({k: first[k] for k in MERGE_KEYS}, per_seed, list(first["verdicts"]), stem,
+                     machine=joined("machine"), torch=joined("torch"), date=joined("date"),
+                     train_device=joined("train_device"),
+                     minutes=sum(src["minutes"] for src in sources),
+                     train_minutes=sum(src["train_minutes"] for src in sources),
+                     sources=sources)
 
 
 def check_mergeable(payload: Any, first: dict[str, Any], name: str, first_name: str) -> None:
@@ -1106,21 +1119,18 @@ def main(argv=None) -> int:
     if not per_seed:
         console.print("tradeoff.py: no seed has a finished baseline; nothing to measure")
         return 1
-    seeds = [r["seed"] for r in per_seed]
-    summary = aggregate(per_seed)
-    payload = {"data": args.data if not args.quick else "synthetic (quick)",
-               "preset": {k: (list(v) if isinstance(v, tuple) else v)
-                          for k, v in preset.items()},
-               "methods": {m: specs[m] for m in ["none", *args.methods]},
-               "total_epochs": preset["base_epochs"] + preset["sparse_epochs"] +
-               preset["finetune_epochs"], "seeds": seeds,
-               **stamp(), "train_device": device_name(args.device),
-               "minutes": (time.perf_counter() - start) / 60,
-               "train_minutes": sum(seed["train_minutes"] for seed in per_seed),
-               "plot": f"{stem}.png", "summary": summary, "per_seed": per_seed}
+    config = {"data": args.data if not args.quick else "synthetic (quick)",
+              "preset": {k: (list(v) if isinstance(v, tuple) else v)
+                         for k, v in preset.items()},
+              "methods": {m: specs[m] for m in ["none", *args.methods]},
+              "total_epochs": preset["base_epochs"] + preset["sparse_epochs"] +
+              preset["finetune_epochs"]}
+    payload = tabulated(config, per_seed, [m for m in args.methods if specs[m]["kind"] == "gp"],
+                        stem, **stamp(), train_device=device_name(args.device),
+                        minutes=(time.perf_counter() - start) / 60,
+                        train_minutes=sum(seed["train_minutes"] for seed in per_seed))
     relative_paths(payload)
-    payload["verdicts"] = {m: verdicts(summary, m) for m in args.methods
-                           if specs[m]["kind"] == "gp"}
+    summary = payload["summary"]
     report = Table(title=f"tradeoff: {payload['data']}", show_edge=False)
     for col in ("method", "cut", "FLOPs removed", "mAP50", "mAP50 fine-tuned"):
         report.add_column(col, justify="right")

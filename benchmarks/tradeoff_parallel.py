@@ -15,7 +15,8 @@ each row averages).  A stopped part's runs stay resumable: run the same command 
 
 Everything after ``--`` is ``tradeoff.py``'s own command line.  Each part's output goes to
 ``<work>/logs/``, and a summary of the parts (finished, failed, stopped, minutes) to
-``<work>/parts.json``.
+``<work>/parts.json``.  The tables are made by a ``tradeoff.py --finished-only`` process started
+at the end, so an edit to its tables during a long run shows in them.
 """
 
 from __future__ import annotations
@@ -215,7 +216,10 @@ def main(argv=None) -> int:
               ("finished", "failed", "stopped", "skipped")}
     console.print("parts: " + ", ".join(f"{n} {s}" for s, n in states.items() if n))
     console.rule("the tables, from the finished runs")
-    return tradeoff.main([*theirs, "--finished-only"])
+    # a process of its own, like the parts: the tables come from tradeoff.py as it is now, not
+    # as this script imported it hours ago
+    return subprocess.run([sys.executable, "-m", "benchmarks.tradeoff", *theirs,
+                           "--finished-only"], cwd=ROOT).returncode
 
 
 if __name__ == "__main__":

@@ -366,6 +366,37 @@ def test_tradeoff_verdicts_without_a_yardstick_say_not_measured():
     assert {k for k, _, _ in tradeoff.VERDICT_LABELS} == set(v) - {"method", "not_measured"}
 
 
+def test_tradeoff_does_not_ask_ns_whether_it_beats_ns():
+    """NS's verdicts hold no question of NS against itself, and a table keeps none, also from a
+    results file written when it was asked."""
+    tradeoff = _script("tradeoff")
+    row = dict(method="ns", op=["flops", 0.5], seeds=1, flops=5e8, flops_spread=0.0,
+               params=5e5, params_spread=0.0, flops_removed=0.5, flops_removed_spread=0.0,
+               map50=0.30, map50_spread=0.0, map=0.1, map_spread=0.0, map50_ft=0.31,
+               map50_ft_spread=0.0, map_ft=0.1, map_ft_spread=0.0, latency_ms=1.0,
+               latency_ms_spread=0.0)
+    ours = {**row, "method": "progressive", "map50": 0.35, "map50_ft": 0.36}
+    dense = dict(width=0.125, flops=4e8, params=4e5, map50=0.2, map50_spread=0.0, map=0.1,
+                 map_spread=0.0, latency_ms=1.0, latency_ms_spread=0.0, seeds=1)
+    summary = {"points": [row, ours], "dense": [dense], "reference": None}
+    v = tradeoff.verdicts(summary, "ns")
+    assert not any(k.startswith("beats_ns") for k in v)
+    assert v["beats_dense_map50"] == [["flops", 0.5]]
+    mine = tradeoff.verdicts(summary, "progressive")
+    assert mine["beats_ns_map50"] == mine["beats_ns_map50_ft"] == [["flops", 0.5]]
+    old = {**v, "beats_ns_map50": [], "beats_ns_map50_ft": []}    # as written before
+    payload = dict(data="nwpu", preset=dict(model="yolov5n", imgsz=320, base_epochs=60,
+                                             sparse_epochs=40, finetune_epochs=7),
+                   total_epochs=107, seeds=[0], machine="m", torch="t", date="d",
+                   train_minutes=1.0, summary=summary, plot="p.png",
+                   verdicts={"ns": old, "progressive": mine})
+    sections = tradeoff.markdown(payload).split("## Verdicts: ")
+    ns_text = next(t for t in sections if t.startswith("ns "))
+    ours_text = next(t for t in sections if t.startswith("progressive "))
+    assert "than NS" not in ns_text and "than the dense family" in ns_text
+    assert "higher mAP50 than NS at ≤ equal FLOPs: FLOPs −50 %" in ours_text
+
+
 def test_tradeoff_resumes_an_interrupted_run_and_restarts_a_changed_one(tmp_path):
     import torch
     from rich.console import Console
