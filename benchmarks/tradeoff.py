@@ -891,7 +891,7 @@ def tabulated(config: dict[str, Any], per_seed: list[dict[str, Any]], ours: list
     sources), the plot's file name, the means over ``per_seed`` (:func:`aggregate`), the seeds
     themselves and the verdicts of each method of ``ours``."""
     summary = aggregate(per_seed)
-    return {**config, "seeds": [s["seed"] for s in per_seed], **run, "plot": f"{stem}.png",
+    return {**config, "seeds": [s["seed"] for s in per_seed], "plot": f"{stem}.png", **run,
             "summary": summary, "per_seed": per_seed,
             "verdicts": {m: verdicts(summary, m) for m in ours}}
 

@@ -94,15 +94,23 @@ def without_seeds(argv: list[str]) -> list[str]:
     return out
 
 
+def child_env() -> dict[str, str]:
+    """The environment of a ``tradeoff.py`` process: this one's, with the project on its
+    import path.  Children run in the caller's folder, so relative paths (--work, --results,
+    --json-out, --nwpu) name the same files in them as here."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": str(ROOT) + (os.pathsep + path if path else "")}
+
+
 def start(part: Part, argv: list[str], logs: Path, threads: int) -> None:
     logs.mkdir(parents=True, exist_ok=True)
     part.log = logs / f"seed{part.seed}-{part.name.replace('@', '-')}.log"
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    env = {**child_env(), "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "benchmarks.tradeoff", *without_seeds(argv),
                "--seeds", str(part.seed), "--part", part.name]
     with open(part.log, "w") as log:
         # a session of its own, so that stopping it stops its data-loading workers too
-        part.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
+        part.process = subprocess.Popen(command, env=env, stdout=log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
     part.state, part.started = "running", time.monotonic()
 
@@ -218,8 +226,9 @@ def main(argv=None) -> int:
     console.rule("the tables, from the finished runs")
     # a process of its own, like the parts: the tables come from tradeoff.py as it is now, not
     # as this script imported it hours ago
-    return subprocess.run([sys.executable, "-m", "benchmarks.tradeoff", *theirs,
-                           "--finished-only"], cwd=ROOT).returncode
+    code = subprocess.run([sys.executable, "-m", "benchmarks.tradeoff", *theirs,
+                           "--finished-only"], env=child_env()).returncode
+    return code if code >= 0 else 128 - code        # killed by a signal: the shell's number
 
 
 if __name__ == "__main__":

@@ -246,17 +246,20 @@ def test_tradeoff_benchmark_measures_every_method_and_yardstick(tmp_path, monkey
     assert all(r.endswith(("| 1 |", "| 0 |")) for r in rows[2:])
 
 
-def test_tradeoff_parts_run_side_by_side_then_tabulate(tmp_path):
+def test_tradeoff_parts_run_side_by_side_then_tabulate(tmp_path, monkeypatch):
     """benchmarks/tradeoff_parallel.py: every part a process of its own, at most --jobs at once,
     what starts from the baseline only after the baseline finished; the tables are made from the
-    finished runs, the same rows a one-process run makes."""
+    finished runs, the same rows a one-process run makes.  Relative paths name the same files
+    in the parts and the tables as in the caller's folder."""
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "tradeoff.json"
     work = tmp_path / "work"
     code = _script("tradeoff_parallel").main(
-        ["--jobs", "2", "--", "--quick", "--work", str(work), "--methods",
+        ["--jobs", "2", "--", "--quick", "--work", "work", "--methods",
          "ns,progressive-scratch", "--lfa-criteria", "plus", "--flops-targets", "0.5",
-         "--widths", "0.25", "--json-out", str(out)])
+         "--widths", "0.25", "--json-out", "tradeoff.json"])
     assert code == 0
+    assert (work / "seed0" / "baseline" / "done.json").exists()
     parts = {p["part"]: p for p in json.loads((work / "parts.json").read_text())["parts"]}
     assert set(parts) == {"baseline", "none", "ns", "progressive-scratch", "dense@0.25"}
     assert all(p["state"] == "finished" for p in parts.values())
