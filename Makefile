@@ -78,7 +78,7 @@ bench: install
 	# NS and two dense widths bracketing the cut's FLOPs beside seeds 2 and 3 (their runs reused)
 	$(BIN)/python -m benchmarks.tradeoff --data nwpu --methods progressive-scratch@0.5,ns --lfa-criteria two-sided --flops-targets 0.5 --widths 0.16,0.15 --cache --seeds 2,3 --name tradeoff_nwpu_target50_yardsticks_seeds23
 	# cuts beyond the trained target (−60 %, −70 %) beside the narrowest dense width, on the same
-	# seeds (their runs reused); the committed table merged two one-seed runs of this command
+	# seeds (their runs reused); the committed table merged two one-seed runs of this configuration
 	$(BIN)/python -m benchmarks.tradeoff --data nwpu --methods progressive-scratch@0.5,ns --lfa-criteria two-sided --flops-targets 0.5,0.6,0.7 --widths 0.14 --cache --seeds 2,3 --name tradeoff_nwpu_target50_cuts_seeds23
 	# benchmarks/README.md from its template and the results just written
 	$(BIN)/python -m benchmarks.summary
